@@ -1,0 +1,205 @@
+"""Attention over video tokens: 3-D rotary positions, chunk masks and the KV cache.
+
+Token layout everywhere: a video (B, T, C, H, W) becomes (B, T * N, D) tokens, frame-major, with
+N = (H / p) * (W / p) tokens per frame. Chunks are groups of `frames_per_chunk` consecutive frames.
+
+The KV cache stores keys *after* the rotary rotation. A rolling cache (sink chunks + a window of recent
+chunks) evicts the oldest window chunk and re-indexes the remaining window one chunk earlier in time by
+rotating its keys by -frames_per_chunk (rotations compose), so that positions seen at inference never
+grow past (sink + window + 1) chunks, however long the rollout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------------------------------
+# 3-D rotary positions (time, height, width)
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """How many of a head's dims rotate with time, height and width (each even)."""
+    spatial = 2 * (head_dim // 6)
+    return head_dim - 2 * spatial, spatial, spatial
+
+
+def rope_angles(pos_t: Tensor, pos_h: Tensor, pos_w: Tensor, head_dim: int, theta: float) -> Tensor:
+    """Angles (N, head_dim / 2) for tokens at integer positions (N,) each."""
+    parts = []
+    for pos, dims in zip((pos_t, pos_h, pos_w), rope_split(head_dim)):
+        inv_freq = theta ** (-torch.arange(0, dims, 2, dtype=torch.float64, device=pos.device) / dims)
+        parts.append(pos.double()[:, None] * inv_freq[None, :])
+    return torch.cat(parts, dim=-1).float()
+
+
+def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, H, N, Dh) by angles (N, Dh/2)."""
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.flatten(-2)
+
+
+def token_positions(frame_pos: Tensor, grid: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(t, h, w) integer positions of every token of frames at temporal positions frame_pos (T,)."""
+    hh, ww = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    T = frame_pos.shape[0]
+    pos_t = frame_pos.to(torch.long).repeat_interleave(grid * grid)
+    return pos_t, hh.flatten().repeat(T).to(frame_pos.device), ww.flatten().repeat(T).to(frame_pos.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Masks (True = may attend)
+
+
+def chunk_causal_mask(chunk_ids: Tensor) -> Tensor:
+    """Block-causal mask (L, L) for tokens with chunk index chunk_ids (L,): a chunk sees itself and earlier."""
+    return chunk_ids[:, None] >= chunk_ids[None, :]
+
+
+def teacher_forcing_mask(num_chunks: int, tokens_per_chunk: int) -> Tensor:
+    """Mask for the stage-1 sequence [clean chunks 0..K-2][noisy chunks 0..K-1] (K = num_chunks).
+
+    Clean chunk j sees clean chunks <= j; noisy chunk i sees clean chunks < i and itself. (The last clean
+    chunk is left out of the sequence: no noisy chunk may see it.)
+    """
+    clean = torch.arange(num_chunks - 1).repeat_interleave(tokens_per_chunk)
+    noisy = torch.arange(num_chunks).repeat_interleave(tokens_per_chunk)
+    top = torch.cat([clean[:, None] >= clean[None, :], torch.zeros(len(clean), len(noisy), dtype=torch.bool)], 1)
+    bottom = torch.cat([noisy[:, None] > clean[None, :], noisy[:, None] == noisy[None, :]], 1)
+    return torch.cat([top, bottom], dim=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# KV cache
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values of committed chunks for all layers.
+
+    k, v: (L, B, heads, capacity * tokens_per_chunk, head_dim). Chunk slots 0..num_chunks-1 hold the
+    sink chunks then the window, in temporal order; slot s is at temporal position s * frames_per_chunk.
+    """
+
+    k: Tensor
+    v: Tensor
+    tokens_per_chunk: int
+    frames_per_chunk: int
+    sink_chunks: int
+    window_chunks: int  # 0 = never evict (capacity must cover the whole rollout)
+    head_dim: int
+    rope_theta: float
+    num_chunks: int = 0  # slots in use
+    total_chunks: int = 0  # chunks committed since reset (the absolute index of the next chunk)
+
+    @classmethod
+    def allocate(cls, model_cfg, batch: int, max_chunks: int, sink_chunks: int = 0, window_chunks: int = 0,
+                 device=None, dtype=torch.float32) -> "KVCache":
+        """Size the cache from the model config: `max_chunks` slots, or sink + window when rolling."""
+        grid = model_cfg.image_size // model_cfg.patch_size
+        tpc = grid * grid * model_cfg.frames_per_chunk
+        head_dim = model_cfg.dim // model_cfg.heads
+        if window_chunks > 0:
+            capacity = sink_chunks + window_chunks
+        else:
+            capacity, sink_chunks = max_chunks, 0
+        shape = (model_cfg.depth, batch, model_cfg.heads, capacity * tpc, head_dim)
+        return cls(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype),
+                   tokens_per_chunk=tpc, frames_per_chunk=model_cfg.frames_per_chunk, sink_chunks=sink_chunks,
+                   window_chunks=window_chunks, head_dim=head_dim, rope_theta=model_cfg.rope_theta)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3] // self.tokens_per_chunk
+
+    @property
+    def length(self) -> int:
+        """Number of valid cached tokens."""
+        return self.num_chunks * self.tokens_per_chunk
+
+    def reset(self) -> None:
+        self.num_chunks = 0
+        self.total_chunks = 0
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor]:
+        """Valid (k, v) of layer i: (B, heads, length, head_dim) views."""
+        return self.k[i, :, :, : self.length], self.v[i, :, :, : self.length]
+
+    def next_frame_position(self) -> int:
+        """Temporal position of the first frame of the next chunk."""
+        return self.num_chunks * self.frames_per_chunk
+
+    def make_room(self) -> None:
+        """Before a commit: if full, evict the oldest window chunk and shift the window one chunk earlier."""
+        if self.num_chunks < self.capacity:
+            return
+        if self.window_chunks <= 0:
+            raise RuntimeError(
+                f"KV cache is full ({self.capacity} chunks) and has no rolling window; "
+                "allocate more chunks or set sample.window_chunks"
+            )
+        tpc, start = self.tokens_per_chunk, self.sink_chunks * self.tokens_per_chunk
+        end = self.length
+        for buf, rotate in ((self.k, True), (self.v, False)):
+            moved = buf[:, :, :, start + tpc : end].clone()
+            if rotate:  # re-index the window one chunk earlier: rotate keys by -frames_per_chunk in time
+                moved = self._shift_time(moved, -self.frames_per_chunk)
+            buf[:, :, :, start : end - tpc] = moved
+        self.num_chunks -= 1
+
+    def _shift_time(self, keys: Tensor, delta: int) -> Tensor:
+        n = keys.shape[3]
+        zeros = torch.zeros(n, dtype=torch.long, device=keys.device)
+        angles = rope_angles(torch.full((n,), delta, device=keys.device), zeros, zeros, self.head_dim, self.rope_theta)
+        L, B, H, N, D = keys.shape
+        return apply_rope(keys.reshape(L * B, H, N, D).float(), angles).reshape(L, B, H, N, D).to(keys.dtype)
+
+    def write(self, i: int, k: Tensor, v: Tensor) -> None:
+        """Write one chunk's (B, heads, tokens_per_chunk, head_dim) keys/values of layer i into the next slot."""
+        s = self.length
+        self.k[i, :, :, s : s + self.tokens_per_chunk] = k
+        self.v[i, :, :, s : s + self.tokens_per_chunk] = v
+
+    def advance(self) -> None:
+        """After all layers wrote: the chunk is committed."""
+        self.num_chunks += 1
+        self.total_chunks += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention layer
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with rotary positions, an optional mask and an optional KV cache."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)  # QK-norm keeps logits tame in bf16
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, angles: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
+                layer: int = 0, commit: bool = False) -> Tensor:
+        """x (B, L, D) -> (B, L, D). With a cache, x is one chunk and also attends to every cached token."""
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        q, k = apply_rope(self.q_norm(q), angles), apply_rope(self.k_norm(k), angles)
+        if cache is not None:
+            if commit:
+                cache.write(layer, k, v)
+                ck, cv = cache.k[layer, :, :, : cache.length + k.shape[2]], cache.v[layer, :, :, : cache.length + k.shape[2]]
+            else:
+                past_k, past_v = cache.layer(layer)
+                ck, cv = torch.cat([past_k.to(k.dtype), k], dim=2), torch.cat([past_v.to(v.dtype), v], dim=2)
+            out = F.scaled_dot_product_attention(q, ck.to(q.dtype), cv.to(q.dtype))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))

@@ -1,0 +1,132 @@
+"""Benchmarks that print one machine-readable JSON object. Speed targets live here, never in tests.
+
+- `sampling`: cached rollout throughput, KV-cache speed-up against recomputing the prefix (same output,
+  checked), and whether a rolling cache keeps the per-chunk cost flat over a long rollout.
+- `train`: one training step's time, tokens/s and achieved GFLOP/s (counted by torch's FlopCounterMode)
+  against a GEMM peak measured in the same run, for fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import SampleConfig, config_from_dict
+from .losses import teacher_forcing_loss
+from .model import CausalVideoDiT
+from .sampler import iter_rollout, rollout
+from .schedule import FlowSchedule
+from .train import autocast_context, bf16_native
+
+
+def _random_model(preset: str = "tiny", seed: int = 0, **overrides) -> CausalVideoDiT:
+    """A model of the preset with random (not zero-initialised) weights, so outputs are not trivial."""
+    cfg = config_from_dict({"model": {"preset": preset, "conditional": False, **overrides}}).model
+    torch.manual_seed(seed)
+    model = CausalVideoDiT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def _time(fn, repeats: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_sampling(model: CausalVideoDiT | None = None, batch: int = 1, repeats: int = 2) -> dict:
+    model = model or _random_model()
+    schedule, fpc = FlowSchedule(), model.cfg.frames_per_chunk
+    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
+    plain = SampleConfig()  # 4 steps, the default few-step sampler
+    result: dict = {"model": model.cfg.preset, "batch": batch, "steps": plain.steps, "frames_per_chunk": fpc}
+
+    noise = torch.randn(batch, 16 * fpc, *shape, generator=torch.Generator().manual_seed(0))
+    rollout(model, schedule, noise[:, : 2 * fpc], sample=plain)  # warm-up
+    t = _time(lambda: rollout(model, schedule, noise, sample=plain), repeats)
+    result["frames_per_s"] = batch * noise.shape[1] / t
+
+    for chunks in (8, 16, 32):
+        noise = torch.randn(batch, chunks * fpc, *shape, generator=torch.Generator().manual_seed(chunks))
+        cached = rollout(model, schedule, noise, sample=plain)
+        uncached = rollout(model, schedule, noise, sample=plain, use_cache=False)
+        t_cached = _time(lambda: rollout(model, schedule, noise, sample=plain), repeats)
+        t_uncached = _time(lambda: rollout(model, schedule, noise, sample=plain, use_cache=False), 1)
+        result[f"kv_speedup_{chunks}"] = t_uncached / t_cached
+        result[f"kv_max_abs_diff_{chunks}"] = (cached - uncached).abs().max().item()
+
+    # Rolling cache: 1 sink + 15 window chunks is full by chunk 16. Time every chunk of a 65-chunk rollout
+    # (chunk 64 then includes its cache commit, as chunk 16 does) and compare chunk 64 with chunk 16.
+    rolling = SampleConfig(sink_chunks=1, window_chunks=15)
+    noise = torch.randn(batch, 65 * fpc, *shape, generator=torch.Generator().manual_seed(1))
+    per_chunk: list[list[float]] = []
+    for _ in range(3):
+        times, t0 = [], time.perf_counter()
+        for _chunk in iter_rollout(model, schedule, noise, sample=rolling):
+            now = time.perf_counter()
+            times.append(now - t0)
+            t0 = now
+        per_chunk.append(times)
+
+    def chunk_time(i: int) -> float:  # median over repeats of the mean of chunks i-2..i+2 (1-based i)
+        return statistics.median(statistics.mean(run[i - 3 : i + 2]) for run in per_chunk)
+
+    result["rolling_chunk16_s"] = chunk_time(16)
+    result["rolling_chunk64_s"] = chunk_time(64)
+    result["rolling_chunk64_over_chunk16"] = chunk_time(64) / chunk_time(16)
+    return result
+
+
+def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = _time(lambda: a @ b, repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def _train_step_stats(model: CausalVideoDiT, batch: int, frames: int, precision: str, repeats: int) -> dict:
+    schedule = FlowSchedule()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
+    x0 = torch.randn(batch, frames, *shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        with autocast_context(precision):
+            loss = teacher_forcing_loss(model, schedule, x0, None, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (allocations, first-call overheads)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    t = _time(step, repeats)
+    K = frames // model.cfg.frames_per_chunk
+    tokens = batch * (2 * K - 1) * model.tokens_per_chunk  # [clean K-1][noisy K] chunks per clip
+    return {"step_s": t, "tokens_per_s": tokens / t, "gflop_per_step": flops / 1e9, "achieved_gflops": flops / t / 1e9}
+
+
+def bench_train(preset: str = "small", batch: int = 4, frames: int = 8, repeats: int = 3) -> dict:
+    result: dict = {"model": preset, "batch": batch, "frames": frames, "threads": torch.get_num_threads()}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if dtype == torch.bfloat16 and not bf16_native():
+            peak = gemm_peak_gflops(dtype, n=256, repeats=2)
+            result[name] = {"skipped": "no native bf16 on this machine: bf16 matmuls are emulated",
+                            "gemm_peak_gflops": peak}
+            continue
+        peak = gemm_peak_gflops(dtype)
+        stats = _train_step_stats(_random_model(preset).train(), batch, frames, name, repeats)
+        result[name] = {**stats, "gemm_peak_gflops": peak, "fraction_of_peak": stats["achieved_gflops"] / peak}
+    for key in ("step_s", "tokens_per_s", "achieved_gflops", "gemm_peak_gflops", "fraction_of_peak"):
+        result[key] = result["fp32"].get(key)  # top-level keys: the fp32 figures
+    return result

@@ -1,0 +1,158 @@
+"""Checkpoints in safetensors, written atomically (write to a temporary file, then rename).
+
+Two kinds of file:
+- `model.safetensors`: a generator alone (EMA weights) plus its model config in the metadata. This is
+  what users sample from; it knows nothing about training.
+- `ckpt.safetensors`: the full training state for exact resume (model, EMA, optimiser tensors and RNG
+  states as tensors; step, optimiser hyper-parameters and the run config as JSON metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+
+FORMAT = "mirai/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or of the wrong kind; the message names the file."""
+
+
+def atomic_save(tensors: dict[str, Tensor], path: str | Path, meta: dict[str, Any]) -> None:
+    """Write tensors + JSON metadata to `path` so that a crash never leaves a half-written file there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a Mirai safetensors file: (tensors, metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        tensors = load_file(path)
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {e}") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a Mirai checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
+    return tensors, json.loads(raw["meta"])
+
+
+def prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Generator-only files
+
+
+def save_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    meta = {"kind": "model", "model": to_dict(model.cfg), **(extra or {})}
+    atomic_save(model.state_dict(), path, meta)
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A run folder means its `model.safetensors`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    return path
+
+
+def load_model(path: str | Path, expect_attention: str | None = None) -> nn.Module:
+    """Build a CausalVideoDiT from a model file (or a run folder) and load its weights."""
+    from .model import CausalVideoDiT
+
+    path = resolve_model_path(path)
+    tensors, meta = load(path)
+    if "model" not in meta:
+        raise CheckpointError(f"{path} holds no model config (kind {meta.get('kind')!r})")
+    try:
+        cfg = model_config_from_dict(meta["model"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its model config is invalid: {e}") from None
+    if expect_attention and cfg.attention != expect_attention:
+        raise CheckpointError(f"{path} is a {cfg.attention} model, but a {expect_attention} model is needed here")
+    model = CausalVideoDiT(cfg)
+    load_state(model, strip(tensors, "model") if any(k.startswith("model.") for k in tensors) else tensors, path)
+    return model
+
+
+def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path) -> None:
+    """load_state_dict with an error that names the file and the mismatching tensors."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:5]))
+        raise CheckpointError(f"{path} does not fit this model: " + ", ".join(parts))
+    module.load_state_dict(state)
+
+
+def model_config_of(path: str | Path) -> ModelConfig:
+    _, meta = load(resolve_model_path(path))
+    return model_config_from_dict(meta["model"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimiser state <-> flat tensors
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value
+            else:
+                scalars[f"{idx}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}

@@ -1,0 +1,138 @@
+"""The `mirai` command line: train, sample, bench.
+
+    mirai train --config configs/tiny.yaml [--set train.steps=100 ...] [--dry-run]
+    mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet)
+    mirai bench sampling --json | mirai bench train --json
+
+Bad input (unknown config keys, wrong types, missing or corrupt files) ends in one `error:` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import Config, ConfigError, _build, apply_overrides, load_config, load_yaml, to_dict
+from .checkpoint import CheckpointError
+from .data import DataError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mirai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("--config", help="YAML file (configs/*.yaml); defaults are used for missing keys")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument("--init-from", help="start from this model file / run folder's weights")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+    s = sub.add_parser("sample", help="roll out videos from a trained model")
+    s.add_argument("--ckpt", required=True, help="a run folder or a model.safetensors file")
+    s.add_argument("--frames", type=int, default=None, help="frames to generate (default: 4x the training clip)")
+    s.add_argument("--out", default="samples.mp4", help="output .mp4, .gif or .png (contact sheet)")
+    s.add_argument("--num", type=int, default=4, help="videos to generate (shown side by side)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sample.* setting, e.g. --set sample.steps=8 --set sample.window_chunks=8")
+
+    b = sub.add_parser("bench", help="benchmarks printing one JSON object")
+    b.add_argument("what", choices=["sampling", "train"])
+    b.add_argument("--json", action="store_true", help="print only the JSON object")
+    b.add_argument("--ckpt", help="sampling: benchmark this model instead of a random tiny one")
+    b.add_argument("--preset", default=None, help="train: model preset (default small)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> None:
+    from .train import resolve_model_config, train
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(resolve_model_config(cfg)), sort_keys=False))
+        return
+    out = train(cfg, init_from=args.init_from)
+    print(f"done: {out}/model.safetensors")
+
+
+def run_settings(ckpt_path: str, overrides: list[str]) -> Config:
+    """The run's saved world/data/sample config (when the checkpoint sits in a run folder) + sample.* overrides."""
+    path = Path(ckpt_path)
+    saved_path = (path if path.is_dir() else path.parent) / "config.yaml"
+    saved = load_yaml(saved_path) if saved_path.is_file() else {}
+    for item in overrides:
+        if not item.startswith("sample."):
+            raise ConfigError(f"mirai sample only takes sample.* overrides, got '{item}'")
+    data = apply_overrides({k: saved.get(k) or {} for k in ("world", "data", "sample")}, overrides)
+    return _build(Config, data)
+
+
+def cmd_sample(args) -> None:
+    from .checkpoint import load_model
+    from .sampler import iter_rollout
+    from .schedule import FlowSchedule
+    from .video import save_video
+    from .world import make_clip, scene_prompt
+
+    model = load_model(args.ckpt).eval()
+    if model.cfg.attention != "causal":
+        raise CheckpointError(f"{args.ckpt} is a bidirectional model; `mirai sample` rolls out causal generators")
+    cfg = run_settings(args.ckpt, args.overrides)
+    sample, world = cfg.sample, cfg.world
+    frames = args.frames or 4 * cfg.data.clip_frames
+    fpc = model.cfg.frames_per_chunk
+    frames = -(-frames // fpc) * fpc
+    prompt = None
+    if model.prompt_embed is not None:  # prompts of unseen scenes of the world
+        prompt = torch.stack([torch.from_numpy(scene_prompt(make_clip(world, 10**6 + args.seed, i, 1).scene)) for i in range(args.num)])
+    gen = torch.Generator().manual_seed(args.seed)
+    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
+    noise = torch.randn(args.num, frames, *shape, generator=gen)
+    from tqdm import tqdm
+
+    chunks = [c for c in tqdm(iter_rollout(model, FlowSchedule(), noise, prompt, sample=sample, generator=gen),
+                              total=frames // fpc, desc="sample", unit="chunk")]
+    video = torch.cat(chunks, dim=1)
+    out = save_video(video, args.out)
+    Path(str(out) + ".json").write_text(json.dumps({"ckpt": str(args.ckpt), "frames": frames, "num": args.num,
+                                                   "seed": args.seed, "sample": to_dict(sample)}, indent=2))
+    print(f"wrote {out} ({args.num} videos x {frames} frames)")
+
+
+def cmd_bench(args) -> None:
+    from . import bench
+
+    if args.what == "sampling":
+        model = None
+        if args.ckpt:
+            from .checkpoint import load_model
+
+            model = load_model(args.ckpt).eval()
+        result = bench.bench_sampling(model)
+    else:
+        result = bench.bench_train(args.preset or "small")
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench}[args.command](args)
+    except (ConfigError, CheckpointError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Typed run configuration: nested dataclasses, size presets, YAML loading and `a.b=value` overrides.
+
+Every knob of a run lives here with a comment. YAML files under `configs/` hold partial dicts that are
+merged over these defaults; unknown keys and wrong types are `ConfigError`s that name the key, never a
+traceback deep inside torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass
+class WorldConfig:
+    """The built-in synthetic video world (see `mirai.world`)."""
+
+    image_size: int = 32  # frames are image_size x image_size RGB
+    num_backgrounds: int = 8  # layouts: textured backgrounds (some with an occluder pillar)
+    min_sprites: int = 1
+    max_sprites: int = 2  # the world supports up to 3; more sprites is a harder world
+    sprite_sizes: list[int] = field(default_factory=lambda: [10])  # side of a sprite's box, pixels
+    num_shapes: int = 4  # square, circle, triangle, diamond
+    num_colors: int = 6
+    num_patterns: int = 2  # solid, striped
+    max_speed: float = 1.5  # pixels per frame
+    min_speed: float = 0.5
+    momentum: float = 0.9  # velocity keeps this fraction each frame, the rest is a random nudge
+    occluder_prob: float = 0.5  # probability that a layout has a pillar in front of the sprites
+    pan_speed: float = 0.0  # camera pan in pixels per frame (0 = static camera)
+
+
+@dataclass
+class DataConfig:
+    """Where training clips come from."""
+
+    source: str = "synthetic"  # "synthetic" (the built-in world) or "folder" (mp4/gif/frame folders)
+    path: str = ""  # the folder, for source == "folder"
+    clip_frames: int = 8  # frames per training clip (must be a multiple of model.frames_per_chunk)
+    seed: int = 0  # dataset seed: clip i of the synthetic world is a pure function of (seed, i)
+    frame_stride: int = 1  # for folder videos: take every n-th frame
+
+
+@dataclass
+class ModelConfig:
+    """The causal video DiT (see `mirai.model`). `preset` fills every size field first."""
+
+    preset: str = "tiny"
+    dim: int = 192  # transformer width
+    depth: int = 6  # number of DiT blocks
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    patch_size: int = 8  # spatial patch; tokens per frame = (image_size / patch_size) ** 2
+    image_size: int = 32
+    channels: int = 3
+    frames_per_chunk: int = 2  # 1 = frame-wise causal generation
+    attention: str = "causal"  # "causal" (block-causal over chunks) or "bidirectional"
+    prompt_vocab: list[int] = field(default_factory=list)  # one vocabulary size per prompt field; [] = unconditional
+    rope_theta: float = 10000.0
+    conditional: bool = True  # condition on the dataset's structured prompt (prompt_vocab filled from the world)
+
+
+# Named size presets (as DiT's registry). Only size fields; everything else keeps its value.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(dim=192, depth=6, heads=6, patch_size=8),
+    "small": dict(dim=384, depth=8, heads=6, patch_size=4),
+    "base": dict(dim=768, depth=12, heads=12, patch_size=4),
+}
+
+
+@dataclass
+class ScheduleConfig:
+    """Rectified-flow noising: x_t = (1 - t) x_0 + t eps, t in [0, 1], t = 1 is pure noise."""
+
+    shift: float = 1.0  # timestep shift s: t' = s t / (1 + (s - 1) t); >1 spends more time at high noise
+    train_t: str = "logit_normal"  # "logit_normal" or "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    """Autoregressive rollout settings (see `mirai.sampler`)."""
+
+    steps: int = 4  # denoising steps per chunk when `timesteps` is empty
+    timesteps: list[float] = field(default_factory=list)  # explicit list on a 0..1000 scale, e.g. [1000, 750, 500, 250]
+    solver: str = "euler"  # "euler" (flow ODE) or "renoise" (few-step: predict x0, re-noise to the next t)
+    context_noise: float = 0.0  # t at which a clean chunk is re-run to write the KV cache
+    cfg_scale: float = 1.0  # classifier-free guidance (1 = off)
+    sink_chunks: int = 1  # rolling cache: the first S chunks always kept
+    window_chunks: int = 0  # rolling cache: the last W chunks kept; 0 = keep everything (no rolling)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop (see `mirai.train`)."""
+
+    objective: str = "teacher_forcing"  # "teacher_forcing" (causal stage 1) or "bidirectional" (the teacher)
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay down to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    ema_start: int = 0  # EMA tracks the weights from this step on
+    precision: str = "auto"  # "auto" (bf16 autocast where the hardware has native bf16), "bf16" or "fp32"
+    prompt_dropout: float = 0.1  # drop the prompt for classifier-free guidance (conditional models only)
+    per_chunk_t: bool = True  # diffusion forcing: every chunk draws its own noise level
+    context_noise_max: float = 0.0  # teacher forcing: clean context gets noise t ~ U(0, this)
+    seed: int = 0
+    out_dir: str = "runs/tiny"
+    log_every: int = 10
+    sample_every: int = 500  # write a contact sheet of samples every n steps (0 = never)
+    ckpt_every: int = 250
+    sample_steps: int = 16  # Euler steps for the periodic samples
+    compile: bool = False  # torch.compile the model (optional; see README for the caveats)
+    threads: int = 0  # torch threads (0 = leave the default)
+
+
+@dataclass
+class Config:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building from dicts, with type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting the harmless cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': {value!r} is not a {tp}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")
+
+
+def _unknown_key(section: str, key: str, valid: list[str]) -> ConfigError:
+    where = f"'{section}.{key}'" if section else f"'{key}'"
+    hint = difflib.get_close_matches(key, valid, n=1)
+    maybe = f" Did you mean '{hint[0]}'?" if hint else ""
+    return ConfigError(f"unknown config key {where}.{maybe} Valid keys: {', '.join(sorted(valid))}")
+
+
+def _build(cls: type, data: Any, section: str = "") -> Any:
+    """Build dataclass `cls` from a (partial) dict: missing keys keep their defaults."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{section or 'root'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    data = dict(data)
+    if cls is ModelConfig:  # the preset fills the size fields before explicit keys override them
+        preset = data.get("preset", ModelConfig.preset)
+        if preset not in MODEL_PRESETS:
+            raise ConfigError(f"unknown model preset '{preset}'; choose one of {sorted(MODEL_PRESETS)}")
+        data = {**MODEL_PRESETS[preset], **data}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(section, key, names)
+        full = f"{section}.{key}" if section else key
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with messages a user can act on."""
+    m = cfg.model
+    if m.image_size % m.patch_size:
+        raise ConfigError(f"model.image_size={m.image_size} is not divisible by model.patch_size={m.patch_size}")
+    if m.dim % m.heads:
+        raise ConfigError(f"model.dim={m.dim} is not divisible by model.heads={m.heads}")
+    if (m.dim // m.heads) % 2:
+        raise ConfigError(f"head dim {m.dim // m.heads} must be even for rotary positions")
+    if m.attention not in ("causal", "bidirectional"):
+        raise ConfigError(f"model.attention must be 'causal' or 'bidirectional', got '{m.attention}'")
+    if cfg.data.clip_frames % m.frames_per_chunk:
+        raise ConfigError(
+            f"data.clip_frames={cfg.data.clip_frames} is not a multiple of model.frames_per_chunk={m.frames_per_chunk}"
+        )
+    if cfg.data.source not in ("synthetic", "folder"):
+        raise ConfigError(f"data.source must be 'synthetic' or 'folder', got '{cfg.data.source}'")
+    if cfg.data.source == "synthetic" and cfg.world.image_size != m.image_size:
+        raise ConfigError(f"world.image_size={cfg.world.image_size} differs from model.image_size={m.image_size}")
+    if cfg.sample.solver not in ("euler", "renoise"):
+        raise ConfigError(f"sample.solver must be 'euler' or 'renoise', got '{cfg.sample.solver}'")
+    if cfg.train.objective not in ("teacher_forcing", "bidirectional"):
+        raise ConfigError(f"train.objective must be 'teacher_forcing' or 'bidirectional', got '{cfg.train.objective}'")
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be 'auto', 'bf16' or 'fp32', got '{cfg.train.precision}'")
+    if cfg.schedule.train_t not in ("logit_normal", "uniform"):
+        raise ConfigError(f"schedule.train_t must be 'logit_normal' or 'uniform', got '{cfg.schedule.train_t}'")
+    w = cfg.world
+    if not 1 <= w.min_sprites <= w.max_sprites <= 3:
+        raise ConfigError(f"world sprites must satisfy 1 <= min_sprites <= max_sprites <= 3, got {w.min_sprites}..{w.max_sprites}")
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML files and overrides
+
+
+def _parse_value(text: str) -> Any:
+    """`--set a.b=VALUE`: VALUE is read as YAML, so 3, 3e-4, true, [1, 2] and plain strings work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` strings to a nested dict (before it is typed, so errors name the key)."""
+    data = json.loads(json.dumps(data))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = _parse_value(text)
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data = load_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    return _build(ModelConfig, data, "model")

@@ -1,0 +1,143 @@
+"""Datasets of video clips: the synthetic world (default) and folders of real videos.
+
+Every dataset returns clips as float tensors (T, C, H, W) in [-1, 1] plus a prompt (P,) of ints
+(all zeros when the data has no prompt). Batches are a pure function of the step number
+(`batch_indices`), so the data position of a resumed run is just its step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import Config, DataConfig, WorldConfig
+from .world import make_clip, scene_prompt
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+PROMPT_FIELDS = 10
+
+
+class DataError(ValueError):
+    """A video file or folder cannot be used; the message names it."""
+
+
+def to_model_range(frames: np.ndarray) -> Tensor:
+    """(T, H, W, 3) floats in [0, 1] -> (T, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def to_uint8(video: Tensor) -> np.ndarray:
+    """(..., T, C, H, W) in [-1, 1] -> (..., T, H, W, C) uint8."""
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+class SyntheticVideoDataset:
+    """Clip i of the synthetic world is a pure function of (seed, i); the dataset is unbounded."""
+
+    def __init__(self, world: WorldConfig, seed: int, clip_frames: int):
+        self.world, self.seed, self.clip_frames = world, seed, clip_frames
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def clip(self, index: int, num_frames: int | None = None):
+        return make_clip(self.world, self.seed, index, num_frames or self.clip_frames)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        clip = self.clip(index)
+        return {"video": to_model_range(clip.frames), "prompt": torch.from_numpy(scene_prompt(clip.scene))}
+
+
+def _read_video_file(path: Path) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of an mp4/gif/... file, via imageio (ffmpeg or pillow)."""
+    import imageio.v3 as iio
+
+    try:
+        frames = np.asarray(iio.imread(path, index=None))
+    except Exception as e:  # imageio raises many types; name the file in one clear error
+        raise DataError(f"cannot read video file {path}: {e}") from None
+    if frames.ndim == 3:  # grayscale (T, H, W)
+        frames = np.repeat(frames[..., None], 3, axis=-1)
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
+        raise DataError(f"video file {path} has frames of shape {frames.shape[1:]}, expected (H, W, 3)")
+    return frames[..., :3]
+
+
+def _read_frame_folder(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        frames = [np.asarray(iio.imread(f)) for f in files]
+    except Exception as e:
+        raise DataError(f"cannot read frames in {path}: {e}") from None
+    frames = [np.repeat(f[..., None], 3, -1) if f.ndim == 2 else f[..., :3] for f in frames]
+    if len({f.shape for f in frames}) != 1:
+        raise DataError(f"frames in {path} do not all have the same size")
+    return np.stack(frames)
+
+
+def _resize(frames: np.ndarray, size: int) -> Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) in [-1, 1]: centre crop to square, then area resize."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    H, W = x.shape[-2:]
+    s = min(H, W)
+    x = x[..., (H - s) // 2 : (H - s) // 2 + s, (W - s) // 2 : (W - s) // 2 + s]
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="area") if s != size else x
+
+
+class VideoFolderDataset:
+    """Clips cut from a folder of videos (mp4, gif, ...) and/or sub-folders of frames (png, jpg)."""
+
+    def __init__(self, path: str | Path, clip_frames: int, image_size: int, frame_stride: int = 1):
+        root = Path(path)
+        if not root.is_dir():
+            raise DataError(f"video folder not found: {root}")
+        sources = sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES or p.is_dir())
+        if not sources:
+            raise DataError(f"video folder {root} is empty: no {', '.join(VIDEO_SUFFIXES)} files or frame folders")
+        self.clip_frames = clip_frames
+        self.clips: list[Tensor] = []
+        for src in sources:
+            frames = _read_frame_folder(src) if src.is_dir() else _read_video_file(src)
+            frames = frames[::frame_stride]
+            if len(frames) < clip_frames:
+                raise DataError(f"{src} has {len(frames)} frames (stride {frame_stride}), fewer than the {clip_frames} a clip needs")
+            video = _resize(frames, image_size)
+            for start in range(0, len(video) - clip_frames + 1, clip_frames):
+                self.clips.append(video[start : start + clip_frames].contiguous())
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"video": self.clips[index], "prompt": torch.zeros(PROMPT_FIELDS, dtype=torch.long)}
+
+
+def build_dataset(cfg: Config):
+    d: DataConfig = cfg.data
+    if d.source == "synthetic":
+        return SyntheticVideoDataset(cfg.world, d.seed, d.clip_frames)
+    return VideoFolderDataset(d.path, d.clip_frames, cfg.model.image_size, d.frame_stride)
+
+
+def batch_indices(step: int, batch_size: int, size: int, seed: int) -> list[int]:
+    """Indices of the batch at `step`: consecutive for the unbounded world, a per-epoch shuffle otherwise."""
+    if size >= 2**62:
+        return list(range(step * batch_size, (step + 1) * batch_size))
+    out = []
+    for j in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(j, size)
+        perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perm[pos]))
+    return out
+
+
+def get_batch(dataset, indices: list[int]) -> dict[str, Tensor]:
+    items = [dataset[i] for i in indices]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}

@@ -1,0 +1,209 @@
+"""CausalVideoDiT: a video diffusion transformer that runs block-causal (the generator) or bidirectional
+(the teacher, critic and foresight encoder) with the same weights layout.
+
+Frames (B, T, C, H, W) are patchified into (B, T * N, D) tokens. Each block is an adaLN-Zero DiT block
+whose modulation comes from the noise level of the token's own frame (so every chunk carries its own
+timestep, diffusion-forcing style) plus an optional prompt embedding. Positions are 3-D rotary
+(time, height, width). The model never loops: the sampler owns the rollout and the training objectives
+own the sequences they build.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from .attention import Attention, KVCache, chunk_causal_mask, rope_angles, token_positions
+from .config import ModelConfig
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """x (B, T, N, D); shift, scale (B, T, 1, D)."""
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] -> sinusoidal features -> MLP (as DiT, on a 0..1000 scale)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = (t.float() * 1000)[..., None] * freqs
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class PromptEmbedder(nn.Module):
+    """A structured prompt (B, P) of small integers -> (B, D): one embedding table per field, summed.
+
+    Index 0 of every field means "absent"; a dropped prompt (classifier-free guidance) is all zeros.
+    """
+
+    def __init__(self, vocab: list[int], dim: int):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(v, dim) for v in vocab)
+
+    def forward(self, prompt: Tensor) -> Tensor:
+        return sum(table(prompt[:, i]) for i, table in enumerate(self.tables))
+
+
+class Block(nn.Module):
+    """adaLN-Zero DiT block: attention and MLP gated by the conditioning, identity at initialisation."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: Tensor, c: Tensor, frames: int, angles: Tensor, mask: Tensor | None,
+                cache: KVCache | None, layer: int, commit: bool) -> Tensor:
+        """x (B, T*N, D), c (B, T, D) per-frame conditioning."""
+        B, L, D = x.shape
+        mods = self.ada(c)[:, :, None]  # (B, T, 1, 6D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
+        h = modulate(self.norm1(x).view(B, frames, -1, D), shift1, scale1).view(B, L, D)
+        h = self.attn(h, angles, mask, cache, layer, commit)
+        x = x + (gate1 * h.view(B, frames, -1, D)).view(B, L, D)
+        h = modulate(self.norm2(x).view(B, frames, -1, D), shift2, scale2).view(B, L, D)
+        return x + (gate2 * self.mlp(h).view(B, frames, -1, D)).view(B, L, D)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, patch_dim)
+
+    def forward(self, x: Tensor, c: Tensor, frames: int) -> Tensor:
+        B, L, D = x.shape
+        shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x).view(B, frames, -1, D), shift, scale).view(B, L, D))
+
+
+class CausalVideoDiT(nn.Module):
+    """Flow-matching velocity model over videos; block-causal or bidirectional per `cfg.attention`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.grid = cfg.image_size // cfg.patch_size
+        self.tokens_per_frame = self.grid * self.grid
+        patch_dim = cfg.channels * cfg.patch_size**2
+        self.patch_embed = nn.Linear(patch_dim, cfg.dim)
+        self.t_embed = TimestepEmbedder(cfg.dim)
+        self.prompt_embed = PromptEmbedder(cfg.prompt_vocab, cfg.dim) if cfg.prompt_vocab else None
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final = FinalLayer(cfg.dim, patch_dim)
+        self.initialize()
+
+    def initialize(self) -> None:
+        """DiT's init: xavier linears, then zero every adaLN gate and the output layer (adaLN-Zero)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        if self.prompt_embed is not None:
+            for table in self.prompt_embed.tables:
+                nn.init.normal_(table.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        nn.init.zeros_(self.final.ada[-1].weight)
+        nn.init.zeros_(self.final.ada[-1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.tokens_per_frame * self.cfg.frames_per_chunk
+
+    # ------------------------------------------------------------------ tokens <-> frames
+    def patchify(self, x: Tensor) -> Tensor:
+        p = self.cfg.patch_size
+        return rearrange(x, "b t c (gh p1) (gw p2) -> b (t gh gw) (c p1 p2)", p1=p, p2=p)
+
+    def unpatchify(self, x: Tensor, frames: int) -> Tensor:
+        p, g = self.cfg.patch_size, self.grid
+        return rearrange(x, "b (t gh gw) (c p1 p2) -> b t c (gh p1) (gw p2)", t=frames, gh=g, gw=g, p1=p, p2=p)
+
+    def default_mask(self, frames: int, device) -> Tensor | None:
+        """Block-causal mask over chunks of `frames_per_chunk` frames, or None (bidirectional)."""
+        if self.cfg.attention == "bidirectional":
+            return None
+        chunk_ids = (torch.arange(frames, device=device) // self.cfg.frames_per_chunk)
+        return chunk_causal_mask(chunk_ids.repeat_interleave(self.tokens_per_frame))
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        prompt: Tensor | None = None,
+        *,
+        mask: Tensor | None | str = "default",
+        frame_pos: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        commit: bool = False,
+        return_hidden: int | None = None,
+        stop_after: int | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Velocity prediction.
+
+        x: (B, T, C, H, W) noisy frames; t: (B, T) per-frame noise level in [0, 1];
+        prompt: (B, P) ints or None (= dropped); mask: "default" (from cfg.attention), None (full) or a
+        bool (L, L) tensor; frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
+        kv_cache: attend to cached chunks too (x is then one chunk); commit: also write this chunk's keys;
+        return_hidden=k: also return the tokens after block k as (B, T, N, D);
+        stop_after=k: return only those tokens, without running the blocks after k.
+        """
+        B, T = x.shape[:2]
+        if kv_cache is not None:
+            if T != self.cfg.frames_per_chunk:
+                raise ValueError(f"with a KV cache, x must be one chunk of {self.cfg.frames_per_chunk} frames, got {T}")
+            mask = None
+            if commit and kv_cache.num_chunks >= kv_cache.capacity:
+                raise RuntimeError("KV cache is full: call kv_cache.make_room() before generating the next chunk")
+            if frame_pos is None:  # the chunk sits right after the cached ones
+                start = kv_cache.next_frame_position()
+                frame_pos = torch.arange(start, start + T, device=x.device)
+        elif isinstance(mask, str):
+            mask = self.default_mask(T, x.device)
+        if frame_pos is None:
+            frame_pos = torch.arange(T, device=x.device)
+        angles = rope_angles(*token_positions(frame_pos, self.grid), self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
+
+        c = self.t_embed(t)  # (B, T, D)
+        if self.prompt_embed is not None:
+            if prompt is None:
+                prompt = torch.zeros(B, len(self.cfg.prompt_vocab), dtype=torch.long, device=x.device)
+            c = c + self.prompt_embed(prompt)[:, None]
+        h = self.patch_embed(self.patchify(x))
+        hidden = None
+        for i, block in enumerate(self.blocks):
+            h = block(h, c, T, angles, mask, kv_cache, i, commit)
+            if return_hidden == i + 1 or stop_after == i + 1:
+                hidden = h.view(B, T, self.tokens_per_frame, -1)
+                if stop_after is not None:
+                    return hidden
+        if commit:
+            kv_cache.advance()
+        out = self.unpatchify(self.final(h, c, T), T)
+        return (out, hidden) if return_hidden is not None else out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,217 @@
+"""The training loop: one model, one objective, AdamW + warm-up/cosine, grad clipping, EMA, autocast,
+a progress bar, a JSONL metrics log, periodic sample sheets and atomic checkpoints with exact resume.
+
+Exact resume: the batch at step s is a pure function of s (`data.batch_indices`), and every random draw
+of the objective comes from one `torch.Generator` whose state is checkpointed with the weights, the EMA
+and the optimiser. A run restarted from its checkpoint therefore retraces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError, save_config, to_dict
+from .data import batch_indices, build_dataset, get_batch
+from .losses import bidirectional_loss, drop_prompt, teacher_forcing_loss
+from .model import CausalVideoDiT, count_parameters
+from .sampler import rollout
+from .schedule import FlowSchedule
+from .video import save_video
+from .world import prompt_vocab
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def bf16_native() -> bool:
+    """True where bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_context(precision: str, device: str = "cpu"):
+    """bf16 autocast, or nothing. "auto" only uses bf16 where it is fast: emulated bf16 is ~100x slower."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_native())
+    return torch.autocast(device, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    ema_p, p = list(ema.parameters()), list(model.parameters())
+    torch._foreach_lerp_(ema_p, p, 1 - decay)
+
+
+def resolve_model_config(cfg: Config) -> Config:
+    """Fill derived model fields (the prompt vocabulary of the world) so the saved config is complete."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.model.conditional and not cfg.model.prompt_vocab:
+        if cfg.data.source != "synthetic":
+            raise ConfigError("model.conditional needs a dataset with prompts (data.source=synthetic); set model.conditional=false")
+        cfg.model.prompt_vocab = prompt_vocab(cfg.world)
+    if not cfg.model.conditional:
+        cfg.model.prompt_vocab = []
+    if cfg.train.objective == "bidirectional":
+        cfg.model.attention = "bidirectional"
+    return cfg
+
+
+def compute_loss(model, schedule, batch, cfg: Config, gen: torch.Generator) -> torch.Tensor:
+    prompt = batch["prompt"] if model.prompt_embed is not None else None
+    prompt = drop_prompt(prompt, cfg.train.prompt_dropout, gen)
+    if cfg.train.objective == "teacher_forcing":
+        return teacher_forcing_loss(model, schedule, batch["video"], prompt, gen, cfg.train.per_chunk_t,
+                                    cfg.train.context_noise_max)
+    return bidirectional_loss(model, schedule, batch["video"], prompt, gen, cfg.train.per_chunk_t)
+
+
+@torch.no_grad()
+def write_samples(model, schedule, dataset, cfg: Config, path: Path, num: int = 4, chunks: int | None = None) -> Path:
+    """Roll out `num` videos (prompts of held-out clips) and save a contact sheet: samples over real clips."""
+    from .config import SampleConfig
+
+    frames = cfg.data.clip_frames if chunks is None else chunks * cfg.model.frames_per_chunk
+    held_out = get_batch(dataset, [10**9 + i for i in range(num)]) if hasattr(dataset, "clip") else get_batch(dataset, list(range(num)))
+    prompt = held_out["prompt"] if model.prompt_embed is not None else None
+    gen = torch.Generator().manual_seed(1234)
+    noise = torch.randn(num, frames, *held_out["video"].shape[2:], generator=gen)
+    sample = SampleConfig(**{**to_dict(cfg.sample), "steps": cfg.train.sample_steps, "timesteps": [], "solver": "euler"})
+    if model.cfg.attention == "bidirectional":  # the teacher samples the whole clip at once
+        from .sampler import _step
+        ts = schedule.inference_steps(sample.steps).tolist()
+        x = noise
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x = _step(schedule, "euler", x, model(x, torch.full(x.shape[:2], t), prompt), t, t_next, gen)
+        video = x
+    else:
+        video = rollout(model, schedule, noise, prompt, sample=sample, generator=gen)
+    real = held_out["video"][:, : min(frames, held_out["video"].shape[1])]
+    both = torch.cat([video[:, : real.shape[1]], real]) if real.shape[1] == video.shape[1] else video
+    return save_video(both, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_training_state(path: Path, model, ema, opt, gen, step: int, cfg: Config) -> None:
+    opt_tensors, opt_meta = ckpt.optimizer_tensors(opt)
+    tensors = {
+        **ckpt.prefixed(model.state_dict(), "model"),
+        **ckpt.prefixed(ema.state_dict(), "ema"),
+        **ckpt.prefixed(opt_tensors, "optim"),
+        "rng.torch": torch.get_rng_state(),
+        "rng.gen": gen.get_state(),
+    }
+    meta = {"kind": "train_state", "step": step, "config": to_dict(cfg), "model": to_dict(model.cfg), "optim": opt_meta}
+    ckpt.atomic_save(tensors, path, meta)
+
+
+def load_training_state(path: Path, model, ema, opt, gen, cfg: Config) -> int:
+    tensors, meta = ckpt.load(path)
+    if meta.get("kind") != "train_state":
+        raise ckpt.CheckpointError(f"{path} is a '{meta.get('kind')}' file, not a training state")
+    if meta["model"] != to_dict(model.cfg):
+        raise ckpt.CheckpointError(f"{path} was trained with another model config; start a new out_dir or use the same model")
+    ckpt.load_state(model, ckpt.strip(tensors, "model"), path)
+    ckpt.load_state(ema, ckpt.strip(tensors, "ema"), path)
+    opt.load_state_dict(ckpt.optimizer_state(ckpt.strip(tensors, "optim"), meta["optim"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.gen"])
+    return int(meta["step"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None, quiet: bool = False) -> Path:
+    """Train per `cfg`; resumes from `out_dir/ckpt.safetensors` when present. Returns the run folder.
+
+    stop_at: stop (with a checkpoint) after this step, as an interruption would; the schedule still
+    follows `cfg.train.steps`.
+    """
+    cfg = resolve_model_config(cfg)
+    tc = cfg.train
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    gen = torch.Generator().manual_seed(tc.seed)
+
+    dataset = build_dataset(cfg)
+    schedule = FlowSchedule.from_config(cfg.schedule)
+    model = CausalVideoDiT(cfg.model)
+    if init_from:
+        ckpt.load_state(model, ckpt.load_model(init_from).state_dict(), init_from)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    step = 0
+    state_path = out / "ckpt.safetensors"
+    if state_path.exists():
+        step = load_training_state(state_path, model, ema, opt, gen, cfg)
+        if not quiet:
+            print(f"resumed {state_path} at step {step}")
+    forward_model = torch.compile(model) if tc.compile else model
+    end = min(tc.steps, stop_at) if stop_at is not None else tc.steps
+    if not quiet:
+        print(f"model: {count_parameters(model) / 1e6:.2f}M parameters, {cfg.model.attention}; objective {tc.objective}; "
+              f"steps {step}->{end}; out {out}")
+
+    log = (out / "metrics.jsonl").open("a")
+    bar = tqdm(total=end, initial=step, disable=quiet, dynamic_ncols=True, desc="train")
+    model.train()
+    while step < end:
+        t0 = time.perf_counter()
+        batch = get_batch(dataset, batch_indices(step, tc.batch_size, len(dataset), cfg.data.seed))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, tc)
+        with autocast_context(tc.precision):
+            loss = compute_loss(forward_model, schedule, batch, cfg, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        ema_update(ema, model, 0.0 if step < tc.ema_start else tc.ema_decay)
+        step += 1
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", clips_s=f"{tc.batch_size / dt:.1f}")
+        if step % tc.log_every == 0 or step == end:
+            record = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"],
+                      "step_s": dt, "clips_per_s": tc.batch_size / dt, "time": time.time()}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+            ema.eval()
+            write_samples(ema, schedule, dataset, cfg, out / "samples" / f"step_{step:06d}.png")
+        if step % tc.ckpt_every == 0 or step == end:
+            save_training_state(state_path, model, ema, opt, gen, step, cfg)
+            ckpt.save_model(ema, out / "model.safetensors", {"step": step, "objective": tc.objective})
+    bar.close()
+    log.close()
+    return out

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from mirai import checkpoint as ckpt
+from tests.conftest import make_model
+
+
+def test_model_file_roundtrip(tmp_path):
+    model = make_model()
+    ckpt.save_model(model, tmp_path / "model.safetensors")
+    loaded = ckpt.load_model(tmp_path)
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert loaded.cfg == model.cfg
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    model = make_model()
+    path = tmp_path / "model.safetensors"
+    ckpt.save_model(model, path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as by a crash of a non-atomic writer
+    with pytest.raises(ckpt.CheckpointError, match="corrupt or truncated"):
+        ckpt.load_model(path)
+    (tmp_path / "junk.safetensors").write_text("hello")
+    with pytest.raises(ckpt.CheckpointError, match="junk.safetensors"):
+        ckpt.load_model(tmp_path / "junk.safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load_model(tmp_path / "missing.safetensors")
+
+
+def test_wrong_kind_and_wrong_size_are_named(tmp_path):
+    teacher = make_model(attention="bidirectional")
+    ckpt.save_model(teacher, tmp_path / "t.safetensors")
+    with pytest.raises(ckpt.CheckpointError, match="bidirectional model, but a causal model is needed"):
+        ckpt.load_model(tmp_path / "t.safetensors", expect_attention="causal")
+    small = make_model()
+    big = make_model(mlp_ratio=2.0)
+    with pytest.raises(ckpt.CheckpointError, match="shape mismatch"):
+        ckpt.load_state(small, big.state_dict(), "big.safetensors")
+
+
+def test_atomic_save_leaves_no_temporary_files(tmp_path):
+    ckpt.atomic_save({"a": torch.ones(3)}, tmp_path / "x.safetensors", {"kind": "test"})
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+    tensors, meta = ckpt.load(tmp_path / "x.safetensors")
+    assert meta == {"kind": "test"} and torch.equal(tensors["a"], torch.ones(3))
+
+
+def test_optimizer_state_roundtrip():
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(1, 2, 3, 16, 16), torch.rand(1, 2)).sum().backward()
+    opt.step()
+    tensors, meta = ckpt.optimizer_tensors(opt)
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt2.load_state_dict(ckpt.optimizer_state(tensors, meta))
+    for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)

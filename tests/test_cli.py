@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from mirai.cli import main
+from mirai.train import train
+from tests.test_train import tiny_cfg
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "--dry-run", "--set", "train.steps=7"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 7" in out and "prompt_vocab:" in out
+
+
+def test_bad_config_key_is_one_clear_error(capsys):
+    assert main(["train", "--dry-run", "--set", "train.stepz=7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown config key 'train.stepz'") and "Traceback" not in err
+
+
+def test_missing_checkpoint_is_one_clear_error(tmp_path, capsys):
+    assert main(["sample", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "x.gif")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return train(tiny_cfg(tmp_path_factory.mktemp("run"), steps=2), quiet=True)
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "gif", "png"])
+def test_sample_writes_videos(run_dir, tmp_path, suffix):
+    out = tmp_path / f"s.{suffix}"
+    assert main(["sample", "--ckpt", str(run_dir), "--frames", "8", "--num", "2", "--out", str(out),
+                 "--set", "sample.steps=2"]) == 0
+    assert out.stat().st_size > 0
+    meta = json.loads((tmp_path / f"s.{suffix}.json").read_text())
+    assert meta["frames"] == 8 and meta["sample"]["steps"] == 2
+
+
+def test_sample_rejects_non_sample_overrides(run_dir, tmp_path, capsys):
+    assert main(["sample", "--ckpt", str(run_dir), "--out", str(tmp_path / "x.gif"), "--set", "train.lr=1"]) == 2
+    assert "only takes sample.*" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from mirai.attention import KVCache
+from mirai.config import ModelConfig
+from mirai.model import CausalVideoDiT
+from tests.conftest import make_model
+
+
+def video(B=2, T=6, seed=0):
+    return torch.randn(B, T, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_output_shape_and_zero_at_init():
+    cfg = ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16)
+    model = CausalVideoDiT(cfg)
+    x, t = video(), torch.rand(2, 6)
+    out = model(x, t)
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # adaLN-Zero: the untrained model is the zero map
+
+
+def test_later_chunks_do_not_change_earlier_outputs(model):
+    x, t = video(), torch.rand(2, 6)
+    out = model(x, t)
+    x2 = x.clone()
+    x2[:, 4:] = torch.randn_like(x2[:, 4:])  # perturb chunk 2 (frames 4, 5)
+    out2 = model(x2, t)
+    assert torch.equal(out[:, :4], out2[:, :4])
+    assert not torch.allclose(out[:, 4:], out2[:, 4:])
+
+
+def test_frames_within_a_chunk_see_each_other(model):
+    x, t = video(), torch.rand(2, 6)
+    x2 = x.clone()
+    x2[:, 3] += 1.0  # second frame of chunk 1 changes the first frame of chunk 1
+    assert not torch.allclose(model(x, t)[:, 2], model(x2, t)[:, 2])
+
+
+def test_bidirectional_mask_sees_the_future():
+    model = make_model(attention="bidirectional")
+    x, t = video(), torch.rand(2, 6)
+    x2 = x.clone()
+    x2[:, 5] += 1.0
+    assert not torch.allclose(model(x, t)[:, 0], model(x2, t)[:, 0], atol=1e-5)
+
+
+def test_cached_chunks_equal_one_masked_forward(model):
+    """Chunk-by-chunk with the KV cache == one uncached forward with the block-causal mask (fp32)."""
+    x, t = video(), torch.rand(2, 6)
+    full = model(x, t)
+    cache = KVCache.allocate(model.cfg, batch=2, max_chunks=3)
+    outs = [model(x[:, i : i + 2], t[:, i : i + 2], kv_cache=cache, commit=True) for i in range(0, 6, 2)]
+    assert (torch.cat(outs, 1) - full).abs().max() < 1e-4
+
+
+def test_prompt_changes_the_output():
+    model = make_model(prompt_vocab=[4, 5])
+    x, t = video(), torch.rand(2, 6)
+    a = model(x, t, torch.tensor([[1, 2], [1, 2]]))
+    b = model(x, t, torch.tensor([[3, 4], [3, 4]]))
+    assert not torch.allclose(a, b)
+    assert torch.equal(model(x, t, None), model(x, t, torch.zeros(2, 2, dtype=torch.long)))  # None = dropped
+
+
+def test_hidden_state_and_early_stop_agree(model):
+    x, t = video(), torch.rand(2, 6)
+    out, hidden = model(x, t, return_hidden=1)
+    assert hidden.shape == (2, 6, model.tokens_per_frame, 32)
+    assert torch.equal(out, model(x, t))
+    assert torch.equal(hidden, model(x, t, stop_after=1))
+
+
+def test_cache_requires_one_chunk(model):
+    cache = KVCache.allocate(model.cfg, batch=2, max_chunks=3)
+    with pytest.raises(ValueError, match="one chunk"):
+        model(video(), torch.rand(2, 6), kv_cache=cache)
+
+
+def test_frame_wise_variant():
+    model = make_model(frames_per_chunk=1)
+    x, t = video(T=3), torch.rand(2, 3)
+    full = model(x, t)
+    x2 = x.clone()
+    x2[:, 2] += 1
+    assert torch.equal(full[:, :2], model(x2, t)[:, :2])

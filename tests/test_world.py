@@ -1,0 +1,55 @@
+import numpy as np
+
+from mirai.config import WorldConfig
+from mirai.world import COLORS, make_clip, prompt_vocab, render, sample_scene, scene_prompt
+
+WORLD = WorldConfig(max_sprites=3)
+
+
+def test_same_seed_same_clip_and_other_seed_other_clip():
+    a, b = make_clip(WORLD, 0, 5, 8), make_clip(WORLD, 0, 5, 8)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.positions, b.positions)
+    assert not np.array_equal(a.frames, make_clip(WORLD, 1, 5, 8).frames)
+    assert not np.array_equal(a.frames, make_clip(WORLD, 0, 6, 8).frames)
+
+
+def test_clips_of_any_length_share_their_prefix():
+    short, long = make_clip(WORLD, 0, 3, 8), make_clip(WORLD, 0, 3, 64)
+    assert long.frames.shape == (64, 32, 32, 3)
+    assert np.array_equal(short.frames, long.frames[:8])
+
+
+def test_ground_truth_positions_hold_the_sprite_colour():
+    for index in range(20):
+        clip = make_clip(WORLD, 0, index, 16)
+        for t in range(16):
+            for s, sprite in enumerate(clip.scene.sprites):
+                if clip.visible[t, s] < 1.0:
+                    continue  # occluded: the centre may be covered
+                x, y = np.round(clip.positions[t, s]).astype(int)
+                px = clip.frames[t, y, x]
+                base = COLORS[sprite.color]
+                assert np.allclose(px, base) or np.allclose(px, base * 0.45), (index, t, s)
+
+
+def test_sprites_move_and_stay_in_frame():
+    clip = make_clip(WORLD, 0, 0, 64)
+    step = np.linalg.norm(np.diff(clip.positions, axis=0), axis=-1)
+    assert step.mean() > 0.3 and step.max() < 2 * WORLD.max_speed + 1e-3
+    assert clip.positions.min() >= 0 and clip.positions.max() <= 31
+
+
+def test_prompt_encodes_the_scene():
+    rng = np.random.default_rng(0)
+    scene = sample_scene(WORLD, rng)
+    p = scene_prompt(scene)
+    vocab = prompt_vocab(WORLD)
+    assert len(p) == len(vocab) == 10 and all(0 <= v < n for v, n in zip(p, vocab))
+    assert p[0] == scene.background + 1
+    assert (p[1 + 3 * len(scene.sprites) :] == 0).all()
+
+
+def test_camera_pan_moves_the_background():
+    world = WorldConfig(pan_speed=1.0, occluder_prob=0.0)
+    clip = render(world, sample_scene(world, np.random.default_rng(1)), 4)
+    assert clip.camera.tolist() == [0, 1, 2, 3]
