@@ -111,7 +111,9 @@ class SampleConfig:
 class TrainConfig:
     """The training loop (see `mirai.train`)."""
 
-    objective: str = "teacher_forcing"  # "teacher_forcing" (causal stage 1) or "bidirectional" (the teacher)
+    objective: str = "teacher_forcing"  # "teacher_forcing" (causal stage 1), "bidirectional" (the teacher),
+    #                                     "ode" (stage 2) or "dmd" (stage 3)
+    init_from: str = ""  # start from this model file / run folder (stages 2 and 3: the previous stage)
     steps: int = 2000
     batch_size: int = 16
     lr: float = 1e-3
@@ -137,6 +139,30 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Stage 2, causal ODE distillation (see `mirai.distill`)."""
+
+    teacher: str = ""  # the stage-1 causal (AR) teacher: a run folder or model file
+    pairs_dir: str = ""  # where ODE pairs are stored ("" = <out_dir>/ode_pairs)
+    num_videos: int = 512  # ODE trajectories to generate
+    teacher_steps: int = 16  # Euler steps of the teacher per chunk
+    shard_size: int = 64  # videos per shard file (the writer resumes shard by shard)
+    teacher_cfg_scale: float = 1.0  # classifier-free guidance of the teacher's trajectories
+
+
+@dataclass
+class DMDConfig:
+    """Stage 3, self-rollout distribution matching distillation (see `mirai.dmd`)."""
+
+    teacher: str = ""  # the bidirectional teacher: frozen real score; the critic starts from it
+    critic_lr: float = 4.0e-4
+    critic_updates_per_gen: int = 5  # the generator is updated once per this many critic updates
+    t_min: float = 0.02  # DMD noise levels t ~ U(t_min, t_max)
+    t_max: float = 0.98
+    real_cfg_scale: float = 1.0  # classifier-free guidance of the real score (conditional models)
+
+
+@dataclass
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -144,6 +170,8 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    dmd: DMDConfig = field(default_factory=DMDConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,8 +287,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"world.image_size={cfg.world.image_size} differs from model.image_size={m.image_size}")
     if cfg.sample.solver not in ("euler", "renoise"):
         raise ConfigError(f"sample.solver must be 'euler' or 'renoise', got '{cfg.sample.solver}'")
-    if cfg.train.objective not in ("teacher_forcing", "bidirectional"):
-        raise ConfigError(f"train.objective must be 'teacher_forcing' or 'bidirectional', got '{cfg.train.objective}'")
+    objectives = ("teacher_forcing", "bidirectional", "ode", "dmd")
+    if cfg.train.objective not in objectives:
+        raise ConfigError(f"train.objective must be one of {objectives}, got '{cfg.train.objective}'")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision must be 'auto', 'bf16' or 'fp32', got '{cfg.train.precision}'")
     if cfg.schedule.train_t not in ("logit_normal", "uniform"):

@@ -3,6 +3,7 @@
 - `teacher_forcing_loss`: stage 1 of the causal generator (Causal-Forcing's AR diffusion with teacher
   forcing): one sequence [clean chunks 0..K-2][noisy chunks 0..K-1] and one parallel forward; noisy
   chunk i sees the clean chunks < i and itself. Flow-matching loss on the noisy half.
+- `ode_regression_loss`: stage 2, regress the few-step student onto the AR teacher's ODE trajectories.
 - `bidirectional_loss`: plain full-sequence flow matching for the bidirectional teacher.
 """
 
@@ -30,26 +31,54 @@ def _chunk_t(schedule: FlowSchedule, B: int, K: int, fpc: int, per_chunk: bool, 
     return t.expand(B, K).repeat_interleave(fpc, dim=1)
 
 
+def teacher_forcing_forward(model: nn.Module, ctx: Tensor, t_ctx: Tensor, x_noisy: Tensor, t_noisy: Tensor,
+                            prompt: Tensor | None) -> Tensor:
+    """One parallel forward over [clean ctx chunks 0..K-2][noisy chunks 0..K-1]; velocity of the noisy half.
+
+    ctx: (B, T - fpc, C, H, W) context (clean or lightly noised), t_ctx (B, T - fpc);
+    x_noisy: (B, T, C, H, W), t_noisy (B, T). Returns (B, T, C, H, W).
+    """
+    T, fpc = x_noisy.shape[1], model.cfg.frames_per_chunk
+    seq = torch.cat([ctx, x_noisy], dim=1)
+    frame_pos = torch.cat([torch.arange(T - fpc), torch.arange(T)]).to(x_noisy.device)
+    mask = teacher_forcing_mask(T // fpc, model.tokens_per_chunk).to(x_noisy.device)
+    return model(seq, torch.cat([t_ctx, t_noisy], dim=1), prompt, mask=mask, frame_pos=frame_pos)[:, T - fpc :]
+
+
 def teacher_forcing_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, prompt: Tensor | None,
                          generator: torch.Generator | None = None, per_chunk_t: bool = True,
                          context_noise_max: float = 0.0) -> Tensor:
-    """x0: (B, T, C, H, W) clean clip; returns the scalar flow-matching loss."""
+    """Stage 1. x0: (B, T, C, H, W) clean clip; returns the scalar flow-matching loss."""
     B, T = x0.shape[:2]
     fpc = model.cfg.frames_per_chunk
     K = T // fpc
     noise = torch.randn(x0.shape, generator=generator)
     t = _chunk_t(schedule, B, K, fpc, per_chunk_t, generator)
-    x_t = schedule.add_noise(x0, noise, t)
     ctx = x0[:, : T - fpc]  # the last clean chunk is never attended to: leave it out
     t_ctx = torch.zeros(B, T - fpc)
     if context_noise_max > 0:  # noise augmentation of the context (robustness to imperfect rollouts)
         t_ctx = (torch.rand(B, K - 1, generator=generator) * context_noise_max).repeat_interleave(fpc, dim=1)
         ctx = schedule.add_noise(ctx, torch.randn(ctx.shape, generator=generator), t_ctx)
-    seq = torch.cat([ctx, x_t], dim=1)
-    frame_pos = torch.cat([torch.arange(T - fpc), torch.arange(T)])
-    mask = teacher_forcing_mask(K, model.tokens_per_chunk)
-    v = model(seq, torch.cat([t_ctx, t], dim=1), prompt, mask=mask, frame_pos=frame_pos)[:, T - fpc :]
+    v = teacher_forcing_forward(model, ctx, t_ctx, schedule.add_noise(x0, noise, t), t, prompt)
     return F.mse_loss(v.float(), schedule.velocity(x0, noise))
+
+
+def ode_regression_loss(model: nn.Module, states: Tensor, clean: Tensor, timesteps: Tensor, prompt: Tensor | None,
+                        generator: torch.Generator | None = None) -> Tensor:
+    """Stage 2 (causal ODE distillation): map a stored ODE state of each chunk to the teacher's clean chunk.
+
+    states: (B, S, T, C, H, W) the teacher's trajectory at the student's S timesteps (t = timesteps (S,));
+    clean: (B, T, C, H, W) the teacher's result, also the clean context (the teacher's own past).
+    Every chunk draws its own step, as in stage 1; the loss is on the clean estimate x0 = x_t - t v.
+    """
+    B, S, T = states.shape[:3]
+    fpc = model.cfg.frames_per_chunk
+    k = torch.randint(0, S, (B, T // fpc), generator=generator).repeat_interleave(fpc, dim=1)  # (B, T)
+    x_t = torch.gather(states, 1, k[:, None, :, None, None, None].expand(B, 1, *states.shape[2:]))[:, 0]
+    t = timesteps[k]
+    v = teacher_forcing_forward(model, clean[:, : T - fpc], torch.zeros(B, T - fpc), x_t, t, prompt)
+    x0 = x_t - t[..., None, None, None] * v.float()
+    return F.mse_loss(x0, clean.float())
 
 
 def bidirectional_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, prompt: Tensor | None,

@@ -20,6 +20,19 @@ from .attention import Attention, KVCache, chunk_causal_mask, rope_angles, token
 from .config import ModelConfig
 
 
+def sincos_2d(dim: int, grid: int) -> Tensor:
+    """(grid * grid, dim) fixed sin-cos embedding of (row, column), half the channels each."""
+    quarter = dim // 4
+    freqs = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    parts = []
+    for pos in (rows.flatten(), cols.flatten()):
+        angles = pos[:, None].double() * freqs[None]
+        parts += [angles.sin(), angles.cos()]
+    emb = torch.cat(parts, dim=1).float()
+    return torch.nn.functional.pad(emb, (0, dim - emb.shape[1]))
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """x (B, T, N, D); shift, scale (B, T, 1, D)."""
     return x * (1 + scale) + shift
@@ -102,6 +115,10 @@ class CausalVideoDiT(nn.Module):
         self.tokens_per_frame = self.grid * self.grid
         patch_dim = cfg.channels * cfg.patch_size**2
         self.patch_embed = nn.Linear(patch_dim, cfg.dim)
+        # Absolute 2-D sin-cos positions inside a frame (as DiT): rotary attention alone only tells a token
+        # where it is relative to others, and a token of pure noise must know where it is to draw the layout.
+        # Time stays purely rotary (relative), so rollouts can run past the training length.
+        self.register_buffer("spatial_pos", sincos_2d(cfg.dim, self.grid), persistent=False)
         self.t_embed = TimestepEmbedder(cfg.dim)
         self.prompt_embed = PromptEmbedder(cfg.prompt_vocab, cfg.dim) if cfg.prompt_vocab else None
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
@@ -191,7 +208,7 @@ class CausalVideoDiT(nn.Module):
             if prompt is None:
                 prompt = torch.zeros(B, len(self.cfg.prompt_vocab), dtype=torch.long, device=x.device)
             c = c + self.prompt_embed(prompt)[:, None]
-        h = self.patch_embed(self.patchify(x))
+        h = (self.patch_embed(self.patchify(x)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
         hidden = None
         for i, block in enumerate(self.blocks):
             h = block(h, c, T, angles, mask, kv_cache, i, commit)

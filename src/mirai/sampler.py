@@ -78,11 +78,15 @@ def iter_rollout(
     context: Tensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-) -> Iterator[Tensor]:
+    grid: list[float] | None = None,
+    return_states: bool = False,
+) -> Iterator[Tensor] | Iterator[tuple[Tensor, list[Tensor]]]:
     """Yield clean chunks (B, frames_per_chunk, C, H, W) one at a time.
 
     noise: (B, T, C, H, W) initial noise of the frames to generate (T a multiple of frames_per_chunk);
-    context: optional (B, Tc, C, H, W) clean frames to continue from (prefilled into the cache).
+    context: optional (B, Tc, C, H, W) clean frames to continue from (prefilled into the cache);
+    grid: explicit descending noise levels ending at 0 (overrides sample.steps/timesteps);
+    return_states: yield (chunk, [state at grid[0], grid[1], ...]) (the ODE trajectory of the chunk).
     """
     sample = sample or SampleConfig()
     fpc = model.cfg.frames_per_chunk
@@ -92,7 +96,7 @@ def iter_rollout(
     context_chunks = [] if context is None else list(context.split(fpc, dim=1))
     if context is not None and context.shape[1] % fpc:
         raise ValueError(f"context frames {context.shape[1]} is not a multiple of frames_per_chunk={fpc}")
-    ts = schedule.inference_steps(sample.steps, sample.timesteps).tolist()
+    ts = list(grid) if grid is not None else schedule.inference_steps(sample.steps, sample.timesteps).tolist()
     num_chunks = T // fpc
     total = num_chunks + len(context_chunks)
     if use_cache:
@@ -136,13 +140,67 @@ def iter_rollout(
         if use_cache:
             cache.make_room()
         x = noise[:, i * fpc : (i + 1) * fpc]
+        states = [x]
         for t, t_next in zip(ts[:-1], ts[1:]):
             x = _step(schedule, sample.solver, x, velocity(x, t), t, t_next, generator)
+            states.append(x)
         if i < num_chunks - 1:  # the last chunk is never attended to: skip its commit
             write(x)
-        yield x
+        yield (x, states) if return_states else x
 
 
 def rollout(model: nn.Module, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None = None, **kw) -> Tensor:
     """Generate a whole video (B, T, C, H, W); see `iter_rollout` for the arguments."""
     return torch.cat(list(iter_rollout(model, schedule, noise, prompt, **kw)), dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training-time rollout (self-forcing): gradient through one exit step of every chunk
+
+
+def rollout_with_exit(
+    model: nn.Module,
+    schedule: FlowSchedule,
+    noise: Tensor,
+    prompt: Tensor | None,
+    exit_step: int,
+    *,
+    sample: SampleConfig,
+    generator: torch.Generator | None = None,
+    return_hidden: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Roll out as at inference (KV cache, few-step "renoise" sampling), but return for every chunk the
+    clean estimate at step `exit_step` *with gradient*; earlier steps and the cache writes run without it.
+
+    Returns the video (B, T, C, H, W) and, with return_hidden=k, the generator's hidden states after
+    block k at the exit step, (B, T, N, D) (the student features of foresight training).
+    """
+    fpc = model.cfg.frames_per_chunk
+    B, T = noise.shape[:2]
+    ts = schedule.inference_steps(sample.steps, sample.timesteps).tolist()
+    if not 0 <= exit_step < len(ts) - 1:
+        raise ValueError(f"exit_step {exit_step} is outside the {len(ts) - 1} denoising steps")
+    num_chunks = T // fpc
+    cache = KVCache.allocate(model.cfg, B, num_chunks, sample.sink_chunks, sample.window_chunks, device=noise.device)
+    chunks, hiddens = [], []
+    for i in range(num_chunks):
+        cache.make_room()
+        x = noise[:, i * fpc : (i + 1) * fpc]
+        with torch.no_grad():
+            for t, t_next in zip(ts[:exit_step], ts[1 : exit_step + 1]):
+                v = _velocity(model, x, t, prompt, 1.0, kv_cache=cache)
+                x = _step(schedule, "renoise", x, v, t, t_next, generator)
+        t = ts[exit_step]
+        t_frames = torch.full((B, fpc), float(t), device=noise.device)
+        out = model(x, t_frames, prompt, kv_cache=cache, return_hidden=return_hidden)
+        v, hidden = out if return_hidden is not None else (out, None)
+        x0 = x - t * v
+        chunks.append(x0)
+        hiddens.append(hidden)
+        if i < num_chunks - 1:
+            with torch.no_grad():
+                cache.make_room()
+                _commit(model, cache, _context_input(x0.detach(), sample.context_noise, generator),
+                        sample.context_noise, prompt, 1.0)
+    video = torch.cat(chunks, dim=1)
+    return video, (torch.cat(hiddens, dim=1) if return_hidden is not None else None)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .config import Config, ConfigError, save_config, to_dict
 from .data import batch_indices, build_dataset, get_batch
-from .losses import bidirectional_loss, drop_prompt, teacher_forcing_loss
+from .losses import bidirectional_loss, drop_prompt, ode_regression_loss, teacher_forcing_loss
 from .model import CausalVideoDiT, count_parameters
 from .sampler import rollout
 from .schedule import FlowSchedule
@@ -76,8 +76,10 @@ def resolve_model_config(cfg: Config) -> Config:
     return cfg
 
 
-def compute_loss(model, schedule, batch, cfg: Config, gen: torch.Generator) -> torch.Tensor:
+def compute_loss(model, schedule, batch, cfg: Config, gen: torch.Generator, timesteps=None) -> torch.Tensor:
     prompt = batch["prompt"] if model.prompt_embed is not None else None
+    if cfg.train.objective == "ode":  # the student learns the teacher's conditional trajectories: keep prompts
+        return ode_regression_loss(model, batch["states"], batch["clean"], timesteps, prompt, gen)
     prompt = drop_prompt(prompt, cfg.train.prompt_dropout, gen)
     if cfg.train.objective == "teacher_forcing":
         return teacher_forcing_loss(model, schedule, batch["video"], prompt, gen, cfg.train.per_chunk_t,
@@ -95,7 +97,9 @@ def write_samples(model, schedule, dataset, cfg: Config, path: Path, num: int = 
     prompt = held_out["prompt"] if model.prompt_embed is not None else None
     gen = torch.Generator().manual_seed(1234)
     noise = torch.randn(num, frames, *held_out["video"].shape[2:], generator=gen)
-    sample = SampleConfig(**{**to_dict(cfg.sample), "steps": cfg.train.sample_steps, "timesteps": [], "solver": "euler"})
+    sample = cfg.sample  # few-step students sample as at inference; stage-1 models with many Euler steps
+    if cfg.train.objective in ("teacher_forcing", "bidirectional"):
+        sample = SampleConfig(**{**to_dict(cfg.sample), "steps": cfg.train.sample_steps, "timesteps": [], "solver": "euler"})
     if model.cfg.attention == "bidirectional":  # the teacher samples the whole clip at once
         from .sampler import _step
         ts = schedule.inference_steps(sample.steps).tolist()
@@ -114,31 +118,62 @@ def write_samples(model, schedule, dataset, cfg: Config, path: Path, num: int = 
 # Checkpoints
 
 
-def save_training_state(path: Path, model, ema, opt, gen, step: int, cfg: Config) -> None:
-    opt_tensors, opt_meta = ckpt.optimizer_tensors(opt)
-    tensors = {
-        **ckpt.prefixed(model.state_dict(), "model"),
-        **ckpt.prefixed(ema.state_dict(), "ema"),
-        **ckpt.prefixed(opt_tensors, "optim"),
-        "rng.torch": torch.get_rng_state(),
-        "rng.gen": gen.get_state(),
-    }
-    meta = {"kind": "train_state", "step": step, "config": to_dict(cfg), "model": to_dict(model.cfg), "optim": opt_meta}
+def save_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                        gen: torch.Generator, step: int, cfg: Config) -> None:
+    """Everything a run needs to continue exactly: weights, EMA, optimisers, RNG states, step."""
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.gen": gen.get_state()}
+    optim_meta = {}
+    for name, module in modules.items():
+        tensors.update(ckpt.prefixed(module.state_dict(), name))
+    for name, opt in optimizers.items():
+        opt_tensors, optim_meta[name] = ckpt.optimizer_tensors(opt)
+        tensors.update(ckpt.prefixed(opt_tensors, f"optim_{name}"))
+    meta = {"kind": "train_state", "step": step, "config": to_dict(cfg), "model": to_dict(modules["model"].cfg),
+            "optim": optim_meta}
     ckpt.atomic_save(tensors, path, meta)
 
 
-def load_training_state(path: Path, model, ema, opt, gen, cfg: Config) -> int:
+def load_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                        gen: torch.Generator) -> int:
     tensors, meta = ckpt.load(path)
     if meta.get("kind") != "train_state":
         raise ckpt.CheckpointError(f"{path} is a '{meta.get('kind')}' file, not a training state")
-    if meta["model"] != to_dict(model.cfg):
+    if meta["model"] != to_dict(modules["model"].cfg):
         raise ckpt.CheckpointError(f"{path} was trained with another model config; start a new out_dir or use the same model")
-    ckpt.load_state(model, ckpt.strip(tensors, "model"), path)
-    ckpt.load_state(ema, ckpt.strip(tensors, "ema"), path)
-    opt.load_state_dict(ckpt.optimizer_state(ckpt.strip(tensors, "optim"), meta["optim"]))
+    for name, module in modules.items():
+        ckpt.load_state(module, ckpt.strip(tensors, name), path)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt.optimizer_state(ckpt.strip(tensors, f"optim_{name}"), meta["optim"][name]))
     torch.set_rng_state(tensors["rng.torch"])
     gen.set_state(tensors["rng.gen"])
     return int(meta["step"])
+
+
+def init_generator(cfg: Config) -> CausalVideoDiT:
+    """A fresh model, or the previous stage's weights (`train.init_from`), checked to be the same kind and size."""
+    model = CausalVideoDiT(cfg.model)
+    if cfg.train.init_from:
+        from .distill import check_same_family
+
+        # Stage 1 may start from the bidirectional base model (as Causal-Forcing starts from Wan): same weights
+        # layout, only the mask differs. Later stages must start from a causal model.
+        kind = None if cfg.train.objective == "teacher_forcing" else cfg.model.attention
+        previous = ckpt.load_model(cfg.train.init_from, expect_attention=kind)
+        check_same_family(previous.cfg, cfg.model, cfg.train.init_from, f"this {cfg.train.objective} stage's model")
+        ckpt.load_state(model, previous.state_dict(), cfg.train.init_from)
+    return model
+
+
+def start_run(cfg: Config, quiet: bool) -> tuple[Config, Path, torch.Generator]:
+    """Resolve the config, create the run folder, save the config next to it, seed everything."""
+    cfg = resolve_model_config(cfg)
+    out = Path(cfg.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    return cfg, out, torch.Generator().manual_seed(cfg.train.seed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,27 +186,30 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
     stop_at: stop (with a checkpoint) after this step, as an interruption would; the schedule still
     follows `cfg.train.steps`.
     """
-    cfg = resolve_model_config(cfg)
-    tc = cfg.train
-    out = Path(tc.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    gen = torch.Generator().manual_seed(tc.seed)
-
-    dataset = build_dataset(cfg)
-    schedule = FlowSchedule.from_config(cfg.schedule)
-    model = CausalVideoDiT(cfg.model)
     if init_from:
-        ckpt.load_state(model, ckpt.load_model(init_from).state_dict(), init_from)
+        cfg = copy.deepcopy(cfg)
+        cfg.train.init_from = init_from
+    if cfg.train.objective == "dmd":
+        from .dmd import train_dmd
+
+        return train_dmd(cfg, stop_at, quiet)
+    cfg, out, gen = start_run(cfg, quiet)
+    tc = cfg.train
+    if tc.objective == "ode":
+        from .distill import ODEPairDataset, generate_pairs
+
+        dataset = ODEPairDataset(generate_pairs(cfg, quiet))
+    else:
+        dataset = build_dataset(cfg)
+    schedule = FlowSchedule.from_config(cfg.schedule)
+    model = init_generator(cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    modules, optimizers = {"model": model, "ema": ema}, {"model": opt}
     step = 0
     state_path = out / "ckpt.safetensors"
     if state_path.exists():
-        step = load_training_state(state_path, model, ema, opt, gen, cfg)
+        step = load_training_state(state_path, modules, optimizers, gen)
         if not quiet:
             print(f"resumed {state_path} at step {step}")
     forward_model = torch.compile(model) if tc.compile else model
@@ -180,38 +218,64 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
         print(f"model: {count_parameters(model) / 1e6:.2f}M parameters, {cfg.model.attention}; objective {tc.objective}; "
               f"steps {step}->{end}; out {out}")
 
-    log = (out / "metrics.jsonl").open("a")
-    bar = tqdm(total=end, initial=step, disable=quiet, dynamic_ncols=True, desc="train")
+    log = MetricsLog(out / "metrics.jsonl")
+    bar = tqdm(total=end, initial=step, disable=quiet, dynamic_ncols=True, desc=tc.objective)
     model.train()
     while step < end:
         t0 = time.perf_counter()
         batch = get_batch(dataset, batch_indices(step, tc.batch_size, len(dataset), cfg.data.seed))
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tc)
+        set_lr(opt, lr_at(step, tc))
         with autocast_context(tc.precision):
-            loss = compute_loss(forward_model, schedule, batch, cfg, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
+            loss = compute_loss(forward_model, schedule, batch, cfg, gen, getattr(dataset, "timesteps", None))
+        check_finite(loss, step)
+        grad_norm = optimize(opt, model, loss, tc.grad_clip)
         ema_update(ema, model, 0.0 if step < tc.ema_start else tc.ema_decay)
         step += 1
         dt = time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", clips_s=f"{tc.batch_size / dt:.1f}")
         if step % tc.log_every == 0 or step == end:
-            record = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": opt.param_groups[0]["lr"],
-                      "step_s": dt, "clips_per_s": tc.batch_size / dt, "time": time.time()}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write(step=step, loss=loss.item(), grad_norm=grad_norm, lr=opt.param_groups[0]["lr"], step_s=dt,
+                      clips_per_s=tc.batch_size / dt)
         if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
-            ema.eval()
-            write_samples(ema, schedule, dataset, cfg, out / "samples" / f"step_{step:06d}.png")
+            write_samples(ema.eval(), schedule, build_dataset(cfg) if tc.objective == "ode" else dataset, cfg,
+                          out / "samples" / f"step_{step:06d}.png")
         if step % tc.ckpt_every == 0 or step == end:
-            save_training_state(state_path, model, ema, opt, gen, step, cfg)
+            save_training_state(state_path, modules, optimizers, gen, step, cfg)
             ckpt.save_model(ema, out / "model.safetensors", {"step": step, "objective": tc.objective})
     bar.close()
     log.close()
     return out
+
+
+class MetricsLog:
+    """Append-only JSONL log of training metrics (one object per logged step)."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("a")
+
+    def write(self, **record) -> None:
+        self.file.write(json.dumps({**record, "time": time.time()}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate or check the data")
+
+
+def optimize(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip: float) -> float:
+    """Backward, clip, step. Returns the gradient norm before clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return grad_norm.item()

@@ -1,0 +1,113 @@
+"""Stage 2: causal ODE distillation (Causal-Forcing).
+
+The stage-1 AR teacher samples videos chunk by chunk with many Euler steps, its own clean past in the KV
+cache (not the bidirectional teacher's). For every chunk we keep the ODE state at each of the student's
+timesteps and the clean result. Pairs are stored in shards (safetensors, one file per `shard_size`
+videos); the writer skips shards that already exist, so an interrupted generation resumes where it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import Config, SampleConfig
+from .sampler import iter_rollout
+from .schedule import FlowSchedule
+from .world import make_clip, scene_prompt
+
+
+def teacher_grid(student_ts: list[float], teacher_steps: int) -> tuple[list[float], list[int]]:
+    """A fine Euler grid through every student timestep; returns (grid ending at 0, student indices in it)."""
+    per = max(1, -(-teacher_steps // len(student_ts)))
+    knots = list(student_ts) + [0.0]
+    grid, where = [], []
+    for a, b in zip(knots[:-1], knots[1:]):
+        where.append(len(grid))
+        grid.extend(torch.linspace(a, b, per + 1)[:-1].tolist())
+    return grid + [0.0], where
+
+
+@torch.no_grad()
+def teacher_trajectories(teacher, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None,
+                         student_ts: list[float], teacher_steps: int, cfg_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """ODE states of the AR teacher at the student timesteps: (B, S, T, C, H, W), and the clean video (B, T, ...)."""
+    grid, where = teacher_grid(student_ts, teacher_steps)
+    sample = SampleConfig(solver="euler", cfg_scale=cfg_scale)
+    chunks, states = [], []
+    for chunk, traj in iter_rollout(teacher, schedule, noise, prompt, sample=sample, grid=grid, return_states=True):
+        chunks.append(chunk)
+        states.append(torch.stack([traj[i] for i in where], dim=1))  # (B, S, fpc, C, H, W)
+    return torch.cat(states, dim=2), torch.cat(chunks, dim=1)
+
+
+def student_timesteps(cfg: Config, schedule: FlowSchedule) -> list[float]:
+    return schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps).tolist()[:-1]
+
+
+def pairs_dir(cfg: Config) -> Path:
+    return Path(cfg.distill.pairs_dir or Path(cfg.train.out_dir) / "ode_pairs")
+
+
+def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
+    """Write the ODE pairs of `cfg.distill` (resumable: existing shards are kept)."""
+    d = cfg.distill
+    if not d.teacher:
+        raise ckpt.CheckpointError("distill.teacher is empty: name the stage-1 causal run to distil from")
+    teacher = ckpt.load_model(d.teacher, expect_attention="causal").eval()
+    check_same_family(teacher.cfg, cfg.model, d.teacher, "the ODE student")
+    schedule = FlowSchedule.from_config(cfg.schedule)
+    ts = student_timesteps(cfg, schedule)
+    out = pairs_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = -(-d.num_videos // d.shard_size)
+    shape = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
+    for s in tqdm(range(shards), desc="ode pairs", unit="shard", disable=quiet):
+        path = out / f"shard_{s:05d}.safetensors"
+        if path.exists():
+            continue
+        index = range(s * d.shard_size, min(d.num_videos, (s + 1) * d.shard_size))
+        prompt = torch.stack([torch.from_numpy(scene_prompt(make_clip(cfg.world, 7_000_003, i, 1).scene)) for i in index])
+        gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + s)
+        noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen)
+        states, clean = teacher_trajectories(teacher, schedule, noise, prompt if teacher.prompt_embed is not None else None,
+                                             ts, d.teacher_steps, d.teacher_cfg_scale)
+        write_shard(path, states, clean, prompt, torch.tensor(ts))
+    return out
+
+
+def write_shard(path: Path, states: Tensor, clean: Tensor, prompt: Tensor, timesteps: Tensor) -> None:
+    """States and clean videos are stored in float16 (half the disk; far below the model's error)."""
+    tensors = {"states": states.half(), "clean": clean.half(), "prompt": prompt, "timesteps": timesteps.float()}
+    ckpt.atomic_save(tensors, path, {"kind": "ode_pairs", "videos": int(states.shape[0])})
+
+
+class ODEPairDataset:
+    """All shards of a pairs folder in memory: item = states (S, T, C, H, W), clean, prompt, timesteps."""
+
+    def __init__(self, folder: str | Path):
+        files = sorted(Path(folder).glob("shard_*.safetensors"))
+        if not files:
+            raise ckpt.CheckpointError(f"no ODE pair shards in {folder}")
+        parts = [ckpt.load(f)[0] for f in files]
+        self.timesteps = parts[0]["timesteps"]
+        self.tensors = {k: torch.cat([p[k] for p in parts]) for k in ("states", "clean", "prompt")}
+
+    def __len__(self) -> int:
+        return self.tensors["states"].shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"states": self.tensors["states"][i].float(), "clean": self.tensors["clean"][i].float(),
+                "prompt": self.tensors["prompt"][i]}
+
+
+def check_same_family(a, b, name: str, role: str) -> None:
+    """Two model configs must agree on what a token is (frames, patches, chunking) and on size."""
+    keys = ("image_size", "channels", "patch_size", "frames_per_chunk", "dim", "depth", "heads", "prompt_vocab")
+    diff = [f"{k}: {getattr(a, k)} vs {getattr(b, k)}" for k in keys if getattr(a, k) != getattr(b, k)]
+    if diff:
+        raise ckpt.CheckpointError(f"{name} ({a.preset}) does not match {role} ({b.preset}): " + "; ".join(diff))

@@ -1,0 +1,177 @@
+"""Stage 3: self-rollout distribution matching distillation (Self-Forcing / Causal-Forcing, after DMD2).
+
+The causal generator rolls a whole video out with its KV cache exactly as at inference; one exit step is
+drawn per rollout and shared by all chunks, and gradients flow only through that step of each chunk.
+The video is then judged by two bidirectional score models at a random noise level t:
+- the real score: the frozen bidirectional teacher (with classifier-free guidance for prompts);
+- the fake score: a critic initialised from the teacher and trained by flow matching on the generator's
+  detached samples, `critic_updates_per_gen` times per generator update.
+DMD's gradient on the sample is (fake_x0 - real_x0) / mean|x - real_x0| (DMD2 eq. 7 normalisation).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import Config
+from .data import batch_indices, build_dataset, get_batch
+from .losses import bidirectional_loss
+from .sampler import rollout_with_exit
+from .schedule import FlowSchedule
+
+# --------------------------------------------------------------------------------------------------
+# Pure pieces (also used by the toy tests)
+
+
+def dmd_gradient(x: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:
+    """The DMD direction for samples x (B, ...): descending it moves x from the fake towards the real."""
+    dims = tuple(range(1, x.dim()))
+    normalizer = (x - real_x0).abs().mean(dim=dims, keepdim=True).clamp_min(1e-6)
+    return (fake_x0 - real_x0) / normalizer
+
+
+def dmd_loss(x: Tensor, real_x0: Tensor, fake_x0: Tensor) -> tuple[Tensor, Tensor]:
+    """A surrogate whose gradient w.r.t. x is the DMD gradient (up to the mean's 1/numel); and its norm."""
+    grad = torch.nan_to_num(dmd_gradient(x.detach().float(), real_x0.float(), fake_x0.float()))
+    loss = 0.5 * F.mse_loss(x.float(), (x.detach().float() - grad))
+    return loss, grad.norm() / grad.shape[0] ** 0.5
+
+
+@torch.no_grad()
+def predict_x0(model: nn.Module, schedule: FlowSchedule, x_t: Tensor, t: Tensor, prompt: Tensor | None,
+               cfg_scale: float = 1.0) -> Tensor:
+    """Clean estimate of a score model at per-frame noise t (B, T), with optional classifier-free guidance."""
+    if prompt is not None and cfg_scale != 1.0:
+        v_cond = model(x_t, t, prompt)
+        v = v_cond + (cfg_scale - 1.0) * (v_cond - model(x_t, t, torch.zeros_like(prompt)))
+    else:
+        v = model(x_t, t, prompt)
+    return schedule.x0_from_velocity(x_t, v.float(), t)
+
+
+def sample_dmd_t(B: int, T: int, cfg, generator: torch.Generator | None) -> Tensor:
+    """One DMD noise level per video, broadcast to its frames: (B, T)."""
+    t = cfg.t_min + (cfg.t_max - cfg.t_min) * torch.rand(B, 1, generator=generator)
+    return t.expand(B, T)
+
+
+def generator_dmd_loss(video: Tensor, teacher, critic, schedule, prompt, cfg, generator) -> tuple[Tensor, Tensor]:
+    """DMD loss of a generated video (B, T, C, H, W) that carries the exit-step gradient."""
+    B, T = video.shape[:2]
+    t = sample_dmd_t(B, T, cfg.dmd, generator)
+    noise = torch.randn(video.shape, generator=generator)
+    x_t = schedule.add_noise(video.detach(), noise, t)
+    real = predict_x0(teacher, schedule, x_t, t, prompt, cfg.dmd.real_cfg_scale)
+    fake = predict_x0(critic, schedule, x_t, t, prompt)
+    return dmd_loss(video, real, fake)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage-3 loop
+
+
+class DMDRun:
+    """Everything the stage-3 loop owns; extended by foresight training (mirai.foresight)."""
+
+    def __init__(self, cfg: Config):
+        from .train import init_generator
+
+        if not cfg.train.init_from:
+            raise ckpt.CheckpointError("train.init_from is empty: DMD starts from the stage-2 (ODE) causal student")
+        if not cfg.dmd.teacher:
+            raise ckpt.CheckpointError("dmd.teacher is empty: name the bidirectional teacher run (the real score)")
+        self.cfg = cfg
+        self.schedule = FlowSchedule.from_config(cfg.schedule)
+        self.model = init_generator(cfg)
+        self.teacher = ckpt.load_model(cfg.dmd.teacher, expect_attention="bidirectional").eval().requires_grad_(False)
+        from .distill import check_same_family
+
+        check_same_family(self.teacher.cfg, self.model.cfg, cfg.dmd.teacher, "the generator")
+        self.critic = copy.deepcopy(self.teacher).train().requires_grad_(True)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        tc = cfg.train
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=(0.0, 0.999), weight_decay=tc.weight_decay)
+        self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=cfg.dmd.critic_lr, betas=(0.0, 0.999),
+                                            weight_decay=tc.weight_decay)
+        self.modules = {"model": self.model, "ema": self.ema, "critic": self.critic}
+        self.optimizers = {"model": self.opt, "critic": self.opt_critic}
+
+    def generator_loss(self, video: Tensor, hidden: Tensor | None, prompt, gen) -> tuple[Tensor, dict]:
+        loss, grad_norm = generator_dmd_loss(video, self.teacher, self.critic, self.schedule, prompt, self.cfg, gen)
+        return loss, {"dmd_loss": loss.item(), "dmd_grad_norm": grad_norm.item()}
+
+    def student_block(self) -> int | None:
+        return None  # foresight training asks the rollout for a hidden state
+
+
+def _noise_and_prompt(run: DMDRun, dataset, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    cfg = run.cfg
+    B = cfg.train.batch_size
+    prompt = get_batch(dataset, batch_indices(step, B, len(dataset), cfg.data.seed))["prompt"]
+    shape = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
+    noise = torch.randn(B, cfg.data.clip_frames, *shape, generator=gen)
+    return noise, prompt if run.model.prompt_embed is not None else None
+
+
+def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False, run_class=DMDRun) -> Path:
+    """Stage 3. One step = one critic update; the generator is updated every `critic_updates_per_gen` steps."""
+    import time
+
+    from .train import (MetricsLog, autocast_context, check_finite, ema_update, load_training_state, lr_at, optimize,
+                        save_training_state, set_lr, start_run, write_samples)
+
+    cfg, out, gen = start_run(cfg, quiet)
+    run = run_class(cfg)
+    tc = cfg.train
+    dataset = build_dataset(cfg)
+    step, state_path = 0, out / "ckpt.safetensors"
+    if state_path.exists():
+        step = load_training_state(state_path, run.modules, run.optimizers, gen)
+    end = min(tc.steps, stop_at) if stop_at is not None else tc.steps
+    log, bar = MetricsLog(out / "metrics.jsonl"), tqdm(total=end, initial=step, disable=quiet, desc="dmd", dynamic_ncols=True)
+    num_steps = len(run.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps)) - 1
+    while step < end:
+        t0 = time.perf_counter()
+        noise, prompt = _noise_and_prompt(run, dataset, step, gen)
+        record: dict = {}
+        with autocast_context(tc.precision):
+            if step % cfg.dmd.critic_updates_per_gen == 0:  # generator update (self-rollout, exit-step gradient)
+                exit_step = int(torch.randint(0, num_steps, (1,), generator=gen))
+                run.model.train()
+                video, hidden = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=cfg.sample,
+                                                  generator=gen, return_hidden=run.student_block())
+                loss, record = run.generator_loss(video, hidden, prompt, gen)
+                check_finite(loss, step)
+                set_lr(run.opt, lr_at(step, tc))
+                record["gen_grad_norm"] = optimize(run.opt, run.model, loss, tc.grad_clip)
+                ema_update(run.ema, run.model, tc.ema_decay)
+                fake = video.detach()
+            else:
+                with torch.no_grad():
+                    exit_step = int(torch.randint(0, num_steps, (1,), generator=gen))
+                    fake, _ = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=cfg.sample,
+                                                generator=gen)
+            critic_loss = bidirectional_loss(run.critic, run.schedule, fake, prompt, gen, per_chunk_t=False)
+        check_finite(critic_loss, step)
+        record["critic_grad_norm"] = optimize(run.opt_critic, run.critic, critic_loss, tc.grad_clip)
+        record["critic_loss"] = critic_loss.item()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(critic=f"{critic_loss.item():.4f}", **({"dmd": f"{record['dmd_grad_norm']:.3f}"} if "dmd_grad_norm" in record else {}))
+        if step % tc.log_every == 0 or step == end or "dmd_loss" in record:
+            log.write(step=step, step_s=time.perf_counter() - t0, **record)
+        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+            write_samples(run.ema.eval(), run.schedule, dataset, cfg, out / "samples" / f"step_{step:06d}.png")
+        if step % tc.ckpt_every == 0 or step == end:
+            save_training_state(state_path, run.modules, run.optimizers, gen, step, cfg)
+            ckpt.save_model(run.ema, out / "model.safetensors", {"step": step, "objective": "dmd"})
+    bar.close()
+    log.close()
+    return out

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from mirai import checkpoint as ckpt
+from mirai.distill import ODEPairDataset, teacher_grid, teacher_trajectories, write_shard
+from mirai.schedule import FlowSchedule
+from tests.conftest import make_model
+
+
+def test_teacher_grid_passes_through_every_student_timestep():
+    student = [1.0, 0.75, 0.5, 0.25]
+    grid, where = teacher_grid(student, 16)
+    assert grid[0] == 1.0 and grid[-1] == 0.0 and len(grid) == 17
+    assert [grid[i] for i in where] == student
+    assert all(a > b for a, b in zip(grid[:-1], grid[1:]))
+
+
+def test_trajectories_start_at_the_noise_and_end_at_the_teacher_sample():
+    from mirai.config import SampleConfig
+    from mirai.sampler import rollout
+
+    teacher, sched = make_model(), FlowSchedule()
+    noise = torch.randn(2, 4, 3, 16, 16)
+    states, clean = teacher_trajectories(teacher, sched, noise, None, [1.0, 0.5], teacher_steps=4)
+    assert states.shape == (2, 2, 4, 3, 16, 16)
+    assert torch.equal(states[:, 0], noise)  # the state at t = 1 is the noise itself
+    grid, _ = teacher_grid([1.0, 0.5], 4)
+    ref = rollout(teacher, sched, noise, sample=SampleConfig(solver="euler"), grid=grid)
+    assert torch.allclose(clean, ref)
+
+
+def test_pairs_written_then_read_back_are_identical(tmp_path):
+    states, clean = torch.randn(3, 4, 4, 3, 8, 8).half(), torch.randn(3, 4, 3, 8, 8).half()
+    prompt, ts = torch.randint(0, 5, (3, 10)), torch.tensor([1.0, 0.75, 0.5, 0.25])
+    write_shard(tmp_path / "shard_00000.safetensors", states, clean, prompt, ts)
+    write_shard(tmp_path / "shard_00001.safetensors", states[:1], clean[:1], prompt[:1], ts)
+    ds = ODEPairDataset(tmp_path)
+    assert len(ds) == 4 and torch.equal(ds.timesteps, ts)
+    for i in range(3):
+        assert torch.equal(ds[i]["states"], states[i].float()) and torch.equal(ds[i]["clean"], clean[i].float())
+        assert torch.equal(ds[i]["prompt"], prompt[i])
+    with pytest.raises(ckpt.CheckpointError, match="no ODE pair shards"):
+        ODEPairDataset(tmp_path / "empty")
