@@ -72,3 +72,37 @@ def test_wrong_kind_of_checkpoint_is_named(stages):
                  model={"depth": 3}, distill={"teacher": str(ar), "num_videos": 2, "shard_size": 2})
     with pytest.raises(ckpt.CheckpointError, match="depth: 2 vs 3"):
         train(bigger, quiet=True)
+
+
+def foresight_cfg(root, out, teacher, ode, steps=4, **foresight):
+    c = dmd_cfg(root, out, teacher, ode, steps)
+    c.foresight.enabled = True
+    for k, v in foresight.items():
+        setattr(c.foresight, k, v)
+    return c
+
+
+def test_foresight_switch_gives_the_same_generator_file(stages):
+    root, teacher, ar, ode = stages
+    base = train(dmd_cfg(root, "arm_base", teacher, ode, steps=4), quiet=True)
+    mirai = train(foresight_cfg(root, "arm_mirai", teacher, ode), quiet=True)
+    a, b = ckpt.load(base / "model.safetensors")[0], ckpt.load(mirai / "model.safetensors")[0]
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert sum(v.numel() for v in a.values()) == sum(v.numel() for v in b.values())
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the foresight loss did change the generator
+    state = ckpt.load(mirai / "ckpt.safetensors")[0]
+    assert any(k.startswith("predictor.") for k in state)  # the predictor is saved apart, for resuming
+    records = [json.loads(l) for l in (mirai / "metrics.jsonl").read_text().splitlines()]
+    assert any("foresight_loss" in r for r in records) and any("predictor_replay_loss" in r for r in records)
+
+
+def test_foresight_run_resumes_exactly(stages):
+    root, teacher, ar, ode = stages
+    full = train(foresight_cfg(root, "f_full", teacher, ode, steps=5, target_source="real"), quiet=True)
+    part = foresight_cfg(root, "f_part", teacher, ode, steps=5, target_source="real")
+    train(part, stop_at=2, quiet=True)
+    train(part, quiet=True)
+    a, b = ckpt.load(full / "ckpt.safetensors")[0], ckpt.load(root / "f_part" / "ckpt.safetensors")[0]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -163,6 +163,23 @@ class DMDConfig:
 
 
 @dataclass
+class ForesightConfig:
+    """Video-Mirai foresight training, added to the DMD stage (see `mirai.foresight`). Inference is unchanged."""
+
+    enabled: bool = False  # the one switch: false = the Causal-Forcing baseline, true = Video-Mirai
+    weight: float = 0.2  # lambda: weight of the alignment loss added to the DMD generator loss
+    window: list[int] = field(default_factory=lambda: [0, 1])  # target of chunk i: mean of encoder chunks i+d
+    student_block: int = 0  # generator hidden state after this block (0 = mid-depth)
+    encoder: str = "teacher"  # "teacher" (the DMD real score) or a path to another frozen bidirectional model
+    encoder_block: int = 0  # encoder features after this block (0 = mid-depth); later blocks are not run
+    encoder_mask: str = "bidirectional"  # "causal" = the ablation whose encoder cannot see the future
+    target_source: str = "rollout"  # "rollout" (the generator's completed video, as the paper) or "real" (the clip)
+    predictor_depth: int = 3  # DiT layers of the predictor (0 = a linear map alone)
+    predictor_lr: float = 4.0e-4
+    replay_size: int = 32  # (student feature, target) batches kept to train the predictor on critic-only steps
+
+
+@dataclass
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -172,6 +189,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     dmd: DMDConfig = field(default_factory=DMDConfig)
+    foresight: ForesightConfig = field(default_factory=ForesightConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,6 +312,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be 'auto', 'bf16' or 'fp32', got '{cfg.train.precision}'")
     if cfg.schedule.train_t not in ("logit_normal", "uniform"):
         raise ConfigError(f"schedule.train_t must be 'logit_normal' or 'uniform', got '{cfg.schedule.train_t}'")
+    f = cfg.foresight
+    if f.encoder_mask not in ("bidirectional", "causal"):
+        raise ConfigError(f"foresight.encoder_mask must be 'bidirectional' or 'causal', got '{f.encoder_mask}'")
+    if f.target_source not in ("rollout", "real"):
+        raise ConfigError(f"foresight.target_source must be 'rollout' or 'real', got '{f.target_source}'")
+    if not f.window or min(f.window) < 0:
+        raise ConfigError(f"foresight.window must be a non-empty list of offsets >= 0, got {f.window}")
+    for key in ("student_block", "encoder_block"):
+        if not 0 <= getattr(f, key) <= m.depth:
+            raise ConfigError(f"foresight.{key}={getattr(f, key)} must be within 0..model.depth={m.depth}")
     w = cfg.world
     if not 1 <= w.min_sprites <= w.max_sprites <= 3:
         raise ConfigError(f"world sprites must satisfy 1 <= min_sprites <= max_sprites <= 3, got {w.min_sprites}..{w.max_sprites}")

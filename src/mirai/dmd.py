@@ -103,43 +103,60 @@ class DMDRun:
         self.modules = {"model": self.model, "ema": self.ema, "critic": self.critic}
         self.optimizers = {"model": self.opt, "critic": self.opt_critic}
 
-    def generator_loss(self, video: Tensor, hidden: Tensor | None, prompt, gen) -> tuple[Tensor, dict]:
+    def generator_loss(self, video: Tensor, hidden: Tensor | None, prompt, gen, t_exit: float = 0.0,
+                       real: Tensor | None = None) -> tuple[Tensor, dict]:
         loss, grad_norm = generator_dmd_loss(video, self.teacher, self.critic, self.schedule, prompt, self.cfg, gen)
         return loss, {"dmd_loss": loss.item(), "dmd_grad_norm": grad_norm.item()}
 
+    # Hooks that foresight training (mirai.foresight.ForesightDMDRun) fills in.
     def student_block(self) -> int | None:
-        return None  # foresight training asks the rollout for a hidden state
+        return None  # no hidden state is needed by plain DMD
+
+    def after_generator_step(self) -> None:
+        pass
+
+    def critic_only_step(self, gen: torch.Generator) -> dict:
+        return {}
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        pass
 
 
-def _noise_and_prompt(run: DMDRun, dataset, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+def _step_inputs(run: DMDRun, dataset, step: int, gen: torch.Generator) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Noise (B, T, C, H, W), the prompts of this step's clips (or None), and the real clips."""
     cfg = run.cfg
     B = cfg.train.batch_size
-    prompt = get_batch(dataset, batch_indices(step, B, len(dataset), cfg.data.seed))["prompt"]
+    batch = get_batch(dataset, batch_indices(step, B, len(dataset), cfg.data.seed))
     shape = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
     noise = torch.randn(B, cfg.data.clip_frames, *shape, generator=gen)
-    return noise, prompt if run.model.prompt_embed is not None else None
+    return noise, batch["prompt"] if run.model.prompt_embed is not None else None, batch["video"]
 
 
-def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False, run_class=DMDRun) -> Path:
+def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> Path:
     """Stage 3. One step = one critic update; the generator is updated every `critic_updates_per_gen` steps."""
     import time
 
     from .train import (MetricsLog, autocast_context, check_finite, ema_update, load_training_state, lr_at, optimize,
                         save_training_state, set_lr, start_run, write_samples)
 
+    from .foresight import run_class
+
     cfg, out, gen = start_run(cfg, quiet)
-    run = run_class(cfg)
+    run = run_class(cfg)(cfg)
     tc = cfg.train
     dataset = build_dataset(cfg)
     step, state_path = 0, out / "ckpt.safetensors"
     if state_path.exists():
-        step = load_training_state(state_path, run.modules, run.optimizers, gen)
+        step = load_training_state(state_path, run.modules, run.optimizers, gen, run.load_extra_state)
     end = min(tc.steps, stop_at) if stop_at is not None else tc.steps
     log, bar = MetricsLog(out / "metrics.jsonl"), tqdm(total=end, initial=step, disable=quiet, desc="dmd", dynamic_ncols=True)
     num_steps = len(run.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps)) - 1
     while step < end:
         t0 = time.perf_counter()
-        noise, prompt = _noise_and_prompt(run, dataset, step, gen)
+        noise, prompt, real = _step_inputs(run, dataset, step, gen)
         record: dict = {}
         with autocast_context(tc.precision):
             if step % cfg.dmd.critic_updates_per_gen == 0:  # generator update (self-rollout, exit-step gradient)
@@ -147,10 +164,12 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False, run_
                 run.model.train()
                 video, hidden = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=cfg.sample,
                                                   generator=gen, return_hidden=run.student_block())
-                loss, record = run.generator_loss(video, hidden, prompt, gen)
+                t_exit = run.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps)[exit_step].item()
+                loss, record = run.generator_loss(video, hidden, prompt, gen, t_exit=t_exit, real=real)
                 check_finite(loss, step)
                 set_lr(run.opt, lr_at(step, tc))
                 record["gen_grad_norm"] = optimize(run.opt, run.model, loss, tc.grad_clip)
+                run.after_generator_step()
                 ema_update(run.ema, run.model, tc.ema_decay)
                 fake = video.detach()
             else:
@@ -158,6 +177,7 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False, run_
                     exit_step = int(torch.randint(0, num_steps, (1,), generator=gen))
                     fake, _ = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=cfg.sample,
                                                 generator=gen)
+                record.update(run.critic_only_step(gen))
             critic_loss = bidirectional_loss(run.critic, run.schedule, fake, prompt, gen, per_chunk_t=False)
         check_finite(critic_loss, step)
         record["critic_grad_norm"] = optimize(run.opt_critic, run.critic, critic_loss, tc.grad_clip)
@@ -170,7 +190,7 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False, run_
         if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
             write_samples(run.ema.eval(), run.schedule, dataset, cfg, out / "samples" / f"step_{step:06d}.png")
         if step % tc.ckpt_every == 0 or step == end:
-            save_training_state(state_path, run.modules, run.optimizers, gen, step, cfg)
+            save_training_state(state_path, run.modules, run.optimizers, gen, step, cfg, run.extra_state())
             ckpt.save_model(run.ema, out / "model.safetensors", {"step": step, "objective": "dmd"})
     bar.close()
     log.close()

@@ -119,9 +119,9 @@ def write_samples(model, schedule, dataset, cfg: Config, path: Path, num: int = 
 
 
 def save_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                        gen: torch.Generator, step: int, cfg: Config) -> None:
-    """Everything a run needs to continue exactly: weights, EMA, optimisers, RNG states, step."""
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.gen": gen.get_state()}
+                        gen: torch.Generator, step: int, cfg: Config, extra: dict | None = None) -> None:
+    """Everything a run needs to continue exactly: weights, EMA, optimisers, RNG states, step (+ extra tensors)."""
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.gen": gen.get_state(), **ckpt.prefixed(extra or {}, "extra")}
     optim_meta = {}
     for name, module in modules.items():
         tensors.update(ckpt.prefixed(module.state_dict(), name))
@@ -134,7 +134,7 @@ def save_training_state(path: Path, modules: dict[str, nn.Module], optimizers: d
 
 
 def load_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                        gen: torch.Generator) -> int:
+                        gen: torch.Generator, load_extra=None) -> int:
     tensors, meta = ckpt.load(path)
     if meta.get("kind") != "train_state":
         raise ckpt.CheckpointError(f"{path} is a '{meta.get('kind')}' file, not a training state")
@@ -146,6 +146,8 @@ def load_training_state(path: Path, modules: dict[str, nn.Module], optimizers: d
         opt.load_state_dict(ckpt.optimizer_state(ckpt.strip(tensors, f"optim_{name}"), meta["optim"][name]))
     torch.set_rng_state(tensors["rng.torch"])
     gen.set_state(tensors["rng.gen"])
+    if load_extra is not None:
+        load_extra(ckpt.strip(tensors, "extra"))
     return int(meta["step"])
 
 

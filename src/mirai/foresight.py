@@ -1,0 +1,167 @@
+"""Video-Mirai foresight training (Yu et al. 2026), added to the self-rollout DMD stage.
+
+1. A frozen foresight encoder reads the *completed* clean rollout non-causally (it sees the future) and
+   returns per-token features (B, T, N, D_enc). Default: the bidirectional teacher (the DMD real score),
+   one no-grad pass at t = 0 with the prompt, stopped after `encoder_block` blocks.
+2. Targets: for chunk i, the mean of the encoder's tokens of chunks i + d, d in `window` (default {0, 1};
+   offsets past the end are left out, the last chunk keeps what exists), matched by frame-in-chunk and
+   spatial index, with stop-gradient.
+3. The predictor (mirai.predictor) maps the generator's hidden state after `student_block` blocks, taken
+   at the shared exit step with gradient, onto those targets: loss = -cos(phi(h_i), sg(target_i)), mean
+   over tokens and chunks, weight lambda, added to the DMD generator loss.
+The predictor and the encoder are training-only: the generator file, its FLOPs and KV cache are unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from .attention import chunk_causal_mask
+from .config import Config, ForesightConfig
+from .dmd import DMDRun
+from .predictor import Predictor
+
+# --------------------------------------------------------------------------------------------------
+# Encoders
+
+
+class TeacherEncoder(nn.Module):
+    """A frozen DiT read at t = 0 up to `block`; `causal=True` masks the future (the ablation)."""
+
+    def __init__(self, model: nn.Module, block: int, causal: bool = False):
+        super().__init__()
+        self.model, self.block, self.causal = model.eval().requires_grad_(False), block, causal
+        self.dim = model.cfg.dim
+
+    @torch.no_grad()
+    def forward(self, video: Tensor, prompt: Tensor | None) -> Tensor:
+        """video (B, T, C, H, W) clean -> (B, T, N, D_enc)."""
+        B, T = video.shape[:2]
+        mask = None
+        if self.causal:
+            fpc, n = self.model.cfg.frames_per_chunk, self.model.tokens_per_frame
+            mask = chunk_causal_mask((torch.arange(T, device=video.device) // fpc).repeat_interleave(n))
+        t = torch.zeros(B, T, device=video.device)
+        return self.model(video, t, prompt, mask=mask, stop_after=self.block).float()
+
+
+def build_encoder(cfg: Config, teacher: nn.Module) -> TeacherEncoder:
+    f = cfg.foresight
+    model = teacher
+    if f.encoder != "teacher":  # a separately trained frozen bidirectional model
+        model = ckpt.load_model(f.encoder, expect_attention="bidirectional")
+    block = f.encoder_block or model.cfg.depth // 2
+    return TeacherEncoder(model, block, causal=f.encoder_mask == "causal")
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets and loss
+
+
+def foresight_targets(features: Tensor, frames_per_chunk: int, window: list[int]) -> Tensor:
+    """Future-conditioned targets (B, T, N, D): chunk i <- mean over d in window of chunk i + d (that exist).
+
+    If no offset of the window exists for a chunk (e.g. window {1} at the last chunk), it keeps its own.
+    """
+    B, T, N, D = features.shape
+    K = T // frames_per_chunk
+    chunks = features.view(B, K, frames_per_chunk, N, D)
+    out = torch.empty_like(chunks)
+    for i in range(K):
+        picked = [chunks[:, i + d] for d in window if i + d < K] or [chunks[:, i]]
+        out[:, i] = torch.stack(picked).mean(0)
+    return out.view(B, T, N, D).detach()
+
+
+def target_window(f: ForesightConfig) -> list[int]:
+    """The causal-encoder ablation must carry no future at all: its features of chunk i + d (d > 0) would
+    still have read chunk i + d's frames, so only d = 0 is kept there."""
+    return [0] if f.encoder_mask == "causal" else list(f.window)
+
+
+def foresight_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """-cos(phi(h), sg(target)) per token, mean over tokens, frames and batch."""
+    return -F.cosine_similarity(pred.float(), target.detach().float(), dim=-1).mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# The DMD stage with foresight
+
+
+def build_predictor(cfg: Config, generator: nn.Module, encoder_dim: int) -> Predictor:
+    m = cfg.model
+    return Predictor(m.dim, encoder_dim, cfg.foresight.predictor_depth, m.heads, m.frames_per_chunk,
+                     generator.grid, m.mlp_ratio)
+
+
+class ForesightDMDRun(DMDRun):
+    """DMD + foresight alignment. The predictor has its own AdamW and replays recent pairs on critic-only steps."""
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        f: ForesightConfig = cfg.foresight
+        self.encoder = build_encoder(cfg, self.teacher)
+        self.predictor = build_predictor(cfg, self.model, self.encoder.dim)
+        self.opt_predictor = torch.optim.AdamW(self.predictor.parameters(), lr=f.predictor_lr, betas=(0.9, 0.999))
+        self.modules["predictor"] = self.predictor
+        self.optimizers["predictor"] = self.opt_predictor
+        self.replay: collections.deque = collections.deque(maxlen=f.replay_size)
+        self.block = f.student_block or cfg.model.depth // 2
+
+    def student_block(self) -> int:
+        return self.block
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs."""
+        out = {}
+        for i, (hidden, target, t) in enumerate(self.replay):
+            out.update({f"replay.{i}.hidden": hidden, f"replay.{i}.target": target, f"replay.{i}.t": t})
+        return out
+
+    def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        self.replay.clear()
+        i = 0
+        while f"replay.{i}.hidden" in tensors:
+            self.replay.append(tuple(tensors[f"replay.{i}.{k}"] for k in ("hidden", "target", "t")))
+            i += 1
+
+    def targets(self, video: Tensor, prompt: Tensor | None, real: Tensor | None) -> Tensor:
+        source = real if self.cfg.foresight.target_source == "real" else video.detach()
+        features = self.encoder(source, prompt)
+        return foresight_targets(features, self.cfg.model.frames_per_chunk, target_window(self.cfg.foresight))
+
+    def generator_loss(self, video, hidden, prompt, gen, t_exit: float = 0.0, real=None):
+        loss, record = super().generator_loss(video, hidden, prompt, gen)
+        target = self.targets(video, prompt, real)
+        t = torch.full((video.shape[0],), float(t_exit))
+        align = foresight_loss(self.predictor(hidden, t), target)
+        self.replay.append((hidden.detach(), target, t))
+        self.opt_predictor.zero_grad(set_to_none=True)  # the predictor steps with the generator
+        record.update(foresight_loss=align.item())
+        return loss + self.cfg.foresight.weight * align, record
+
+    def after_generator_step(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), self.cfg.train.grad_clip)
+        self.opt_predictor.step()
+
+    def critic_only_step(self, gen: torch.Generator) -> dict:
+        """Train the predictor on a replayed (student feature, target) pair: keeps phi ahead of the generator."""
+        if not self.replay:
+            return {}
+        hidden, target, t = self.replay[int(torch.randint(len(self.replay), (1,), generator=gen))]
+        loss = foresight_loss(self.predictor(hidden, t), target)
+        self.opt_predictor.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), self.cfg.train.grad_clip)
+        self.opt_predictor.step()
+        return {"predictor_replay_loss": loss.item()}
+
+
+def run_class(cfg: Config):
+    return ForesightDMDRun if cfg.foresight.enabled else DMDRun
+

@@ -1,0 +1,372 @@
+"""Ground-truth probes for the synthetic world: does a generated video keep its layout and its objects?
+
+Two probes, both fitted to or derived from real clips of the world (`mirai.world`):
+- a small CNN that classifies a frame's background (layout) id, trained here in seconds on real frames;
+- an analytic object probe: for every sprite the prompt (or the first frame) asks for, segment the pixels of
+  its colour (nearest entry of the world's palette), take connected blobs (`scipy.ndimage.label`), and judge
+  the main blob as an *object*: is there one blob of about the sprite's size, what fraction of the colour is
+  in it, which canonical shape (`world.sprite_mask`) it matches best (IoU), is it striped, and where is it.
+  Colour alone is not enough: a sprite shattered into fragments of the right colour is not an object.
+
+`WorldProbe.score(video, prompts)` turns a batch of videos into per-frame scores (drift curves over time):
+  identity   - fraction of expected sprites present with the expected shape and pattern;
+  layout     - probability of the expected background;
+  coherence  - per sprite: (fraction of its colour in the main blob) x (best shape IoU); 0 when absent;
+  count      - 1 when the number of sprite-like objects equals the expected number;
+  continuity - per sprite: 1 while the frame-to-frame jump is within max_speed + slack, decaying beyond.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import ndimage
+from torch import Tensor, nn
+
+from .config import WorldConfig
+from .world import COLORS, SHAPES, background_image, make_clip, occluder_mask, scene_prompt, sprite_mask
+
+DARK = 0.45  # striped sprites darken every other pair of rows by this factor (world.sprite_texture)
+OCCLUDER_RGB = np.array([0.08, 0.08, 0.08], dtype=np.float32)
+EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: a diagonal touch is still one object
+
+# --------------------------------------------------------------------------------------------------
+# What the prompt asks for
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A sprite identity; None marks a field the prompt dropped (not checked)."""
+
+    shape: int | None
+    color: int | None
+    pattern: int | None
+
+
+def identities_from_prompt(prompt: np.ndarray) -> list[Identity]:
+    """(10,) scene_prompt ints -> identities of the non-empty sprite slots (0 = absent / dropped)."""
+    out = []
+    for i in range(3):
+        fields = [int(v) for v in prompt[1 + 3 * i : 4 + 3 * i]]
+        if any(fields):
+            out.append(Identity(*[(v - 1) if v > 0 else None for v in fields]))
+    return out
+
+
+def expected_background(prompt: np.ndarray) -> int | None:
+    return int(prompt[0]) - 1 if int(prompt[0]) > 0 else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Background (layout) classifier
+
+
+class BackgroundNet(nn.Module):
+    """(N, 3, H, W) in [0, 1] -> (N, num_backgrounds) logits; pooled stats make it size-agnostic."""
+
+    def __init__(self, num_backgrounds: int, width: int = 32):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
+        )
+        self.head = nn.Linear(4 * width, num_backgrounds)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.convs(x - 0.5)
+        return self.head(torch.cat([h.mean((-2, -1)), h.amax((-2, -1))], dim=-1))
+
+
+def real_frames(world: WorldConfig, seed: int, num_clips: int, frames_per_clip: int = 8):
+    """Frames of real clips with ground truth: (frames (N, H, W, 3) in [0, 1], clips, clip index per frame)."""
+    clips = [make_clip(world, seed, i, frames_per_clip) for i in range(num_clips)]
+    frames = np.concatenate([c.frames for c in clips])
+    owner = np.repeat(np.arange(num_clips), frames_per_clip)
+    return frames, clips, owner
+
+
+def _augment(x: Tensor, g: torch.Generator) -> Tensor:
+    """Generated frames are noisier and blurrier than rendered ones; train the classifier to ignore that."""
+    blur = torch.rand(x.shape[0], 1, 1, 1, generator=g) < 0.5
+    soft = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    x = torch.where(blur, 0.5 * x + 0.5 * soft, x)
+    sigma = torch.rand(x.shape[0], 1, 1, 1, generator=g) * 0.06
+    return (x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def train_background_classifier(world: WorldConfig, seed: int = 90_001, num_clips: int = 240,
+                                frames_per_clip: int = 4, steps: int = 200, batch_size: int = 32,
+                                lr: float = 3e-3) -> BackgroundNet:
+    """Fit a BackgroundNet on real frames of `world` (a few seconds on one CPU thread); deterministic in seed."""
+    frames, clips, owner = real_frames(world, seed, num_clips, frames_per_clip)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([clips[i].scene.background for i in owner])
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the initial weights
+    net = BackgroundNet(world.num_backgrounds)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        idx = torch.randint(len(x), (batch_size,), generator=g)
+        loss = F.cross_entropy(net(_augment(x[idx], g)), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour segmentation and object detection
+
+
+def _palette(world: WorldConfig, bg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every colour a frame of layout `bg` can hold: (K, 3) RGB and (K,) labels.
+
+    Labels: c in 0..5 for sprite colour c, 6 + c for its striped (dark) rows, -1 background, -2 pillar.
+    Putting the layout's own background colours in the palette is what separates dark sprite rows from
+    muted backgrounds of a similar hue.
+    """
+    bg_rgb = np.unique(background_image(world, bg, world.image_size).reshape(-1, 3), axis=0)
+    rgb = np.concatenate([COLORS, COLORS * DARK, bg_rgb, OCCLUDER_RGB[None]])
+    labels = np.concatenate([np.arange(6), 6 + np.arange(6), -np.ones(len(bg_rgb), int), [-2]])
+    return rgb.astype(np.float32), labels
+
+
+def colour_labels(frame: np.ndarray, world: WorldConfig, bg: int, tau: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) in [0, 1] -> (sprite colour per pixel (H, W) in 0..5 or -1, dark-row flag (H, W) bool)."""
+    rgb, labels = _palette(world, bg)
+    dist = np.linalg.norm(frame[:, :, None, :] - rgb[None, None], axis=-1)
+    nearest = dist.argmin(-1)
+    lab = labels[nearest]
+    is_sprite = (lab >= 0) & (dist.min(-1) < tau)
+    return np.where(is_sprite, lab % 6, -1), is_sprite & (lab >= 6)
+
+
+@dataclass
+class Detection:
+    """The main blob of one sprite colour in one frame."""
+
+    area: int  # pixels of the main blob
+    fraction: float  # share of all pixels of this colour that are in the main blob (1 = one object)
+    shape_iou: np.ndarray  # (num shapes,) best IoU of the main blob with each canonical shape (over sizes)
+    shape: int  # argmax of shape_iou
+    striped: bool
+    centre: np.ndarray  # (2,) (x, y) centre of the best-matching template placement
+
+    @property
+    def coherence(self) -> float:
+        return self.fraction * float(self.shape_iou.max())
+
+
+def _templates(world: WorldConfig) -> list[tuple[int, int, np.ndarray]]:
+    return [(shape, size, sprite_mask(shape, size).astype(np.float32))
+            for shape in range(min(world.num_shapes, len(SHAPES))) for size in sorted(set(world.sprite_sizes))]
+
+
+def _best_placement(blob: np.ndarray, unknown: np.ndarray, tmpl: np.ndarray) -> tuple[float, np.ndarray]:
+    """Max IoU of `blob` with `tmpl` over all placements inside the frame, ignoring template pixels that fall
+    on `unknown` (pillar, other sprites): they may hide part of the object. Returns (iou, centre (x, y))."""
+    s = tmpl.shape[0]
+    if blob.shape[0] < s or blob.shape[1] < s:
+        return 0.0, np.zeros(2)
+    inter = np.einsum("pqij,ij->pq", sliding_window_view(blob.astype(np.float32), (s, s)), tmpl)
+    known = np.einsum("pqij,ij->pq", sliding_window_view((~unknown).astype(np.float32), (s, s)), tmpl)
+    iou = inter / np.maximum(blob.sum() + known - inter, 1e-6)
+    y, x = np.unravel_index(int(iou.argmax()), iou.shape)
+    return float(iou[y, x]), np.array([x + (s - 1) / 2, y + (s - 1) / 2], dtype=np.float32)
+
+
+def detect(labels: np.ndarray, dark: np.ndarray, color: int, occluder: np.ndarray, world: WorldConfig) -> Detection | None:
+    """The object of colour `color` in a labelled frame, or None when no pixel has that colour."""
+    mask = labels == color
+    if not mask.any():
+        return None
+    # Pixels that may hide this sprite (the pillar, other sprites) bridge its visible pieces into one blob.
+    unknown = occluder | ((labels >= 0) & ~mask)
+    comp, _ = ndimage.label(mask | unknown, structure=EIGHT)
+    main = np.bincount(comp[mask]).argmax()
+    blob = mask & (comp == main)
+    best: dict[int, tuple[float, np.ndarray]] = {}
+    for shape, _, tmpl in _templates(world):
+        iou, centre = _best_placement(blob, unknown, tmpl)
+        if shape not in best or iou > best[shape][0]:
+            best[shape] = (iou, centre)
+    ious = np.array([best[s][0] for s in sorted(best)])
+    shape = int(ious.argmax())
+    area = int(blob.sum())
+    # Striped rows are pairs of dark rows: about 40% of a striped sprite; 0 for a solid one.
+    return Detection(area, area / int(mask.sum()), ious, shape, bool(dark[blob].mean() > 0.2), best[shape][1])
+
+
+def min_object_area(world: WorldConfig) -> float:
+    """A blob smaller than 30% of the smallest sprite is noise, not an object."""
+    return 0.3 * min(float(t.sum()) for _, _, t in _templates(world))
+
+
+# --------------------------------------------------------------------------------------------------
+# Scores
+
+
+@dataclass
+class ProbeScores:
+    """Per-frame scores (B, T) in [0, 1]; see the module docstring for each."""
+
+    identity: np.ndarray
+    layout: np.ndarray
+    coherence: np.ndarray
+    count: np.ndarray
+    continuity: np.ndarray
+
+    NAMES = ("identity", "layout", "coherence", "count", "continuity")
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """Drift curves: each score averaged over the batch, (T,) per name."""
+        return {n: getattr(self, n).mean(0) for n in self.NAMES}
+
+    def summary(self) -> dict[str, float]:
+        """Per name: mean over all frames, over the first and last quarter of frames, and drift = last - first."""
+        out = {}
+        for n in self.NAMES:
+            curve = getattr(self, n).mean(0)
+            q = max(1, len(curve) // 4)
+            first, last = float(curve[:q].mean()), float(curve[-q:].mean())
+            out |= {n: float(curve.mean()), f"{n}_first": first, f"{n}_last": last, f"{n}_drift": last - first}
+        return out
+
+
+def _continuity(prev: Detection | None, cur: Detection | None, limit: float) -> float:
+    if prev is None or cur is None:
+        return 0.0
+    jump = float(np.linalg.norm(cur.centre - prev.centre))
+    return 1.0 if jump <= limit else limit / jump
+
+
+class WorldProbe:
+    """Probes for one world configuration: a trained background classifier plus the analytic object probe."""
+
+    def __init__(self, world: WorldConfig, background_net: BackgroundNet, tau: float = 0.25):
+        self.world, self.net, self.tau = world, background_net.eval(), tau
+        self.min_area = min_object_area(world)
+        # A real sprite moves <= max_speed; rounding of positions and template placement add ~2.5 px.
+        self.jump_limit = world.max_speed + 2.5
+
+    @torch.no_grad()
+    def background_probs(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) in [0, 1] -> (N, num_backgrounds) probabilities."""
+        x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)
+        return self.net(x).softmax(-1).numpy()
+
+    def frame_objects(self, frame: np.ndarray, bg: int) -> dict[int, Detection]:
+        """All sprite-colour objects in one (H, W, 3) frame: colour -> Detection (area >= min_area or not)."""
+        labels, dark = colour_labels(frame, self.world, bg, self.tau)
+        occ = occluder_mask(self.world, bg)
+        return {c: d for c in np.unique(labels[labels >= 0]).tolist()
+                if (d := detect(labels, dark, int(c), occ, self.world)) is not None}
+
+    def _objects(self, found: dict[int, Detection]) -> dict[int, Detection]:
+        return {c: d for c, d in found.items() if d.area >= self.min_area}
+
+    def identities_from_frame(self, frame: np.ndarray, bg: int) -> list[Identity]:
+        """What a frame shows: one identity per sprite-like object (for prompts without sprite fields)."""
+        return [Identity(d.shape, c, int(d.striped)) for c, d in sorted(self._objects(self.frame_objects(frame, bg)).items())]
+
+    def _matches(self, ident: Identity, det: Detection | None) -> float:
+        if det is None or det.area < self.min_area:
+            return 0.0
+        shape_ok = ident.shape is None or det.shape == ident.shape
+        pattern_ok = ident.pattern is None or int(det.striped) == ident.pattern
+        return float(shape_ok and pattern_ok)
+
+    def score_frames(self, frames: np.ndarray, prompt: np.ndarray) -> dict[str, np.ndarray]:
+        """One video (T, H, W, 3) in [0, 1] and its (10,) prompt -> (T,) arrays per score name."""
+        probs = self.background_probs(frames)
+        bg = expected_background(prompt)
+        bg = int(probs[0].argmax()) if bg is None or bg >= self.world.num_backgrounds else bg
+        idents = identities_from_prompt(prompt)
+        if not idents:  # unconditional: the first frame defines who should stay
+            idents = self.identities_from_frame(frames[0], bg)
+        idents = [i for i in idents if i.color is not None]  # a sprite without its colour cannot be located
+        T = len(frames)
+        out = {n: np.zeros(T) for n in ProbeScores.NAMES}
+        out["layout"] = probs[:, bg]
+        prev: dict[int, Detection] = {}
+        for t in range(T):
+            found = self.frame_objects(frames[t], bg)
+            dets = [found.get(i.color) for i in idents]
+            dets = [d if d is not None and d.area >= self.min_area else None for d in dets]
+            out["count"][t] = float(len(self._objects(found)) == len(identities_from_prompt(prompt) or idents))
+            if idents:
+                out["identity"][t] = np.mean([self._matches(i, d) for i, d in zip(idents, dets)])
+                out["coherence"][t] = np.mean([d.coherence if d else 0.0 for d in dets])
+                out["continuity"][t] = np.mean([
+                    (1.0 if d is not None else 0.0) if t == 0 else _continuity(prev.get(i.color), d, self.jump_limit)
+                    for i, d in zip(idents, dets)])
+            else:  # nothing expected: vacuously consistent
+                out["identity"][t] = out["coherence"][t] = out["continuity"][t] = 1.0
+            prev = {i.color: d for i, d in zip(idents, dets)}
+        return out
+
+    def score(self, video: Tensor | np.ndarray, prompts: Tensor | np.ndarray) -> ProbeScores:
+        """video (B, T, C, H, W) in [-1, 1] (quantised to uint8 as when saved), prompts (B, 10) -> ProbeScores."""
+        from .data import to_uint8
+
+        frames = to_uint8(torch.as_tensor(video)).astype(np.float32) / 255.0  # (B, T, H, W, 3)
+        prompts = np.asarray(torch.as_tensor(prompts).cpu())
+        per = [self.score_frames(f, p) for f, p in zip(frames, prompts)]
+        return ProbeScores(**{n: np.stack([p[n] for p in per]) for n in ProbeScores.NAMES})
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and checking probes
+
+_CACHE: dict[str, WorldProbe] = {}
+
+
+def train_probe(world: WorldConfig, seed: int = 90_001, **kw) -> WorldProbe:
+    """A WorldProbe for `world` (cached per world config and seed: training takes a few seconds once)."""
+    key = json.dumps([asdict(world), seed, kw], sort_keys=True)
+    if key not in _CACHE:
+        _CACHE[key] = WorldProbe(world, train_background_classifier(world, seed=seed, **kw))
+    return _CACHE[key]
+
+
+def probe_accuracy(probe: WorldProbe, seed: int = 424_242, num_clips: int = 40, frames_per_clip: int = 8,
+                   min_visible: float = 0.5) -> dict[str, float]:
+    """Accuracy on held-out real frames (a seed the probe never saw).
+
+    background: argmax == true layout; identity: a sprite with >= min_visible of its pixels visible is found
+    with the right shape and pattern; count: detected objects == sprites in the scene (what `score` expects;
+    it fails only when a sprite is almost hidden); position_error_px: mean distance of found centres to the
+    true centres.
+    """
+    frames, clips, owner = real_frames(probe.world, seed, num_clips, frames_per_clip)
+    probs = probe.background_probs(frames)
+    bg_true = np.array([clips[i].scene.background for i in owner])
+    ident_ok, count_ok, errors = [], [], []
+    for n, (frame, ci) in enumerate(zip(frames, owner)):
+        clip, t = clips[ci], n % frames_per_clip
+        objs = probe._objects(probe.frame_objects(frame, clip.scene.background))
+        count_ok.append(len(objs) == len(clip.scene.sprites))
+        for k, sprite in enumerate(clip.scene.sprites):
+            if clip.visible[t, k] < min_visible:
+                continue
+            ident = Identity(sprite.shape, sprite.color, sprite.pattern)
+            det = objs.get(sprite.color)
+            ident_ok.append(probe._matches(ident, det))
+            if det is not None:
+                errors.append(float(np.linalg.norm(det.centre - clip.positions[t, k])))
+    return {"background": float((probs.argmax(-1) == bg_true).mean()), "identity": float(np.mean(ident_ok)),
+            "count": float(np.mean(count_ok)), "position_error_px": float(np.mean(errors)),
+            "num_frames": len(frames), "num_sprites": len(ident_ok)}
+
+
+def real_prompts(clips) -> np.ndarray:
+    """(B, 10) prompts of real clips (convenience for tests and for `mirai eval` on real data)."""
+    return np.stack([scene_prompt(c.scene) for c in clips])

@@ -1,0 +1,76 @@
+import torch
+
+from mirai.config import ForesightConfig, SampleConfig
+from mirai.foresight import TeacherEncoder, foresight_loss, foresight_targets, target_window
+from mirai.predictor import Predictor
+from mirai.sampler import rollout_with_exit
+from mirai.schedule import FlowSchedule
+from tests.conftest import make_model
+
+
+def video(seed=0):
+    return torch.randn(2, 6, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def targets_of(encoder, x, f: ForesightConfig):
+    return foresight_targets(encoder(x, None), 2, target_window(f))
+
+
+def test_targets_carry_the_next_chunk_and_the_causal_ablation_does_not():
+    teacher = make_model(attention="bidirectional")
+    x = video()
+    x2 = x.clone()
+    x2[:, 2:4] += 0.5  # perturb chunk 1 (frames 2, 3)
+    bidir, causal = TeacherEncoder(teacher, block=1), TeacherEncoder(teacher, block=1, causal=True)
+    f = ForesightConfig()
+    assert not torch.allclose(targets_of(bidir, x, f)[:, :2], targets_of(bidir, x2, f)[:, :2])  # target 0 sees chunk 1
+    ablation = ForesightConfig(encoder_mask="causal")
+    assert torch.equal(targets_of(causal, x, ablation)[:, :2], targets_of(causal, x2, ablation)[:, :2])
+    # window {0} with the bidirectional encoder still leaks the future through attention (the paper's {0} arm)
+    w0 = ForesightConfig(window=[0])
+    assert not torch.allclose(targets_of(bidir, x, w0)[:, :2], targets_of(bidir, x2, w0)[:, :2])
+
+
+def test_target_window_means_matched_positions():
+    feats = torch.arange(6.0)[None, :, None, None].expand(1, 6, 4, 3).clone()  # frame index as the feature
+    out = foresight_targets(feats, 2, [0, 1])
+    assert out[0, :, 0, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 4.0, 5.0]  # frame f of chunk i <- mean(i, i+1); last keeps its own
+    assert foresight_targets(feats, 2, [1])[0, :, 0, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 4.0, 5.0]
+    assert foresight_targets(feats, 2, [0, 1, 2])[0, 0, 0, 0].item() == 2.0
+
+
+def test_encoder_early_stop_equals_the_full_forward_read_at_that_block():
+    teacher = make_model(attention="bidirectional")
+    x = video()
+    _, hidden = teacher(x, torch.zeros(2, 6), return_hidden=1)
+    assert torch.equal(TeacherEncoder(teacher, block=1)(x, None), hidden)
+
+
+def test_alignment_gradient_stops_at_the_student_block():
+    from mirai.config import ModelConfig
+    from mirai.model import CausalVideoDiT
+
+    torch.manual_seed(0)
+    model = CausalVideoDiT(ModelConfig(dim=32, depth=4, heads=2, patch_size=4, image_size=16))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    sample = SampleConfig(steps=2, solver="renoise")
+    _, hidden = rollout_with_exit(model, FlowSchedule(), video(), None, 1, sample=sample,
+                                  generator=torch.Generator().manual_seed(0), return_hidden=2)
+    phi = Predictor(32, 32, 1, 2, 2, model.grid)
+    foresight_loss(phi(hidden, torch.rand(2)), torch.randn(2, 6, 16, 32)).backward()
+    for i, block in enumerate(model.blocks):
+        grads = [p.grad for p in block.parameters()]
+        if i < 2:
+            assert any(g is not None and g.abs().sum() > 0 for g in grads), i
+        else:
+            assert all(g is None for g in grads), i
+    assert all(p.grad is None for p in model.final.parameters())
+
+
+def test_loss_is_minus_cosine():
+    a = torch.randn(2, 4, 3, 8)
+    assert torch.allclose(foresight_loss(a, a), torch.tensor(-1.0))
+    assert torch.allclose(foresight_loss(a, -a), torch.tensor(1.0))
+    assert torch.allclose(foresight_loss(a, 3 * a), torch.tensor(-1.0))  # scale-free
