@@ -11,13 +11,15 @@ def video(B=2, T=6, seed=0):
     return torch.randn(B, T, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-def test_output_shape_and_zero_at_init():
-    cfg = ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16)
-    model = CausalVideoDiT(cfg)
-    x, t = video(), torch.rand(2, 6)
-    out = model(x, t)
+def test_output_shape_and_adaln_zero_at_init():
+    x, t = video(), torch.rand(2, 6) + 0.1
+    velocity = CausalVideoDiT(ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16, prediction="velocity"))
+    out = velocity(x, t)
     assert out.shape == x.shape
-    assert torch.count_nonzero(out) == 0  # adaLN-Zero: the untrained model is the zero map
+    assert torch.count_nonzero(out) == 0  # adaLN-Zero: the untrained network is the zero map
+    x0_model = CausalVideoDiT(ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16, prediction="x0"))
+    # predicting x0 = 0 means the velocity (x_t - 0) / t
+    assert torch.allclose(x0_model(x, t), x / t[..., None, None, None])
 
 
 def test_later_chunks_do_not_change_earlier_outputs(model):

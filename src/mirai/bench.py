@@ -130,3 +130,73 @@ def bench_train(preset: str = "small", batch: int = 4, frames: int = 8, repeats:
     for key in ("step_s", "tokens_per_s", "achieved_gflops", "gemm_peak_gflops", "fraction_of_peak"):
         result[key] = result["fp32"].get(key)  # top-level keys: the fp32 figures
     return result
+
+
+def _dmd_generator_step(run, noise, prompt, real, exit_step: int, gen) -> None:
+    """One generator update of the DMD stage, as `mirai.dmd.train_dmd` does it."""
+    from .sampler import rollout_with_exit
+    from .train import optimize
+
+    video, hidden = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=run.cfg.sample,
+                                      generator=gen, return_hidden=run.student_block())
+    t_exit = run.schedule.inference_steps(run.cfg.sample.steps, run.cfg.sample.timesteps)[exit_step].item()
+    loss, _ = run.generator_loss(video, hidden, prompt, gen, t_exit=t_exit, real=real)
+    optimize(run.opt, run.model, loss, 1.0)
+    run.after_generator_step()
+
+
+def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None = None, batch: int = 4,
+                    repeats: int = 5) -> dict:
+    """Cost of foresight training (generator step with / without) and of sampling its generator (must be 1)."""
+    import tempfile
+
+    from . import checkpoint as ckpt
+    from .foresight import ForesightDMDRun
+    from .dmd import DMDRun
+
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = _random_model("tiny", seed=1, attention="bidirectional")
+        student = _random_model("tiny", seed=2)
+        ckpt.save_model(teacher, f"{tmp}/teacher.safetensors")
+        ckpt.save_model(student, f"{tmp}/student.safetensors")
+        cfg = config_from_dict({"model": {"preset": "tiny", "conditional": False},
+                                "train": {"objective": "dmd", "init_from": f"{tmp}/student.safetensors", "batch_size": batch},
+                                "dmd": {"teacher": f"{tmp}/teacher.safetensors"},
+                                "sample": {"timesteps": [1000, 750, 500, 250], "solver": "renoise"}})
+        base = DMDRun(cfg)
+        cfg.foresight.enabled = True
+        mirai = ForesightDMDRun(cfg)
+    shape = (3, cfg.model.image_size, cfg.model.image_size)
+    noise = torch.randn(batch, cfg.data.clip_frames, *shape, generator=torch.Generator().manual_seed(0))
+    real = noise.clamp(-1, 1)
+    times: dict[str, list[float]] = {"base": [], "mirai": []}
+    for i in range(repeats + 1):  # alternate the two arms so drifts of the machine hit both alike
+        for name, run in (("base", base), ("mirai", mirai)):
+            gen = torch.Generator().manual_seed(i)
+            t0 = time.perf_counter()
+            _dmd_generator_step(run, noise, None, real, exit_step=i % 4, gen=gen)
+            if i:  # the first round is a warm-up
+                times[name].append(time.perf_counter() - t0)
+    result = {"batch": batch, "repeats": repeats,
+              "dmd_step_s": statistics.median(times["base"]), "foresight_step_s": statistics.median(times["mirai"])}
+    result["train_step_ratio"] = result["foresight_step_s"] / result["dmd_step_s"]
+
+    # Sampling: the generator file of a foresight run has the same tensors, so the same work is expected.
+    from .checkpoint import load_model
+
+    models = {"base": load_model(baseline_ckpt).eval() if baseline_ckpt else base.model.eval(),
+              "mirai": load_model(foresight_ckpt).eval() if foresight_ckpt else mirai.model.eval()}
+    n = torch.randn(1, 16 * cfg.model.frames_per_chunk, *shape, generator=torch.Generator().manual_seed(0))
+    sample = SampleConfig(timesteps=[1000, 750, 500, 250], solver="renoise")
+    sampling: dict[str, list[float]] = {"base": [], "mirai": []}
+    for i in range(repeats + 1):
+        for name, model in models.items():
+            t = _time(lambda: rollout(model, FlowSchedule(), n, sample=sample))
+            if i:
+                sampling[name].append(t)
+    result["baseline_rollout_s"] = statistics.median(sampling["base"])
+    result["foresight_rollout_s"] = statistics.median(sampling["mirai"])
+    result["sampling_ratio"] = result["foresight_rollout_s"] / result["baseline_rollout_s"]
+    result["same_generator_tensors"] = ({k: v.shape for k, v in models["base"].state_dict().items()}
+                                        == {k: v.shape for k, v in models["mirai"].state_dict().items()})
+    return result

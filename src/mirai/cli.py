@@ -2,7 +2,7 @@
 
     mirai train --config configs/tiny.yaml [--set train.steps=100 ...] [--dry-run]
     mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet)
-    mirai bench sampling --json | mirai bench train --json
+    mirai bench sampling --json | mirai bench train --json | mirai bench foresight --json
 
 Bad input (unknown config keys, wrong types, missing or corrupt files) ends in one `error:` line.
 """
@@ -42,10 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a sample.* setting, e.g. --set sample.steps=8 --set sample.window_chunks=8")
 
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
-    b.add_argument("what", choices=["sampling", "train"])
+    b.add_argument("what", choices=["sampling", "train", "foresight"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
     b.add_argument("--ckpt", help="sampling: benchmark this model instead of a random tiny one")
     b.add_argument("--preset", default=None, help="train: model preset (default small)")
+    b.add_argument("--baseline", help="foresight: a baseline generator to time (default: random tiny)")
+    b.add_argument("--foresight", help="foresight: a foresight-trained generator to time (default: random tiny)")
     return p
 
 
@@ -119,8 +121,10 @@ def cmd_bench(args) -> None:
 
             model = load_model(args.ckpt).eval()
         result = bench.bench_sampling(model)
-    else:
+    elif args.what == "train":
         result = bench.bench_train(args.preset or "small")
+    else:
+        result = bench.bench_foresight(args.baseline, args.foresight)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

@@ -73,6 +73,9 @@ class ModelConfig:
     attention: str = "causal"  # "causal" (block-causal over chunks) or "bidirectional"
     prompt_vocab: list[int] = field(default_factory=list)  # one vocabulary size per prompt field; [] = unconditional
     rope_theta: float = 10000.0
+    prediction: str = "x0"  # what the network outputs: "x0" (clean frames) or "velocity"; forward() always
+    #                         returns the velocity. x0 suits pixel patches (Li & He 2025, "Back to Basics"):
+    #                         a velocity/noise output must reproduce 192-d patch noise through the network.
     conditional: bool = True  # condition on the dataset's structured prompt (prompt_vocab filled from the world)
 
 
@@ -293,6 +296,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.dim={m.dim} is not divisible by model.heads={m.heads}")
     if (m.dim // m.heads) % 2:
         raise ConfigError(f"head dim {m.dim // m.heads} must be even for rotary positions")
+    if m.prediction not in ("x0", "velocity"):
+        raise ConfigError(f"model.prediction must be 'x0' or 'velocity', got '{m.prediction}'")
     if m.attention not in ("causal", "bidirectional"):
         raise ConfigError(f"model.attention must be 'causal' or 'bidirectional', got '{m.attention}'")
     if cfg.data.clip_frames % m.frames_per_chunk:

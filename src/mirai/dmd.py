@@ -139,7 +139,7 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> P
     """Stage 3. One step = one critic update; the generator is updated every `critic_updates_per_gen` steps."""
     import time
 
-    from .train import (MetricsLog, autocast_context, check_finite, ema_update, load_training_state, lr_at, optimize,
+    from .train import (MetricsLog, autocast_context, check_finite, ema_decay_at, ema_update, load_training_state, lr_at, optimize,
                         save_training_state, set_lr, start_run, write_samples)
 
     from .foresight import run_class
@@ -170,7 +170,7 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> P
                 set_lr(run.opt, lr_at(step, tc))
                 record["gen_grad_norm"] = optimize(run.opt, run.model, loss, tc.grad_clip)
                 run.after_generator_step()
-                ema_update(run.ema, run.model, tc.ema_decay)
+                ema_update(run.ema, run.model, ema_decay_at(step // cfg.dmd.critic_updates_per_gen, tc))
                 fake = video.detach()
             else:
                 with torch.no_grad():

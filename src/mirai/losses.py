@@ -17,6 +17,17 @@ from .attention import teacher_forcing_mask
 from .schedule import FlowSchedule
 
 
+def flow_matching_loss(v: Tensor, x_t: Tensor, x0: Tensor, t: Tensor, t_floor: float = 0.05) -> Tensor:
+    """Velocity MSE, computed as ((x0_hat - x0) / max(t, t_floor))^2 with x0_hat = x_t - t v.
+
+    For t >= t_floor this is exactly |v - (eps - x0)|^2; the floor keeps x0-predicting models from an
+    unbounded weight at t -> 0 (as in Li & He 2025).
+    """
+    t = t[..., None, None, None]
+    x0_hat = x_t.float() - t * v.float()
+    return (((x0_hat - x0.float()) / t.clamp_min(t_floor)) ** 2).mean()
+
+
 def drop_prompt(prompt: Tensor | None, p: float, generator: torch.Generator | None) -> Tensor | None:
     """Zero the prompt of a random fraction p of the batch (classifier-free guidance training)."""
     if prompt is None or p <= 0:
@@ -59,8 +70,9 @@ def teacher_forcing_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, p
     if context_noise_max > 0:  # noise augmentation of the context (robustness to imperfect rollouts)
         t_ctx = (torch.rand(B, K - 1, generator=generator) * context_noise_max).repeat_interleave(fpc, dim=1)
         ctx = schedule.add_noise(ctx, torch.randn(ctx.shape, generator=generator), t_ctx)
-    v = teacher_forcing_forward(model, ctx, t_ctx, schedule.add_noise(x0, noise, t), t, prompt)
-    return F.mse_loss(v.float(), schedule.velocity(x0, noise))
+    x_t = schedule.add_noise(x0, noise, t)
+    v = teacher_forcing_forward(model, ctx, t_ctx, x_t, t, prompt)
+    return flow_matching_loss(v, x_t, x0, t)
 
 
 def ode_regression_loss(model: nn.Module, states: Tensor, clean: Tensor, timesteps: Tensor, prompt: Tensor | None,
@@ -88,5 +100,5 @@ def bidirectional_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, pro
     fpc = model.cfg.frames_per_chunk
     noise = torch.randn(x0.shape, generator=generator)
     t = _chunk_t(schedule, B, T // fpc, fpc, per_chunk_t, generator)
-    v = model(schedule.add_noise(x0, noise, t), t, prompt)
-    return F.mse_loss(v.float(), schedule.velocity(x0, noise))
+    x_t = schedule.add_noise(x0, noise, t)
+    return flow_matching_loss(model(x_t, t, prompt), x_t, x0, t)

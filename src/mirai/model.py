@@ -178,7 +178,7 @@ class CausalVideoDiT(nn.Module):
         return_hidden: int | None = None,
         stop_after: int | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Velocity prediction.
+        """Velocity prediction (from an x0 or velocity output, per cfg.prediction).
 
         x: (B, T, C, H, W) noisy frames; t: (B, T) per-frame noise level in [0, 1];
         prompt: (B, P) ints or None (= dropped); mask: "default" (from cfg.attention), None (full) or a
@@ -219,6 +219,8 @@ class CausalVideoDiT(nn.Module):
         if commit:
             kv_cache.advance()
         out = self.unpatchify(self.final(h, c, T), T)
+        if self.cfg.prediction == "x0":  # v = (x_t - x0) / t; exact for t > 0 (t = 0 only writes the cache)
+            out = (x - out) / t.clamp_min(1e-3).to(out.dtype)[..., None, None, None]
         return (out, hidden) if return_hidden is not None else out
 
 

@@ -56,6 +56,14 @@ def lr_at(step: int, cfg) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def ema_decay_at(step: int, tc) -> float:
+    """EMA decay with a warm-up, min(decay, (1 + s) / (10 + s)): early averages are not dragged to the init."""
+    if step < tc.ema_start:
+        return 0.0
+    s = step - tc.ema_start
+    return min(tc.ema_decay, (1 + s) / (10 + s))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_p, p = list(ema.parameters()), list(model.parameters())
@@ -231,7 +239,7 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
             loss = compute_loss(forward_model, schedule, batch, cfg, gen, getattr(dataset, "timesteps", None))
         check_finite(loss, step)
         grad_norm = optimize(opt, model, loss, tc.grad_clip)
-        ema_update(ema, model, 0.0 if step < tc.ema_start else tc.ema_decay)
+        ema_update(ema, model, ema_decay_at(step, tc))
         step += 1
         dt = time.perf_counter() - t0
         bar.update(1)
