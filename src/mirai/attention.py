@@ -47,7 +47,8 @@ def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
 
 def token_positions(frame_pos: Tensor, grid: int) -> tuple[Tensor, Tensor, Tensor]:
     """(t, h, w) integer positions of every token of frames at temporal positions frame_pos (T,)."""
-    hh, ww = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    hh, ww = torch.meshgrid(torch.arange(grid, device=frame_pos.device), torch.arange(grid, device=frame_pos.device),
+                            indexing="ij")
     T = frame_pos.shape[0]
     pos_t = frame_pos.to(torch.long).repeat_interleave(grid * grid)
     return pos_t, hh.flatten().repeat(T).to(frame_pos.device), ww.flatten().repeat(T).to(frame_pos.device)

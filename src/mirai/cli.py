@@ -18,6 +18,7 @@ import torch
 
 from .config import Config, ConfigError, _build, apply_overrides, load_config, load_yaml, to_dict
 from .checkpoint import CheckpointError
+from .video import save_npz
 from .data import DataError
 
 
@@ -35,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="roll out videos from a trained model")
     s.add_argument("--ckpt", required=True, help="a run folder or a model.safetensors file")
     s.add_argument("--frames", type=int, default=None, help="frames to generate (default: 4x the training clip)")
-    s.add_argument("--out", default="samples.mp4", help="output .mp4, .gif or .png (contact sheet)")
+    s.add_argument("--out", default="samples.mp4",
+                   help="output .mp4, .gif, .png (contact sheet) or .npz (uint8 frames + prompts, for `mirai eval`)")
+    s.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     s.add_argument("--num", type=int, default=4, help="videos to generate (shown side by side)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -75,7 +78,7 @@ def run_settings(ckpt_path: str, overrides: list[str]) -> Config:
     for item in overrides:
         if not item.startswith("sample."):
             raise ConfigError(f"mirai sample only takes sample.* overrides, got '{item}'")
-    data = apply_overrides({k: saved.get(k) or {} for k in ("world", "data", "sample")}, overrides)
+    data = apply_overrides({k: saved.get(k) or {} for k in ("world", "data", "sample", "schedule")}, overrides)
     return _build(Config, data)
 
 
@@ -86,7 +89,10 @@ def cmd_sample(args) -> None:
     from .video import save_video
     from .world import make_clip, scene_prompt
 
-    model = load_model(args.ckpt).eval()
+    from .train import pick_device
+
+    device = pick_device(args.device)
+    model = load_model(args.ckpt).eval().to(device)
     if model.cfg.attention != "causal":
         raise CheckpointError(f"{args.ckpt} is a bidirectional model; `mirai sample` rolls out causal generators")
     cfg = run_settings(args.ckpt, args.overrides)
@@ -99,13 +105,17 @@ def cmd_sample(args) -> None:
         prompt = torch.stack([torch.from_numpy(scene_prompt(make_clip(world, 10**6 + args.seed, i, 1).scene)) for i in range(args.num)])
     gen = torch.Generator().manual_seed(args.seed)
     shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
-    noise = torch.randn(args.num, frames, *shape, generator=gen)
+    noise = torch.randn(args.num, frames, *shape, generator=gen).to(device)
+    cond = prompt.to(device) if prompt is not None else None
     from tqdm import tqdm
 
-    chunks = [c for c in tqdm(iter_rollout(model, FlowSchedule(), noise, prompt, sample=sample, generator=gen),
-                              total=frames // fpc, desc="sample", unit="chunk")]
+    chunks = [c.cpu() for c in tqdm(iter_rollout(model, FlowSchedule.from_config(cfg.schedule), noise, cond, sample=sample,
+                                                 generator=gen), total=frames // fpc, desc="sample", unit="chunk")]
     video = torch.cat(chunks, dim=1)
-    out = save_video(video, args.out)
+    if args.out.endswith(".npz"):
+        out = save_npz(video, prompt, args.out)
+    else:
+        out = save_video(video, args.out)
     Path(str(out) + ".json").write_text(json.dumps({"ckpt": str(args.ckpt), "frames": frames, "num": args.num,
                                                    "seed": args.seed, "sample": to_dict(sample)}, indent=2))
     print(f"wrote {out} ({args.num} videos x {frames} frames)")

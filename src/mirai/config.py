@@ -139,6 +139,7 @@ class TrainConfig:
     sample_steps: int = 16  # Euler steps for the periodic samples
     compile: bool = False  # torch.compile the model (optional; see README for the caveats)
     threads: int = 0  # torch threads (0 = leave the default)
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
 
 
 @dataclass

@@ -138,6 +138,10 @@ def batch_indices(step: int, batch_size: int, size: int, seed: int) -> list[int]
     return out
 
 
+def to_device(batch: dict[str, Tensor], device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def get_batch(dataset, indices: list[int]) -> dict[str, Tensor]:
     items = [dataset[i] for i in indices]
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}

@@ -58,7 +58,10 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     d = cfg.distill
     if not d.teacher:
         raise ckpt.CheckpointError("distill.teacher is empty: name the stage-1 causal run to distil from")
-    teacher = ckpt.load_model(d.teacher, expect_attention="causal").eval()
+    from .train import pick_device
+
+    device = pick_device(cfg.train.device)
+    teacher = ckpt.load_model(d.teacher, expect_attention="causal").eval().to(device)
     check_same_family(teacher.cfg, cfg.model, d.teacher, "the ODE student")
     schedule = FlowSchedule.from_config(cfg.schedule)
     ts = student_timesteps(cfg, schedule)
@@ -73,9 +76,9 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         index = range(s * d.shard_size, min(d.num_videos, (s + 1) * d.shard_size))
         prompt = torch.stack([torch.from_numpy(scene_prompt(make_clip(cfg.world, 7_000_003, i, 1).scene)) for i in index])
         gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + s)
-        noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen)
-        states, clean = teacher_trajectories(teacher, schedule, noise, prompt if teacher.prompt_embed is not None else None,
-                                             ts, d.teacher_steps, d.teacher_cfg_scale)
+        noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
+        cond = prompt.to(device) if teacher.prompt_embed is not None else None
+        states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale)
         write_shard(path, states, clean, prompt, torch.tensor(ts))
     return out
 

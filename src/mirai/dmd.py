@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .config import Config
-from .data import batch_indices, build_dataset, get_batch
+from .data import batch_indices, build_dataset, get_batch, to_device
 from .losses import bidirectional_loss
 from .sampler import rollout_with_exit
-from .schedule import FlowSchedule
+from .schedule import FlowSchedule, rand, randn
 
 # --------------------------------------------------------------------------------------------------
 # Pure pieces (also used by the toy tests)
@@ -56,17 +56,17 @@ def predict_x0(model: nn.Module, schedule: FlowSchedule, x_t: Tensor, t: Tensor,
     return schedule.x0_from_velocity(x_t, v.float(), t)
 
 
-def sample_dmd_t(B: int, T: int, cfg, generator: torch.Generator | None) -> Tensor:
+def sample_dmd_t(B: int, T: int, cfg, generator: torch.Generator | None, device=None) -> Tensor:
     """One DMD noise level per video, broadcast to its frames: (B, T)."""
-    t = cfg.t_min + (cfg.t_max - cfg.t_min) * torch.rand(B, 1, generator=generator)
+    t = cfg.t_min + (cfg.t_max - cfg.t_min) * rand((B, 1), generator, device)
     return t.expand(B, T)
 
 
 def generator_dmd_loss(video: Tensor, teacher, critic, schedule, prompt, cfg, generator) -> tuple[Tensor, Tensor]:
     """DMD loss of a generated video (B, T, C, H, W) that carries the exit-step gradient."""
     B, T = video.shape[:2]
-    t = sample_dmd_t(B, T, cfg.dmd, generator)
-    noise = torch.randn(video.shape, generator=generator)
+    t = sample_dmd_t(B, T, cfg.dmd, generator, video.device)
+    noise = randn(video.shape, generator, video.device)
     x_t = schedule.add_noise(video.detach(), noise, t)
     real = predict_x0(teacher, schedule, x_t, t, prompt, cfg.dmd.real_cfg_scale)
     fake = predict_x0(critic, schedule, x_t, t, prompt)
@@ -81,16 +81,18 @@ class DMDRun:
     """Everything the stage-3 loop owns; extended by foresight training (mirai.foresight)."""
 
     def __init__(self, cfg: Config):
-        from .train import init_generator
+        from .train import init_generator, pick_device
 
         if not cfg.train.init_from:
             raise ckpt.CheckpointError("train.init_from is empty: DMD starts from the stage-2 (ODE) causal student")
         if not cfg.dmd.teacher:
             raise ckpt.CheckpointError("dmd.teacher is empty: name the bidirectional teacher run (the real score)")
         self.cfg = cfg
+        self.device = pick_device(cfg.train.device)
         self.schedule = FlowSchedule.from_config(cfg.schedule)
-        self.model = init_generator(cfg)
+        self.model = init_generator(cfg).to(self.device)
         self.teacher = ckpt.load_model(cfg.dmd.teacher, expect_attention="bidirectional").eval().requires_grad_(False)
+        self.teacher.to(self.device)
         from .distill import check_same_family
 
         check_same_family(self.teacher.cfg, self.model.cfg, cfg.dmd.teacher, "the generator")
@@ -129,9 +131,9 @@ def _step_inputs(run: DMDRun, dataset, step: int, gen: torch.Generator) -> tuple
     """Noise (B, T, C, H, W), the prompts of this step's clips (or None), and the real clips."""
     cfg = run.cfg
     B = cfg.train.batch_size
-    batch = get_batch(dataset, batch_indices(step, B, len(dataset), cfg.data.seed))
+    batch = to_device(get_batch(dataset, batch_indices(step, B, len(dataset), cfg.data.seed)), run.device)
     shape = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
-    noise = torch.randn(B, cfg.data.clip_frames, *shape, generator=gen)
+    noise = randn((B, cfg.data.clip_frames, *shape), gen, run.device)
     return noise, batch["prompt"] if run.model.prompt_embed is not None else None, batch["video"]
 
 
@@ -139,7 +141,7 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> P
     """Stage 3. One step = one critic update; the generator is updated every `critic_updates_per_gen` steps."""
     import time
 
-    from .train import (MetricsLog, autocast_context, check_finite, ema_decay_at, ema_update, load_training_state, lr_at, optimize,
+    from .train import (MetricsLog, autocast_context, check_finite, ema_decay_at, ema_update, to_device, load_training_state, lr_at, optimize,
                         save_training_state, set_lr, start_run, write_samples)
 
     from .foresight import run_class
@@ -158,7 +160,7 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> P
         t0 = time.perf_counter()
         noise, prompt, real = _step_inputs(run, dataset, step, gen)
         record: dict = {}
-        with autocast_context(tc.precision):
+        with autocast_context(tc.precision, run.device):
             if step % cfg.dmd.critic_updates_per_gen == 0:  # generator update (self-rollout, exit-step gradient)
                 exit_step = int(torch.randint(0, num_steps, (1,), generator=gen))
                 run.model.train()

@@ -283,17 +283,22 @@ class _Features(nn.Module):
         return self.fn(self.net, x)
 
 
+def _load_strict(net: nn.Module, sd: dict, path: Path) -> nn.Module:
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # missing / unexpected / mis-shaped keys: the wrong file
+        raise WeightsMismatch(f"{path} does not fit {type(net).__name__}: {str(e)[:500]}") from None
+    return net
+
+
 def build_effnet_lite0(path: Path) -> nn.Module:
-    net = EfficientNetLite0()
-    net.load_state_dict(_torch_load(path), strict=True)
+    net = _load_strict(EfficientNetLite0(), _torch_load(path), path)
     return _Features(net, lambda m, x: m.features(x))
 
 
 def build_dino_vitb16(path: Path) -> nn.Module:
-    net = DinoViT()
     sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in _torch_load(path).items()}
-    net.load_state_dict(sd, strict=True)
-    return net
+    return _load_strict(DinoViT(), sd, path)
 
 
 def build_openai_clip(path: Path) -> nn.Module:
@@ -301,7 +306,7 @@ def build_openai_clip(path: Path) -> nn.Module:
     if importlib.util.find_spec("open_clip") is not None:
         import open_clip
 
-        model = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+        model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")  # recent API: no `jit`
     elif importlib.util.find_spec("clip") is not None:
         import clip
 
@@ -349,7 +354,8 @@ REGISTRY: dict[str, ExtractorSpec] = {
         ExtractorSpec(
             "dino_vitb16",
             WeightSpec("dino_vitbase16_pretrain.pth", None,
-                       "facebookresearch/dino ViT-B/16 backbone (dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/)"),
+                       "facebookresearch/dino ViT-B/16 backbone "
+                       "(dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/)"),
             preprocess_dino, build_dino_vitb16, is_reference=True, reference_for=("subject_consistency",),
             feature_dim=768),
         ExtractorSpec(
@@ -480,6 +486,11 @@ class FeatureExtractor:
                for b in x.split(self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, 0)
 
+    def frames_batch(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (B, T, H, W, 3) -> (B, T, D) float32 numpy features."""
+        B, T = frames.shape[:2]
+        return self.frames(frames.reshape(B * T, *frames.shape[2:])).reshape(B, T, -1).numpy()
+
     def video(self, video: Tensor) -> Tensor:
         """(B, T, C, H, W) in [-1, 1] -> (B, T, D) features (frames quantised to uint8 first, as a saved video)."""
         from .data import to_uint8
@@ -497,7 +508,10 @@ class FeatureExtractor:
 
 def load_extractor(name: str = DEFAULT_EXTRACTOR, weights: str | Path | None = None,
                    device: str | torch.device = "cpu") -> FeatureExtractor:
-    """Resolve, hash-check and load extractor `name`. Raises WeightsUnavailable / WeightsMismatch / ExtractorUnsupported."""
+    """Resolve, hash-check and load extractor `name` (never downloads).
+
+    Raises WeightsUnavailable (no file), WeightsMismatch (wrong hash or keys), ExtractorUnsupported (no loader).
+    """
     spec = get_spec(name)
     path = resolve_weights(name, weights)
     sha = file_sha256(path)

@@ -105,8 +105,8 @@ class ForesightDMDRun(DMDRun):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         f: ForesightConfig = cfg.foresight
-        self.encoder = build_encoder(cfg, self.teacher)
-        self.predictor = build_predictor(cfg, self.model, self.encoder.dim)
+        self.encoder = build_encoder(cfg, self.teacher).to(self.device)
+        self.predictor = build_predictor(cfg, self.model, self.encoder.dim).to(self.device)
         self.opt_predictor = torch.optim.AdamW(self.predictor.parameters(), lr=f.predictor_lr, betas=(0.9, 0.999))
         self.modules["predictor"] = self.predictor
         self.optimizers["predictor"] = self.opt_predictor
@@ -138,7 +138,7 @@ class ForesightDMDRun(DMDRun):
     def generator_loss(self, video, hidden, prompt, gen, t_exit: float = 0.0, real=None):
         loss, record = super().generator_loss(video, hidden, prompt, gen)
         target = self.targets(video, prompt, real)
-        t = torch.full((video.shape[0],), float(t_exit))
+        t = torch.full((video.shape[0],), float(t_exit), device=video.device)
         align = foresight_loss(self.predictor(hidden, t), target)
         self.replay.append((hidden.detach(), target, t))
         self.opt_predictor.zero_grad(set_to_none=True)  # the predictor steps with the generator

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import teacher_forcing_mask
-from .schedule import FlowSchedule
+from .schedule import FlowSchedule, rand, randn
 
 
 def flow_matching_loss(v: Tensor, x_t: Tensor, x0: Tensor, t: Tensor, t_floor: float = 0.05) -> Tensor:
@@ -32,13 +32,13 @@ def drop_prompt(prompt: Tensor | None, p: float, generator: torch.Generator | No
     """Zero the prompt of a random fraction p of the batch (classifier-free guidance training)."""
     if prompt is None or p <= 0:
         return prompt
-    keep = torch.rand(prompt.shape[0], generator=generator, device=prompt.device) >= p
+    keep = rand(prompt.shape[0], generator, prompt.device) >= p
     return prompt * keep[:, None]
 
 
-def _chunk_t(schedule: FlowSchedule, B: int, K: int, fpc: int, per_chunk: bool, generator) -> Tensor:
+def _chunk_t(schedule: FlowSchedule, B: int, K: int, fpc: int, per_chunk: bool, generator, device=None) -> Tensor:
     """Per-frame noise levels (B, K * fpc): one draw per chunk (diffusion forcing) or one per video."""
-    t = schedule.sample_t((B, K if per_chunk else 1), generator=generator)
+    t = schedule.sample_t((B, K if per_chunk else 1), generator=generator, device=device)
     return t.expand(B, K).repeat_interleave(fpc, dim=1)
 
 
@@ -63,13 +63,13 @@ def teacher_forcing_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, p
     B, T = x0.shape[:2]
     fpc = model.cfg.frames_per_chunk
     K = T // fpc
-    noise = torch.randn(x0.shape, generator=generator)
-    t = _chunk_t(schedule, B, K, fpc, per_chunk_t, generator)
+    noise = randn(x0.shape, generator, x0.device)
+    t = _chunk_t(schedule, B, K, fpc, per_chunk_t, generator, x0.device)
     ctx = x0[:, : T - fpc]  # the last clean chunk is never attended to: leave it out
-    t_ctx = torch.zeros(B, T - fpc)
+    t_ctx = torch.zeros(B, T - fpc, device=x0.device)
     if context_noise_max > 0:  # noise augmentation of the context (robustness to imperfect rollouts)
-        t_ctx = (torch.rand(B, K - 1, generator=generator) * context_noise_max).repeat_interleave(fpc, dim=1)
-        ctx = schedule.add_noise(ctx, torch.randn(ctx.shape, generator=generator), t_ctx)
+        t_ctx = (rand((B, K - 1), generator, x0.device) * context_noise_max).repeat_interleave(fpc, dim=1)
+        ctx = schedule.add_noise(ctx, randn(ctx.shape, generator, x0.device), t_ctx)
     x_t = schedule.add_noise(x0, noise, t)
     v = teacher_forcing_forward(model, ctx, t_ctx, x_t, t, prompt)
     return flow_matching_loss(v, x_t, x0, t)
@@ -85,10 +85,10 @@ def ode_regression_loss(model: nn.Module, states: Tensor, clean: Tensor, timeste
     """
     B, S, T = states.shape[:3]
     fpc = model.cfg.frames_per_chunk
-    k = torch.randint(0, S, (B, T // fpc), generator=generator).repeat_interleave(fpc, dim=1)  # (B, T)
+    k = torch.randint(0, S, (B, T // fpc), generator=generator).repeat_interleave(fpc, dim=1).to(states.device)
     x_t = torch.gather(states, 1, k[:, None, :, None, None, None].expand(B, 1, *states.shape[2:]))[:, 0]
-    t = timesteps[k]
-    v = teacher_forcing_forward(model, clean[:, : T - fpc], torch.zeros(B, T - fpc), x_t, t, prompt)
+    t = timesteps.to(states.device)[k]
+    v = teacher_forcing_forward(model, clean[:, : T - fpc], torch.zeros(B, T - fpc, device=states.device), x_t, t, prompt)
     x0 = x_t - t[..., None, None, None] * v.float()
     return F.mse_loss(x0, clean.float())
 
@@ -98,7 +98,7 @@ def bidirectional_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, pro
     """Full-sequence flow matching (the model's own mask, normally bidirectional)."""
     B, T = x0.shape[:2]
     fpc = model.cfg.frames_per_chunk
-    noise = torch.randn(x0.shape, generator=generator)
-    t = _chunk_t(schedule, B, T // fpc, fpc, per_chunk_t, generator)
+    noise = randn(x0.shape, generator, x0.device)
+    t = _chunk_t(schedule, B, T // fpc, fpc, per_chunk_t, generator, x0.device)
     x_t = schedule.add_noise(x0, noise, t)
     return flow_matching_loss(model(x_t, t, prompt), x_t, x0, t)

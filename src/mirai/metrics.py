@@ -303,8 +303,22 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(features1: np.ndarray, features2: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to (N, D) and (M, D) features (FID/FVD formula)."""
-    return frechet_distance_from_stats(*feature_stats(features1), *feature_stats(features2))
+    """Frechet distance between Gaussians fitted to (N, D) and (M, D) features (FID/FVD formula).
+
+    With fewer samples than dimensions (e.g. 64 clips of 3840-d temporal features) the D x D sqrtm is slow and
+    its input singular; then tr((S1 S2)^{1/2}) is computed exactly as the nuclear norm of X1 X2^T / sqrt((N-1)(M-1))
+    (X centred): the non-zero eigenvalues of S1 S2 are the squared singular values of that N x M matrix.
+    """
+    x1, x2 = np.asarray(features1, dtype=np.float64), np.asarray(features2, dtype=np.float64)
+    if x1.shape[1] <= min(len(x1), len(x2)):  # full-rank covariances: the plain formula
+        return frechet_distance_from_stats(*feature_stats(x1), *feature_stats(x2))
+    if min(len(x1), len(x2)) < 2:
+        raise ValueError("need >= 2 feature vectors for a covariance")
+    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    n1, n2 = len(x1) - 1, len(x2) - 1
+    tr_covmean = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / np.sqrt(n1 * n2)
+    diff = x1.mean(0) - x2.mean(0)
+    return float(diff @ diff + (c1 * c1).sum() / n1 + (c2 * c2).sum() / n2 - 2 * tr_covmean)
 
 
 def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -351,3 +365,47 @@ def distribution_metrics(real: np.ndarray, fake: np.ndarray, name: str, extracto
     n = {"num_real": len(real), "num_fake": len(fake), "dim": int(np.shape(real)[1])}
     return [MetricResult(f"fd@{name}", frechet_distance(real, fake), **prov, extra=n),
             MetricResult(f"kid@{name}", kid, **prov, extra=n | {"kid_std": kid_std})]
+
+
+# --------------------------------------------------------------------------------------------------
+# Convenience: the VBench-style quality dimensions of a batch of videos with one or two extractors
+
+
+def quality_metrics(video, subject_extractor, background_extractor=None, fps: float = 8.0,
+                    flow: str = "farneback") -> dict[str, MetricResult]:
+    """All quality dimensions Mirai computes for one set of videos, keyed by their (labelled) names.
+
+    video: (B, T, C, H, W) float in [-1, 1] (quantised to uint8 as when saved) or uint8 (B, T, H, W, 3).
+    subject_extractor / background_extractor: loaded `FeatureExtractor`s (the latter defaults to the former);
+    names come out as e.g. `subject_consistency@effnet_lite0` unless the extractor is VBench's own.
+    """
+    frames = _as_uint8_frames(video)
+    feats = {id(subject_extractor): subject_extractor.frames_batch(frames)}
+    background_extractor = background_extractor or subject_extractor
+    if id(background_extractor) not in feats:
+        feats[id(background_extractor)] = background_extractor.frames_batch(frames)
+    results = [
+        consistency_metric("subject_consistency", feats[id(subject_extractor)], subject_extractor),
+        consistency_metric("background_consistency", feats[id(background_extractor)], background_extractor),
+        temporal_flickering(frames),
+        motion_smoothness_linear(frames),
+        dynamic_degree_flow(frames, fps, flow),
+    ]
+    return {r.name: r for r in results}
+
+
+def temporal_distribution_metrics(real_features: np.ndarray, fake_features: np.ndarray, extractor,
+                                  kid_subsets: int = 100, seed: int = 0) -> list[MetricResult]:
+    """FVD-like proxy: FD and KID on `temporal_features` of (B, T, D) frame features of real and generated clips;
+    named `fd@<extractor>-temporal` / `kid@<extractor>-temporal`."""
+    return distribution_metrics(temporal_features(real_features), temporal_features(fake_features),
+                                f"{extractor.name}-temporal", extractor, kid_subsets, seed)
+
+
+def _as_uint8_frames(video) -> np.ndarray:
+    """(B, T, C, H, W) float tensor in [-1, 1] -> (B, T, H, W, 3) uint8; uint8 arrays pass through."""
+    if isinstance(video, np.ndarray) and video.dtype == np.uint8:
+        return video
+    from .data import to_uint8
+
+    return to_uint8(video)

@@ -12,12 +12,13 @@ Two probes, both fitted to or derived from real clips of the world (`mirai.world
   identity   - fraction of expected sprites present with the expected shape and pattern;
   layout     - probability of the expected background;
   coherence  - per sprite: (fraction of its colour in the main blob) x (best shape IoU); 0 when absent;
-  count      - 1 when the number of sprite-like objects equals the expected number;
+  count      - 1 when the number of objects (blobs >= 30% of a sprite with shape IoU >= 0.4) is as expected;
   continuity - per sprite: 1 while the frame-to-frame jump is within max_speed + slack, decaying beyond.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -71,12 +72,11 @@ class BackgroundNet(nn.Module):
 
     def __init__(self, num_backgrounds: int, width: int = 32):
         super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1, stride=2), nn.ReLU(),
+        self.convs = nn.Sequential(  # two strided convs: textures have 4-8 px periods, frames are tiny
+            nn.Conv2d(3, width, 3, padding=1, stride=2), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.ReLU(),
         )
-        self.head = nn.Linear(4 * width, num_backgrounds)
+        self.head = nn.Linear(4 * width, num_backgrounds)  # mean and max of 2*width channels
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.convs(x - 0.5)
@@ -101,7 +101,7 @@ def _augment(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 def train_background_classifier(world: WorldConfig, seed: int = 90_001, num_clips: int = 240,
-                                frames_per_clip: int = 4, steps: int = 200, batch_size: int = 32,
+                                frames_per_clip: int = 4, steps: int = 300, batch_size: int = 32,
                                 lr: float = 3e-3) -> BackgroundNet:
     """Fit a BackgroundNet on real frames of `world` (a few seconds on one CPU thread); deterministic in seed."""
     frames, clips, owner = real_frames(world, seed, num_clips, frames_per_clip)
@@ -112,13 +112,18 @@ def train_background_classifier(world: WorldConfig, seed: int = 90_001, num_clip
     net = BackgroundNet(world.num_backgrounds)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (batch_size,), generator=g)
-        loss = F.cross_entropy(net(_augment(x[idx], g)), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # such tiny convs only lose to thread overhead (2-10x on a busy machine)
+    try:
+        for _ in range(steps):
+            idx = torch.randint(len(x), (batch_size,), generator=g)
+            loss = F.cross_entropy(net(_augment(x[idx], g)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        torch.set_num_threads(threads)
     return net.eval()
 
 
@@ -126,7 +131,7 @@ def train_background_classifier(world: WorldConfig, seed: int = 90_001, num_clip
 # Colour segmentation and object detection
 
 
-def _palette(world: WorldConfig, bg: int) -> tuple[np.ndarray, np.ndarray]:
+def palette(world: WorldConfig, bg: int) -> tuple[np.ndarray, np.ndarray]:
     """Every colour a frame of layout `bg` can hold: (K, 3) RGB and (K,) labels.
 
     Labels: c in 0..5 for sprite colour c, 6 + c for its striped (dark) rows, -1 background, -2 pillar.
@@ -139,14 +144,48 @@ def _palette(world: WorldConfig, bg: int) -> tuple[np.ndarray, np.ndarray]:
     return rgb.astype(np.float32), labels
 
 
-def colour_labels(frame: np.ndarray, world: WorldConfig, bg: int, tau: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) in [0, 1] -> (sprite colour per pixel (H, W) in 0..5 or -1, dark-row flag (H, W) bool)."""
-    rgb, labels = _palette(world, bg)
+def colour_labels(frame: np.ndarray, rgb: np.ndarray, labels: np.ndarray, tau: float = 0.25):
+    """(H, W, 3) in [0, 1] and a `palette` -> (sprite colour per pixel (H, W) in 0..5 or -1, dark-row flag).
+
+    A sprite-coloured pixel with fewer than 2 of its 8 neighbours in the same colour is speckle (noise in a
+    generated frame pushing a background pixel towards a dark sprite colour) and is dropped; every pixel of a
+    real sprite, corners and the triangle's tip included, has at least 2.
+    """
     dist = np.linalg.norm(frame[:, :, None, :] - rgb[None, None], axis=-1)
-    nearest = dist.argmin(-1)
-    lab = labels[nearest]
+    lab = labels[dist.argmin(-1)]
     is_sprite = (lab >= 0) & (dist.min(-1) < tau)
-    return np.where(is_sprite, lab % 6, -1), is_sprite & (lab >= 6)
+    colour = np.where(is_sprite, lab % 6, -1)
+    for c in np.unique(colour[colour >= 0]):
+        m = colour == c
+        neighbours = ndimage.convolve(m.astype(np.int16), EIGHT.astype(np.int16), mode="constant") - m
+        colour[m & (neighbours < 2)] = -1
+    return colour, (colour >= 0) & (lab >= 6)
+
+
+def shape_templates(world: WorldConfig) -> dict[int, np.ndarray]:
+    """Canonical sprite masks per size: size -> (num_shapes, size, size) float32."""
+    shapes = range(min(world.num_shapes, len(SHAPES)))
+    return {size: np.stack([sprite_mask(sh, size) for sh in shapes]).astype(np.float32)
+            for size in sorted(set(world.sprite_sizes))}
+
+
+def best_placements(blob: np.ndarray, unknown: np.ndarray, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max IoU of `blob` (H, W) with each template (n, s, s) over all placements inside the frame.
+
+    Template pixels on `unknown` (pillar, other sprites) are left out of the union: they may hide part of the
+    object. Returns (n,) IoUs and (n, 2) centres (x, y) of the best placements.
+    """
+    n, s, _ = templates.shape
+    H, W = blob.shape
+    if H < s or W < s:
+        return np.zeros(n), np.zeros((n, 2))
+    flat = templates.reshape(n, s * s).T  # (s*s, n)
+    inter = sliding_window_view(blob.astype(np.float32), (s, s)).reshape(-1, s * s) @ flat  # (P, n)
+    known = sliding_window_view((~unknown).astype(np.float32), (s, s)).reshape(-1, s * s) @ flat
+    iou = inter / np.maximum(blob.sum() + known - inter, 1e-6)
+    best = iou.argmax(0)
+    y, x = np.divmod(best, W - s + 1)
+    return iou[best, np.arange(n)], np.stack([x + (s - 1) / 2, y + (s - 1) / 2], -1).astype(np.float32)
 
 
 @dataclass
@@ -165,49 +204,31 @@ class Detection:
         return self.fraction * float(self.shape_iou.max())
 
 
-def _templates(world: WorldConfig) -> list[tuple[int, int, np.ndarray]]:
-    return [(shape, size, sprite_mask(shape, size).astype(np.float32))
-            for shape in range(min(world.num_shapes, len(SHAPES))) for size in sorted(set(world.sprite_sizes))]
-
-
-def _best_placement(blob: np.ndarray, unknown: np.ndarray, tmpl: np.ndarray) -> tuple[float, np.ndarray]:
-    """Max IoU of `blob` with `tmpl` over all placements inside the frame, ignoring template pixels that fall
-    on `unknown` (pillar, other sprites): they may hide part of the object. Returns (iou, centre (x, y))."""
-    s = tmpl.shape[0]
-    if blob.shape[0] < s or blob.shape[1] < s:
-        return 0.0, np.zeros(2)
-    inter = np.einsum("pqij,ij->pq", sliding_window_view(blob.astype(np.float32), (s, s)), tmpl)
-    known = np.einsum("pqij,ij->pq", sliding_window_view((~unknown).astype(np.float32), (s, s)), tmpl)
-    iou = inter / np.maximum(blob.sum() + known - inter, 1e-6)
-    y, x = np.unravel_index(int(iou.argmax()), iou.shape)
-    return float(iou[y, x]), np.array([x + (s - 1) / 2, y + (s - 1) / 2], dtype=np.float32)
-
-
-def detect(labels: np.ndarray, dark: np.ndarray, color: int, occluder: np.ndarray, world: WorldConfig) -> Detection | None:
-    """The object of colour `color` in a labelled frame, or None when no pixel has that colour."""
+def detect(labels: np.ndarray, dark: np.ndarray, color: int, occluder: np.ndarray,
+           templates: dict[int, np.ndarray]) -> Detection | None:
+    """The object of colour `color` in a labelled frame (see `colour_labels`), or None when no pixel has it."""
     mask = labels == color
     if not mask.any():
         return None
     # Pixels that may hide this sprite (the pillar, other sprites) bridge its visible pieces into one blob.
     unknown = occluder | ((labels >= 0) & ~mask)
     comp, _ = ndimage.label(mask | unknown, structure=EIGHT)
-    main = np.bincount(comp[mask]).argmax()
-    blob = mask & (comp == main)
-    best: dict[int, tuple[float, np.ndarray]] = {}
-    for shape, _, tmpl in _templates(world):
-        iou, centre = _best_placement(blob, unknown, tmpl)
-        if shape not in best or iou > best[shape][0]:
-            best[shape] = (iou, centre)
-    ious = np.array([best[s][0] for s in sorted(best)])
-    shape = int(ious.argmax())
-    area = int(blob.sum())
-    # Striped rows are pairs of dark rows: about 40% of a striped sprite; 0 for a solid one.
-    return Detection(area, area / int(mask.sum()), ious, shape, bool(dark[blob].mean() > 0.2), best[shape][1])
+    blob = mask & (comp == np.bincount(comp[mask]).argmax())
+    fraction = int(blob.sum()) / int(mask.sum())
+    blob = ndimage.binary_fill_holes(blob)  # pixels lost to noise inside a sprite do not change its shape
+    per_size = [best_placements(blob, unknown, t) for t in templates.values()]
+    ious = np.stack([iou for iou, _ in per_size])  # (sizes, shapes)
+    size_idx, shape = np.unravel_index(int(ious.argmax()), ious.shape)
+    # Striped rows are pairs of dark rows: ~40% of a striped sprite, 0 of a solid one. Only the interior is
+    # looked at: a blurred edge of a solid sprite on a dark background looks like a dark row.
+    interior = ndimage.binary_erosion(blob)
+    striped = bool(dark[interior if interior.sum() >= 4 else blob].mean() > 0.2)
+    return Detection(int(blob.sum()), fraction, ious.max(0), int(shape), striped, per_size[size_idx][1][shape])
 
 
 def min_object_area(world: WorldConfig) -> float:
     """A blob smaller than 30% of the smallest sprite is noise, not an object."""
-    return 0.3 * min(float(t.sum()) for _, _, t in _templates(world))
+    return 0.3 * min(float(t.sum((-2, -1)).min()) for t in shape_templates(world).values())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,6 +261,10 @@ class ProbeScores:
             out |= {n: float(curve.mean()), f"{n}_first": first, f"{n}_last": last, f"{n}_drift": last - first}
         return out
 
+    def to_dict(self) -> dict:
+        """JSON-ready: the summary and the drift curves as lists."""
+        return {"summary": self.summary(), "curves": {n: c.tolist() for n, c in self.curves().items()}}
+
 
 def _continuity(prev: Detection | None, cur: Detection | None, limit: float) -> float:
     if prev is None or cur is None:
@@ -251,11 +276,23 @@ def _continuity(prev: Detection | None, cur: Detection | None, limit: float) -> 
 class WorldProbe:
     """Probes for one world configuration: a trained background classifier plus the analytic object probe."""
 
-    def __init__(self, world: WorldConfig, background_net: BackgroundNet, tau: float = 0.25):
-        self.world, self.net, self.tau = world, background_net.eval(), tau
+    def __init__(self, world: WorldConfig, background_net: BackgroundNet, tau: float = 0.25, meta: dict | None = None):
+        self.world, self.net, self.tau, self.meta = world, background_net.eval(), tau, dict(meta or {})
         self.min_area = min_object_area(world)
+        self.min_iou = 0.4  # a sprite half hidden behind another still scores ~1 (hidden pixels are not counted)
+        self.templates = shape_templates(world)
+        self.palettes = [palette(world, bg) for bg in range(world.num_backgrounds)]
+        self.occluders = [occluder_mask(world, bg) for bg in range(world.num_backgrounds)]
         # A real sprite moves <= max_speed; rounding of positions and template placement add ~2.5 px.
         self.jump_limit = world.max_speed + 2.5
+
+    def provenance(self) -> dict:
+        """What every probe result should record: how the probe was made and a hash of its trained weights."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.net.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return {"probe": "mirai.probes.WorldProbe", "background_net_sha256": h.hexdigest(), "tau": self.tau} | self.meta
 
     @torch.no_grad()
     def background_probs(self, frames: np.ndarray) -> np.ndarray:
@@ -265,20 +302,24 @@ class WorldProbe:
 
     def frame_objects(self, frame: np.ndarray, bg: int) -> dict[int, Detection]:
         """All sprite-colour objects in one (H, W, 3) frame: colour -> Detection (area >= min_area or not)."""
-        labels, dark = colour_labels(frame, self.world, bg, self.tau)
-        occ = occluder_mask(self.world, bg)
+        labels, dark = colour_labels(frame, *self.palettes[bg], self.tau)
         return {c: d for c in np.unique(labels[labels >= 0]).tolist()
-                if (d := detect(labels, dark, int(c), occ, self.world)) is not None}
+                if (d := detect(labels, dark, int(c), self.occluders[bg], self.templates)) is not None}
+
+    def is_object(self, d: Detection | None) -> bool:
+        """A sprite-like object: big enough and shaped like some sprite (a cloud of noise is neither)."""
+        return d is not None and d.area >= self.min_area and float(d.shape_iou.max()) >= self.min_iou
 
     def _objects(self, found: dict[int, Detection]) -> dict[int, Detection]:
-        return {c: d for c, d in found.items() if d.area >= self.min_area}
+        return {c: d for c, d in found.items() if self.is_object(d)}
 
     def identities_from_frame(self, frame: np.ndarray, bg: int) -> list[Identity]:
         """What a frame shows: one identity per sprite-like object (for prompts without sprite fields)."""
-        return [Identity(d.shape, c, int(d.striped)) for c, d in sorted(self._objects(self.frame_objects(frame, bg)).items())]
+        objects = self._objects(self.frame_objects(frame, bg))
+        return [Identity(d.shape, c, int(d.striped)) for c, d in sorted(objects.items())]
 
     def _matches(self, ident: Identity, det: Detection | None) -> float:
-        if det is None or det.area < self.min_area:
+        if not self.is_object(det):
             return 0.0
         shape_ok = ident.shape is None or det.shape == ident.shape
         pattern_ok = ident.pattern is None or int(det.striped) == ident.pattern
@@ -299,12 +340,12 @@ class WorldProbe:
         prev: dict[int, Detection] = {}
         for t in range(T):
             found = self.frame_objects(frames[t], bg)
-            dets = [found.get(i.color) for i in idents]
-            dets = [d if d is not None and d.area >= self.min_area else None for d in dets]
+            raw = [found.get(i.color) for i in idents]
+            dets = [d if self.is_object(d) else None for d in raw]
             out["count"][t] = float(len(self._objects(found)) == len(identities_from_prompt(prompt) or idents))
             if idents:
                 out["identity"][t] = np.mean([self._matches(i, d) for i, d in zip(idents, dets)])
-                out["coherence"][t] = np.mean([d.coherence if d else 0.0 for d in dets])
+                out["coherence"][t] = np.mean([d.coherence if d else 0.0 for d in raw])
                 out["continuity"][t] = np.mean([
                     (1.0 if d is not None else 0.0) if t == 0 else _continuity(prev.get(i.color), d, self.jump_limit)
                     for i, d in zip(idents, dets)])
@@ -333,7 +374,8 @@ def train_probe(world: WorldConfig, seed: int = 90_001, **kw) -> WorldProbe:
     """A WorldProbe for `world` (cached per world config and seed: training takes a few seconds once)."""
     key = json.dumps([asdict(world), seed, kw], sort_keys=True)
     if key not in _CACHE:
-        _CACHE[key] = WorldProbe(world, train_background_classifier(world, seed=seed, **kw))
+        net = train_background_classifier(world, seed=seed, **kw)
+        _CACHE[key] = WorldProbe(world, net, meta={"train_seed": seed, **kw})
     return _CACHE[key]
 
 

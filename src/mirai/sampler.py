@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .attention import KVCache
 from .config import SampleConfig
-from .schedule import FlowSchedule
+from .schedule import FlowSchedule, randn
 
 
 def _velocity(model: nn.Module, x: Tensor, t: float, prompt: Tensor | None, cfg_scale: float, **kw) -> Tensor:
@@ -43,16 +43,14 @@ def _step(schedule: FlowSchedule, solver: str, x: Tensor, v: Tensor, t: float, t
     x0 = x - t * v  # "renoise": jump to the clean estimate, then re-noise to t_next with fresh noise
     if t_next <= 0:
         return x0
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    return (1 - t_next) * x0 + t_next * noise
+    return (1 - t_next) * x0 + t_next * randn(x0.shape, generator, x0.device, x0.dtype)
 
 
 def _context_input(x0: Tensor, context_noise: float, generator: torch.Generator | None) -> Tensor:
     """The clean chunk as it is written into the cache: noised to `context_noise`."""
     if context_noise <= 0:
         return x0
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    return (1 - context_noise) * x0 + context_noise * noise
+    return (1 - context_noise) * x0 + context_noise * randn(x0.shape, generator, x0.device, x0.dtype)
 
 
 def _cache_batch(prompt: Tensor | None, cfg_scale: float, batch: int) -> int:

@@ -14,6 +14,18 @@ from torch import Tensor
 from .config import ScheduleConfig
 
 
+def randn(shape, generator: torch.Generator | None, device=None, dtype=torch.float32) -> Tensor:
+    """Normal noise drawn on the generator's device (CPU generators keep runs reproducible on any
+    accelerator), then moved to `device`."""
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.randn(shape, generator=generator, device=gen_device).to(device=device, dtype=dtype)
+
+
+def rand(shape, generator: torch.Generator | None, device=None) -> Tensor:
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
 def _expand(t: Tensor, x: Tensor) -> Tensor:
     """Per-frame t (B, T) -> (B, T, 1, 1, 1) to broadcast against x (B, T, C, H, W)."""
     return t.reshape(*t.shape, *([1] * (x.dim() - t.dim())))
@@ -51,10 +63,9 @@ class FlowSchedule:
     def sample_t(self, shape: tuple[int, ...], generator: torch.Generator | None = None, device=None) -> Tensor:
         """Training noise levels, logit-normal or uniform, then shifted."""
         if self.train_t == "logit_normal":
-            u = torch.randn(shape, generator=generator, device=device) * self.logit_std + self.logit_mean
-            t = torch.sigmoid(u)
+            t = torch.sigmoid(randn(shape, generator, device) * self.logit_std + self.logit_mean)
         else:
-            t = torch.rand(shape, generator=generator, device=device)
+            t = rand(shape, generator, device)
         return self.shift_t(t)
 
     # ------------------------------------------------------------------ inference steps

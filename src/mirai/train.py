@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .config import Config, ConfigError, save_config, to_dict
-from .data import batch_indices, build_dataset, get_batch
+from .data import batch_indices, build_dataset, get_batch, to_device
 from .losses import bidirectional_loss, drop_prompt, ode_regression_loss, teacher_forcing_loss
 from .model import CausalVideoDiT, count_parameters
 from .sampler import rollout
@@ -41,10 +41,17 @@ def bf16_native() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def autocast_context(precision: str, device: str = "cpu"):
+def autocast_context(precision: str, device="cpu"):
     """bf16 autocast, or nothing. "auto" only uses bf16 where it is fast: emulated bf16 is ~100x slower."""
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_native())
-    return torch.autocast(device, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -101,10 +108,11 @@ def write_samples(model, schedule, dataset, cfg: Config, path: Path, num: int = 
     from .config import SampleConfig
 
     frames = cfg.data.clip_frames if chunks is None else chunks * cfg.model.frames_per_chunk
+    device = next(model.parameters()).device
     held_out = get_batch(dataset, [10**9 + i for i in range(num)]) if hasattr(dataset, "clip") else get_batch(dataset, list(range(num)))
-    prompt = held_out["prompt"] if model.prompt_embed is not None else None
+    prompt = held_out["prompt"].to(device) if model.prompt_embed is not None else None
     gen = torch.Generator().manual_seed(1234)
-    noise = torch.randn(num, frames, *held_out["video"].shape[2:], generator=gen)
+    noise = torch.randn(num, frames, *held_out["video"].shape[2:], generator=gen).to(device)
     sample = cfg.sample  # few-step students sample as at inference; stage-1 models with many Euler steps
     if cfg.train.objective in ("teacher_forcing", "bidirectional"):
         sample = SampleConfig(**{**to_dict(cfg.sample), "steps": cfg.train.sample_steps, "timesteps": [], "solver": "euler"})
@@ -113,10 +121,11 @@ def write_samples(model, schedule, dataset, cfg: Config, path: Path, num: int = 
         ts = schedule.inference_steps(sample.steps).tolist()
         x = noise
         for t, t_next in zip(ts[:-1], ts[1:]):
-            x = _step(schedule, "euler", x, model(x, torch.full(x.shape[:2], t), prompt), t, t_next, gen)
+            x = _step(schedule, "euler", x, model(x, torch.full(x.shape[:2], t, device=device), prompt), t, t_next, gen)
         video = x
     else:
         video = rollout(model, schedule, noise, prompt, sample=sample, generator=gen)
+    video = video.cpu()
     real = held_out["video"][:, : min(frames, held_out["video"].shape[1])]
     both = torch.cat([video[:, : real.shape[1]], real]) if real.shape[1] == video.shape[1] else video
     return save_video(both, path)
@@ -212,7 +221,8 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
     else:
         dataset = build_dataset(cfg)
     schedule = FlowSchedule.from_config(cfg.schedule)
-    model = init_generator(cfg)
+    device = pick_device(tc.device)
+    model = init_generator(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
     modules, optimizers = {"model": model, "ema": ema}, {"model": opt}
@@ -233,9 +243,9 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
     model.train()
     while step < end:
         t0 = time.perf_counter()
-        batch = get_batch(dataset, batch_indices(step, tc.batch_size, len(dataset), cfg.data.seed))
+        batch = to_device(get_batch(dataset, batch_indices(step, tc.batch_size, len(dataset), cfg.data.seed)), device)
         set_lr(opt, lr_at(step, tc))
-        with autocast_context(tc.precision):
+        with autocast_context(tc.precision, device):
             loss = compute_loss(forward_model, schedule, batch, cfg, gen, getattr(dataset, "timesteps", None))
         check_finite(loss, step)
         grad_norm = optimize(opt, model, loss, tc.grad_clip)

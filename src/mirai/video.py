@@ -47,6 +47,21 @@ def contact_sheet(video: Tensor | np.ndarray, scale: int = 4, pad: int = 2, max_
     return sheet
 
 
+def save_npz(video: Tensor, prompt: Tensor | None, path: str | Path) -> Path:
+    """Generated videos for evaluation: frames uint8 (B, T, H, W, 3) and prompts (B, P) (zeros if none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = _frames_uint8(video)
+    prompts = prompt.cpu().numpy() if prompt is not None else np.zeros((frames.shape[0], 10), dtype=np.int64)
+    np.savez_compressed(path, frames=frames, prompts=prompts)
+    return path
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["frames"], data["prompts"]
+
+
 def save_video(video: Tensor | np.ndarray, path: str | Path, fps: int = 8, scale: int = 4) -> Path:
     """Write a batch of videos side by side as .mp4, .gif, or a .png contact sheet (chosen by suffix)."""
     import imageio.v3 as iio
