@@ -1,7 +1,9 @@
 """The `mirai` command line: train, sample, bench.
 
     mirai train --config configs/tiny.yaml [--set train.steps=100 ...] [--dry-run]
-    mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet)
+    mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet, .npz)
+    mirai eval --ckpt runs/tiny --frames 32 --samples 32 --seeds 0 1 2
+    mirai compare runs/baseline runs/mirai --out report.html
     mirai bench sampling --json | mirai bench train --json | mirai bench foresight --json
 
 Bad input (unknown config keys, wrong types, missing or corrupt files) ends in one `error:` line.
@@ -43,6 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sample.* setting, e.g. --set sample.steps=8 --set sample.window_chunks=8")
+
+    e = sub.add_parser("eval", help="evaluate a run's rollouts (VBench-style, probes, distances) -> eval.json/csv")
+    e.add_argument("--ckpt", required=True, help="a run folder (its config.yaml gives the world and sampler)")
+    e.add_argument("--frames", type=int, default=None, help="rollout length (default: 4x the training clip)")
+    e.add_argument("--samples", type=int, default=32, help="videos per seed")
+    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    e.add_argument("--out", default=None, help="folder for eval.json/eval.csv (default: the run folder)")
+    e.add_argument("--extractor", default="effnet_lite0", help="feature extractor (see mirai.extractors.REGISTRY)")
+    e.add_argument("--weights", default=None, help="local weights file for the extractor")
+    e.add_argument("--device", default="auto")
+
+    c = sub.add_parser("compare", help="one self-contained HTML report comparing evaluated runs")
+    c.add_argument("runs", nargs="+", help="run folders holding eval.json (the first is the reference)")
+    c.add_argument("--out", default="report.html")
+    c.add_argument("--videos", type=int, default=4, help="side-by-side videos per run (same seed, same prompts)")
+    c.add_argument("--frames", type=int, default=None, help="length of the side-by-side videos (default: evaluated length)")
 
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
     b.add_argument("what", choices=["sampling", "train", "foresight"])
@@ -121,6 +139,33 @@ def cmd_sample(args) -> None:
     print(f"wrote {out} ({args.num} videos x {frames} frames)")
 
 
+def cmd_eval(args) -> None:
+    from .evaluate import Evaluator, evaluate_run
+
+    cfg = run_settings(args.ckpt, [])
+    if not (Path(args.ckpt) / "model.safetensors").is_file():
+        raise CheckpointError(f"{args.ckpt} is not a run folder with a model.safetensors")
+    frames = args.frames or 4 * cfg.data.clip_frames
+    ev = Evaluator(cfg.world, args.extractor, args.weights)
+    result = evaluate_run(args.ckpt, frames, args.samples, args.seeds, args.out, evaluator=ev, device=args.device)
+    out = Path(args.out or args.ckpt)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.csv'}")
+    for key, s in result["summary"].items():
+        print(f"  {key:45s} {s['mean']:.4f} +- {s['ci95']:.4f}")
+
+
+def cmd_compare(args) -> None:
+    from .evaluate import generate
+    from .report import load_eval, write_report
+
+    evals = [load_eval(r) for r in args.runs]
+    videos = []
+    if args.videos:
+        seed, frames = evals[0]["seeds"][0], args.frames or evals[0]["frames"]
+        videos = [generate(r, args.videos, frames, seed)[0] for r in args.runs]
+    print(f"wrote {write_report(args.runs, args.out, videos)}")
+
+
 def cmd_bench(args) -> None:
     from . import bench
 
@@ -141,8 +186,9 @@ def cmd_bench(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": cmd_train, "sample": cmd_sample, "bench": cmd_bench}[args.command](args)
-    except (ConfigError, CheckpointError, DataError) as e:
+        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench}
+        commands[args.command](args)
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

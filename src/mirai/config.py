@@ -35,11 +35,12 @@ class WorldConfig:
     num_backgrounds: int = 8  # layouts: textured backgrounds (some with an occluder pillar)
     min_sprites: int = 1
     max_sprites: int = 2  # the world supports up to 3; more sprites is a harder world
-    sprite_sizes: list[int] = field(default_factory=lambda: [10])  # side of a sprite's box, pixels
+    sprite_sizes: list[int] = field(default_factory=lambda: [12])  # side of a sprite's box, pixels (large enough
+    #                                                                  that a tiny model learns the object fast)
     num_shapes: int = 4  # square, circle, triangle, diamond
     num_colors: int = 6
     num_patterns: int = 2  # solid, striped
-    max_speed: float = 1.5  # pixels per frame
+    max_speed: float = 1.0  # pixels per frame
     min_speed: float = 0.5
     momentum: float = 0.9  # velocity keeps this fraction each frame, the rest is a random nudge
     occluder_prob: float = 0.5  # probability that a layout has a pillar in front of the sprites

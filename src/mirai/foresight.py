@@ -127,7 +127,7 @@ class ForesightDMDRun(DMDRun):
         self.replay.clear()
         i = 0
         while f"replay.{i}.hidden" in tensors:
-            self.replay.append(tuple(tensors[f"replay.{i}.{k}"] for k in ("hidden", "target", "t")))
+            self.replay.append(tuple(tensors[f"replay.{i}.{k}"].to(self.device) for k in ("hidden", "target", "t")))
             i += 1
 
     def targets(self, video: Tensor, prompt: Tensor | None, real: Tensor | None) -> Tensor:

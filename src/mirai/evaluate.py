@@ -1,0 +1,187 @@
+"""Evaluation of generated rollouts: VBench-style dimensions, ground-truth probes of the synthetic world and
+distribution distances, at several multiples of the training length, per seed.
+
+`evaluate_run` generates (or reads) rollouts of a run for every seed and writes `eval.json` + `eval.csv`;
+`summarize` gives mean and a 95% confidence interval over seeds. Substitute extractors are labelled in
+every metric name (e.g. `subject_consistency@effnet_lite0`): these are never VBench numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import Config, WorldConfig
+from .world import make_clip, scene_prompt
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+
+
+@torch.no_grad()
+def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "cpu",
+             overrides: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Roll out `num` videos of `frames` frames from a run (prompts of unseen scenes): uint8 (B, T, H, W, 3), prompts."""
+    from .checkpoint import load_model
+    from .cli import run_settings
+    from .data import to_uint8
+    from .sampler import rollout
+    from .schedule import FlowSchedule
+    from .train import pick_device
+
+    dev = pick_device(device)
+    model = load_model(run).eval().to(dev)
+    cfg = run_settings(str(run), overrides or [])
+    fpc = model.cfg.frames_per_chunk
+    frames = -(-frames // fpc) * fpc
+    prompts = eval_prompts(cfg.world, num, seed)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
+    noise = torch.randn(num, frames, *shape, generator=gen).to(dev)
+    cond = torch.from_numpy(prompts).to(dev) if model.prompt_embed is not None else None
+    video = rollout(model, FlowSchedule.from_config(cfg.schedule), noise, cond, sample=cfg.sample, generator=gen)
+    return to_uint8(video.cpu()), prompts
+
+
+def eval_prompts(world: WorldConfig, num: int, seed: int) -> np.ndarray:
+    """Prompts of scenes never used in training (a separate dataset seed space)."""
+    return np.stack([scene_prompt(make_clip(world, 10**6 + seed, i, 1).scene) for i in range(num)])
+
+
+def real_clips(world: WorldConfig, num: int, frames: int, seed: int = 777) -> tuple[np.ndarray, np.ndarray]:
+    """Real clips of the world (held-out seed) as uint8 (B, T, H, W, 3), with their prompts."""
+    clips = [make_clip(world, 10**7 + seed, i, frames) for i in range(num)]
+    frames_u8 = np.stack([(c.frames * 255).round().astype(np.uint8) for c in clips])
+    return frames_u8, np.stack([scene_prompt(c.scene) for c in clips])
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics of one set of videos
+
+
+@dataclass
+class Evaluator:
+    """Holds the extractor and the probe so they are built once per evaluation."""
+
+    world: WorldConfig
+    extractor_name: str = "effnet_lite0"
+    weights: str | None = None
+    fps: float = 8.0
+    _extractor: object = field(default=None, repr=False)
+    _probe: object = field(default=None, repr=False)
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            from .extractors import load_extractor
+
+            self._extractor = load_extractor(self.extractor_name, self.weights)
+        return self._extractor
+
+    @property
+    def probe(self):
+        if self._probe is None:
+            from .probes import train_probe
+
+            self._probe = train_probe(self.world)
+        return self._probe
+
+    def features(self, frames: np.ndarray) -> np.ndarray:
+        return self.extractor.frames_batch(frames)
+
+    def score(self, frames: np.ndarray, prompts: np.ndarray, lengths: list[int],
+              real_features: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Metrics of videos uint8 (B, T, H, W, 3) over their first L frames for each L; drift curves over T."""
+        from . import metrics
+
+        feats = self.features(frames)  # (B, T, D)
+        probe = self.probe.score(torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, prompts)
+        curves = {k: v.tolist() for k, v in probe.curves().items()}  # (T,) batch means
+        label = self.extractor.label
+        out: dict[str, float] = {}
+        for L in lengths:
+            f, v = feats[:, :L], frames[:, :L]
+            sfx = f"@{L}f"
+            out[label("subject_consistency") + sfx] = metrics.consistency_scores(f).aggregate
+            out[label("background_consistency") + sfx] = metrics.consistency_scores(f).aggregate
+            out["temporal_flickering" + sfx] = metrics.temporal_flickering(v).value
+            out["motion_smoothness@linear" + sfx] = metrics.motion_smoothness_linear(v).value
+            out["dynamic_degree@farneback" + sfx] = metrics.dynamic_degree_flow(v, self.fps).value
+            sub = {k[: -len(sfx)]: val for k, val in out.items() if k.endswith(sfx)}
+            out["quality_score_partial" + sfx] = metrics.quality_score_partial(sub).value
+            for name in probe.NAMES:  # (B, T) per-frame scores
+                out[f"probe_{name}" + sfx] = float(getattr(probe, name)[:, :L].mean())
+        if real_features is not None:  # distribution distance, frame level, at the shortest length
+            L = min(lengths)
+            fake = feats[:, :L].reshape(-1, feats.shape[-1])
+            real = real_features[:, :L].reshape(-1, real_features.shape[-1])
+            out[f"fd@{self.extractor_name}@{L}f"] = metrics.frechet_distance(real, fake)
+            kid, _ = metrics.kernel_inception_distance(real, fake, num_subsets=50, subset_size=min(len(real), len(fake), 500))
+            out[f"kid@{self.extractor_name}@{L}f"] = kid
+        # subject_consistency and background_consistency read the same substitute extractor here: with the real
+        # DINO / CLIP weights (`--weights`) they would differ; say so rather than hide it.
+        return out, curves
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs, seeds, summaries
+
+
+def ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of a 95% t-interval over seeds (0 for one seed)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float(x.mean()), 0.0
+    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = sorted(set().union(*[set(v) for v in per_seed.values()]))
+    out = {}
+    for k in keys:
+        vals = [per_seed[s][k] for s in per_seed if k in per_seed[s]]
+        mean, half = ci95(vals)
+        out[k] = {"mean": mean, "ci95": half, "n": len(vals)}
+    return out
+
+
+def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], out: str | Path | None = None,
+                 clip_frames: int | None = None, evaluator: Evaluator | None = None, device: str = "cpu") -> dict:
+    """Generate `samples` rollouts of `frames` frames per seed and score them at 1x and multiples of the
+    training length. Writes eval.json and eval.csv into `out` (default: the run folder)."""
+    from .cli import run_settings
+
+    cfg: Config = run_settings(str(run), [])
+    clip = clip_frames or cfg.data.clip_frames
+    lengths = sorted({L for L in (clip, 2 * clip, 4 * clip, 8 * clip, frames) if L <= frames})
+    ev = evaluator or Evaluator(cfg.world)
+    real, _ = real_clips(cfg.world, samples, clip)
+    real_feats = ev.features(real)
+    per_seed, curves = {}, {}
+    for seed in tqdm(seeds, desc=f"eval {Path(run).name}", unit="seed"):
+        videos, prompts = generate(run, samples, frames, seed, device)
+        per_seed[seed], curves[seed] = ev.score(videos, prompts, lengths, real_feats)
+    result = {"run": str(run), "frames": frames, "samples": samples, "seeds": seeds, "lengths": lengths,
+              "clip_frames": clip, "extractor": ev.extractor.provenance(), "probe": ev.probe.provenance(),
+              "per_seed": per_seed, "summary": summarize(per_seed), "curves": curves}
+    write_results(result, Path(out or run))
+    return result
+
+
+def write_results(result: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text(json.dumps(result, indent=1))
+    with (folder / "eval.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["metric", "mean", "ci95", "n"] + [f"seed_{s}" for s in result["seeds"]])
+        for k, s in result["summary"].items():
+            w.writerow([k, s["mean"], s["ci95"], s["n"]] + [result["per_seed"][seed].get(k, "") for seed in result["seeds"]])
