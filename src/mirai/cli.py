@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--extractor", default="effnet_lite0", help="feature extractor (see mirai.extractors.REGISTRY)")
     e.add_argument("--weights", default=None, help="local weights file for the extractor")
     e.add_argument("--device", default="auto")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sample.* setting of the run, e.g. --set sample.steps=4")
 
     c = sub.add_parser("compare", help="one self-contained HTML report comparing evaluated runs")
     c.add_argument("runs", nargs="+", help="run folders holding eval.json (the first is the reference)")
@@ -142,12 +144,13 @@ def cmd_sample(args) -> None:
 def cmd_eval(args) -> None:
     from .evaluate import Evaluator, evaluate_run
 
-    cfg = run_settings(args.ckpt, [])
+    cfg = run_settings(args.ckpt, args.overrides)
     if not (Path(args.ckpt) / "model.safetensors").is_file():
         raise CheckpointError(f"{args.ckpt} is not a run folder with a model.safetensors")
     frames = args.frames or 4 * cfg.data.clip_frames
     ev = Evaluator(cfg.world, args.extractor, args.weights)
-    result = evaluate_run(args.ckpt, frames, args.samples, args.seeds, args.out, evaluator=ev, device=args.device)
+    result = evaluate_run(args.ckpt, frames, args.samples, args.seeds, args.out, evaluator=ev, device=args.device,
+                          overrides=args.overrides)
     out = Path(args.out or args.ckpt)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.csv'}")
     for key, s in result["summary"].items():

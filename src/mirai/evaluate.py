@@ -9,6 +9,7 @@ every metric name (e.g. `subject_consistency@effnet_lite0`): these are never VBe
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -155,12 +156,13 @@ def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, floa
 
 
 def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], out: str | Path | None = None,
-                 clip_frames: int | None = None, evaluator: Evaluator | None = None, device: str = "cpu") -> dict:
+                 clip_frames: int | None = None, evaluator: Evaluator | None = None, device: str = "cpu",
+                 overrides: list[str] | None = None) -> dict:
     """Generate `samples` rollouts of `frames` frames per seed and score them at 1x and multiples of the
     training length. Writes eval.json and eval.csv into `out` (default: the run folder)."""
     from .cli import run_settings
 
-    cfg: Config = run_settings(str(run), [])
+    cfg: Config = run_settings(str(run), overrides or [])
     clip = clip_frames or cfg.data.clip_frames
     lengths = sorted({L for L in (clip, 2 * clip, 4 * clip, 8 * clip, frames) if L <= frames})
     ev = evaluator or Evaluator(cfg.world)
@@ -168,9 +170,9 @@ def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], o
     real_feats = ev.features(real)
     per_seed, curves = {}, {}
     for seed in tqdm(seeds, desc=f"eval {Path(run).name}", unit="seed"):
-        videos, prompts = generate(run, samples, frames, seed, device)
+        videos, prompts = generate(run, samples, frames, seed, device, overrides)
         per_seed[seed], curves[seed] = ev.score(videos, prompts, lengths, real_feats)
-    result = {"run": str(run), "frames": frames, "samples": samples, "seeds": seeds, "lengths": lengths,
+    result = {"run": str(run), "sample": dataclasses.asdict(cfg.sample), "frames": frames, "samples": samples, "seeds": seeds, "lengths": lengths,
               "clip_frames": clip, "extractor": ev.extractor.provenance(), "probe": ev.probe.provenance(),
               "per_seed": per_seed, "summary": summarize(per_seed), "curves": curves}
     write_results(result, Path(out or run))
