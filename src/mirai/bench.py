@@ -42,7 +42,7 @@ def _time(fn, repeats: int = 1) -> float:
     return best
 
 
-def bench_sampling(model: CausalVideoDiT | None = None, batch: int = 1, repeats: int = 2) -> dict:
+def bench_sampling(model: CausalVideoDiT | None = None, batch: int = 4, repeats: int = 2) -> dict:
     model = model or _random_model()
     schedule, fpc = FlowSchedule(), model.cfg.frames_per_chunk
     shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)

@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["sampling", "train", "foresight"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
     b.add_argument("--ckpt", help="sampling: benchmark this model instead of a random tiny one")
+    b.add_argument("--batch", type=int, default=4, help="sampling: videos rolled out together")
     b.add_argument("--preset", default=None, help="train: model preset (default small)")
     b.add_argument("--baseline", help="foresight: a baseline generator to time (default: random tiny)")
     b.add_argument("--foresight", help="foresight: a foresight-trained generator to time (default: random tiny)")
@@ -178,7 +179,7 @@ def cmd_bench(args) -> None:
             from .checkpoint import load_model
 
             model = load_model(args.ckpt).eval()
-        result = bench.bench_sampling(model)
+        result = bench.bench_sampling(model, batch=args.batch)
     elif args.what == "train":
         result = bench.bench_train(args.preset or "small")
     else:
