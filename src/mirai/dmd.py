@@ -155,7 +155,8 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> P
         step = load_training_state(state_path, run.modules, run.optimizers, gen, run.load_extra_state)
     end = min(tc.steps, stop_at) if stop_at is not None else tc.steps
     log, bar = MetricsLog(out / "metrics.jsonl"), tqdm(total=end, initial=step, disable=quiet, desc="dmd", dynamic_ncols=True)
-    num_steps = len(run.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps)) - 1
+    step_ts = run.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps).tolist()  # once, not per step
+    num_steps = len(step_ts) - 1
     while step < end:
         t0 = time.perf_counter()
         noise, prompt, real = _step_inputs(run, dataset, step, gen)
@@ -166,7 +167,7 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> P
                 run.model.train()
                 video, hidden = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=cfg.sample,
                                                   generator=gen, return_hidden=run.student_block())
-                t_exit = run.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps)[exit_step].item()
+                t_exit = step_ts[exit_step]
                 loss, record = run.generator_loss(video, hidden, prompt, gen, t_exit=t_exit, real=real)
                 check_finite(loss, step)
                 set_lr(run.opt, lr_at(step, tc))
