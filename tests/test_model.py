@@ -86,3 +86,34 @@ def test_frame_wise_variant():
     x2 = x.clone()
     x2[:, 2] += 1
     assert torch.equal(full[:, :2], model(x2, t)[:, :2])
+
+
+def test_edm_preconditioning_is_x0_at_full_noise_and_unit_variance_target():
+    from mirai.model import edm_scalings
+
+    c_skip, c_out, c_in = edm_scalings(torch.tensor([1.0, 0.0]), sigma_data=0.5)
+    assert c_skip[0] == 0 and c_out[0] == 0.5 and c_skip[1] == 1 and c_out[1] == 0  # x0 at t=1, identity at t=0
+    # For data of std sigma_data, the network's target (x0 - c_skip x_t) / c_out has unit variance, and
+    # c_skip is the least-squares skip: any other skip gives a larger target variance.
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(200_000, generator=g) * 0.5, torch.randn(200_000, generator=g)
+    for t in (0.1, 0.5, 0.9):
+        xt = (1 - t) * x0 + t * eps
+        c_skip, c_out, c_in = edm_scalings(torch.tensor(t), 0.5)
+        assert abs(((x0 - c_skip * xt) / c_out).var().item() - 1) < 0.02
+        assert abs((xt * c_in).var().item() - 1) < 0.02
+        assert ((x0 - c_skip * xt) ** 2).mean() < ((x0 - 1.1 * c_skip * xt) ** 2).mean()
+
+
+def test_edm_model_starts_as_the_skip_and_caches_exactly():
+    x, t = video(), torch.rand(2, 6) * 0.9 + 0.05
+    fresh = CausalVideoDiT(ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16, prediction="edm"))
+    from mirai.model import edm_scalings
+
+    c_skip = edm_scalings(t, 0.5)[0][..., None, None, None]
+    # adaLN-Zero output F = 0, so x0 = c_skip x_t and v = (x_t - x0) / t
+    assert torch.allclose(fresh(x, t), (1 - c_skip) * x / t[..., None, None, None], atol=1e-5)
+    model = make_model(prediction="edm")
+    cache = KVCache.allocate(model.cfg, batch=2, max_chunks=3)
+    outs = [model(x[:, i : i + 2], t[:, i : i + 2], kv_cache=cache, commit=True) for i in range(0, 6, 2)]
+    assert (torch.cat(outs, 1) - model(x, t)).abs().max() < 1e-4

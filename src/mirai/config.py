@@ -74,9 +74,12 @@ class ModelConfig:
     attention: str = "causal"  # "causal" (block-causal over chunks) or "bidirectional"
     prompt_vocab: list[int] = field(default_factory=list)  # one vocabulary size per prompt field; [] = unconditional
     rope_theta: float = 10000.0
-    prediction: str = "x0"  # what the network outputs: "x0" (clean frames) or "velocity"; forward() always
+    prediction: str = "x0"  # what the network outputs: "x0" (clean frames), "velocity", or "edm" (x0 through
+    #                         EDM preconditioning: x0 = c_skip(t) x_t + c_out(t) F(c_in(t) x_t)); forward() always
     #                         returns the velocity. x0 suits pixel patches (Li & He 2025, "Back to Basics"):
-    #                         a velocity/noise output must reproduce 192-d patch noise through the network.
+    #                         a velocity/noise output must reproduce 192-d patch noise through the network;
+    #                         "edm" is x0 at t = 1 but only a residual at low noise (sharp details learn fast).
+    sigma_data: float = 0.5  # "edm": standard deviation of the training frames (the world's is about 0.5)
     conditional: bool = True  # condition on the dataset's structured prompt (prompt_vocab filled from the world)
 
 
@@ -132,6 +135,7 @@ class TrainConfig:
     prompt_dropout: float = 0.1  # drop the prompt for classifier-free guidance (conditional models only)
     per_chunk_t: bool = True  # diffusion forcing: every chunk draws its own noise level
     context_noise_max: float = 0.0  # teacher forcing: clean context gets noise t ~ U(0, this)
+    loss_t_floor: float = 0.05  # velocity loss = x0 error / max(t, floor)^2; 1.0 = plain x0 MSE (see losses.py)
     seed: int = 0
     out_dir: str = "runs/tiny"
     log_every: int = 10
@@ -298,8 +302,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.dim={m.dim} is not divisible by model.heads={m.heads}")
     if (m.dim // m.heads) % 2:
         raise ConfigError(f"head dim {m.dim // m.heads} must be even for rotary positions")
-    if m.prediction not in ("x0", "velocity"):
-        raise ConfigError(f"model.prediction must be 'x0' or 'velocity', got '{m.prediction}'")
+    if m.prediction not in ("x0", "velocity", "edm"):
+        raise ConfigError(f"model.prediction must be 'x0', 'velocity' or 'edm', got '{m.prediction}'")
     if m.attention not in ("causal", "bidirectional"):
         raise ConfigError(f"model.attention must be 'causal' or 'bidirectional', got '{m.attention}'")
     if cfg.data.clip_frames % m.frames_per_chunk:

@@ -58,7 +58,7 @@ def teacher_forcing_forward(model: nn.Module, ctx: Tensor, t_ctx: Tensor, x_nois
 
 def teacher_forcing_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, prompt: Tensor | None,
                          generator: torch.Generator | None = None, per_chunk_t: bool = True,
-                         context_noise_max: float = 0.0) -> Tensor:
+                         context_noise_max: float = 0.0, t_floor: float = 0.05) -> Tensor:
     """Stage 1. x0: (B, T, C, H, W) clean clip; returns the scalar flow-matching loss."""
     B, T = x0.shape[:2]
     fpc = model.cfg.frames_per_chunk
@@ -72,7 +72,7 @@ def teacher_forcing_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, p
         ctx = schedule.add_noise(ctx, randn(ctx.shape, generator, x0.device), t_ctx)
     x_t = schedule.add_noise(x0, noise, t)
     v = teacher_forcing_forward(model, ctx, t_ctx, x_t, t, prompt)
-    return flow_matching_loss(v, x_t, x0, t)
+    return flow_matching_loss(v, x_t, x0, t, t_floor)
 
 
 def ode_regression_loss(model: nn.Module, states: Tensor, clean: Tensor, timesteps: Tensor, prompt: Tensor | None,
@@ -94,11 +94,12 @@ def ode_regression_loss(model: nn.Module, states: Tensor, clean: Tensor, timeste
 
 
 def bidirectional_loss(model: nn.Module, schedule: FlowSchedule, x0: Tensor, prompt: Tensor | None,
-                       generator: torch.Generator | None = None, per_chunk_t: bool = False) -> Tensor:
+                       generator: torch.Generator | None = None, per_chunk_t: bool = False,
+                       t_floor: float = 0.05) -> Tensor:
     """Full-sequence flow matching (the model's own mask, normally bidirectional)."""
     B, T = x0.shape[:2]
     fpc = model.cfg.frames_per_chunk
     noise = randn(x0.shape, generator, x0.device)
     t = _chunk_t(schedule, B, T // fpc, fpc, per_chunk_t, generator, x0.device)
     x_t = schedule.add_noise(x0, noise, t)
-    return flow_matching_loss(model(x_t, t, prompt), x_t, x0, t)
+    return flow_matching_loss(model(x_t, t, prompt), x_t, x0, t, t_floor)

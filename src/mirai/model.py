@@ -33,6 +33,20 @@ def sincos_2d(dim: int, grid: int) -> Tensor:
     return torch.nn.functional.pad(emb, (0, dim - emb.shape[1]))
 
 
+def edm_scalings(t: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor]:
+    """EDM preconditioning (Karras et al. 2022) in rectified-flow time, x_t = (1 - t) x0 + t eps.
+
+    c_skip minimises the variance of the network's target (x0 - c_skip x_t) / c_out, c_out makes that
+    target unit-variance, c_in makes the input unit-variance. t = 1 gives plain x0 prediction (c_skip = 0),
+    t -> 0 the identity plus a vanishing correction. t: any shape; returns three tensors of that shape.
+    """
+    t = t.float()
+    var = ((1 - t) * sigma_data) ** 2 + t**2  # Var(x_t) for data of std sigma_data
+    c_skip = (1 - t) * sigma_data**2 / var
+    c_out = t * sigma_data / var.sqrt()
+    return c_skip, c_out, var.rsqrt()
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """x (B, T, N, D); shift, scale (B, T, 1, D)."""
     return x * (1 + scale) + shift
@@ -208,7 +222,11 @@ class CausalVideoDiT(nn.Module):
             if prompt is None:
                 prompt = torch.zeros(B, len(self.cfg.prompt_vocab), dtype=torch.long, device=x.device)
             c = c + self.prompt_embed(prompt)[:, None]
-        h = (self.patch_embed(self.patchify(x)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
+        x_in = x
+        if self.cfg.prediction == "edm":
+            c_skip, c_out, c_in = (c[..., None, None, None] for c in edm_scalings(t, self.cfg.sigma_data))
+            x_in = x * c_in.to(x.dtype)
+        h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
         hidden = None
         for i, block in enumerate(self.blocks):
             h = block(h, c, T, angles, mask, kv_cache, i, commit)
@@ -219,7 +237,9 @@ class CausalVideoDiT(nn.Module):
         if commit:
             kv_cache.advance()
         out = self.unpatchify(self.final(h, c, T), T)
-        if self.cfg.prediction == "x0":  # v = (x_t - x0) / t; exact for t > 0 (t = 0 only writes the cache)
+        if self.cfg.prediction == "edm":
+            out = c_skip.to(out.dtype) * x + c_out.to(out.dtype) * out  # the clean estimate x0
+        if self.cfg.prediction in ("x0", "edm"):  # v = (x_t - x0) / t; exact for t > 0 (t = 0 only writes the cache)
             out = (x - out) / t.clamp_min(1e-3).to(out.dtype)[..., None, None, None]
         return (out, hidden) if return_hidden is not None else out
 

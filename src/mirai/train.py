@@ -98,8 +98,9 @@ def compute_loss(model, schedule, batch, cfg: Config, gen: torch.Generator, time
     prompt = drop_prompt(prompt, cfg.train.prompt_dropout, gen)
     if cfg.train.objective == "teacher_forcing":
         return teacher_forcing_loss(model, schedule, batch["video"], prompt, gen, cfg.train.per_chunk_t,
-                                    cfg.train.context_noise_max)
-    return bidirectional_loss(model, schedule, batch["video"], prompt, gen, cfg.train.per_chunk_t)
+                                    cfg.train.context_noise_max, cfg.train.loss_t_floor)
+    return bidirectional_loss(model, schedule, batch["video"], prompt, gen, cfg.train.per_chunk_t,
+                              cfg.train.loss_t_floor)
 
 
 @torch.no_grad()
