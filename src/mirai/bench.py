@@ -146,7 +146,7 @@ def _dmd_generator_step(run, noise, prompt, real, exit_step: int, gen) -> None:
 
 
 def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None = None, batch: int = 4,
-                    repeats: int = 5) -> dict:
+                    repeats: int = 5, sampling_repeats: int = 10) -> dict:
     """Cost of foresight training (generator step with / without) and of sampling its generator (must be 1)."""
     import tempfile
 
@@ -177,7 +177,7 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
             _dmd_generator_step(run, noise, None, real, exit_step=i % 4, gen=gen)
             if i:  # the first round is a warm-up
                 times[name].append(time.perf_counter() - t0)
-    result = {"batch": batch, "repeats": repeats,
+    result = {"batch": batch, "repeats": repeats, "sampling_repeats": sampling_repeats,
               "dmd_step_s": statistics.median(times["base"]), "foresight_step_s": statistics.median(times["mirai"])}
     result["train_step_ratio"] = result["foresight_step_s"] / result["dmd_step_s"]
 
@@ -190,16 +190,19 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
     sample = SampleConfig(timesteps=[1000, 750, 500, 250], solver="renoise")
     sampling: dict[str, list[float]] = {"base": [], "mirai": []}
     order = ["base", "mirai"]
-    for i in range(2 * repeats + 1):  # ABBA order, first round a warm-up: drifts of a noisy machine hit both
+    for i in range(sampling_repeats + 1):  # ABBA order, first round a warm-up: drifts of a noisy machine hit both
         for name in order if i % 2 == 0 else order[::-1]:
             t = _time(lambda: rollout(models[name], FlowSchedule(), n, sample=sample))
             if i:
                 sampling[name].append(t)
-    # The minimum is the least noisy estimate of the work itself (other load only ever adds time).
-    result["baseline_rollout_s"] = min(sampling["base"])
-    result["foresight_rollout_s"] = min(sampling["mirai"])
-    result["rollout_s_median"] = {k: statistics.median(v) for k, v in sampling.items()}
-    result["sampling_ratio"] = result["foresight_rollout_s"] / result["baseline_rollout_s"]
+    # Paired design: each round times both arms back to back, so the machine's slow drifts cancel in the
+    # per-round ratio; the median of those ratios is robust to the odd stall of one run.
+    ratios = [m / b for b, m in zip(sampling["base"], sampling["mirai"])]
+    result["baseline_rollout_s"] = statistics.median(sampling["base"])
+    result["foresight_rollout_s"] = statistics.median(sampling["mirai"])
+    result["rollout_s_min"] = {k: min(v) for k, v in sampling.items()}
+    result["sampling_ratio"] = statistics.median(ratios)
+    result["sampling_ratio_range"] = [min(ratios), max(ratios)]
     result["same_generator_tensors"] = ({k: v.shape for k, v in models["base"].state_dict().items()}
                                         == {k: v.shape for k, v in models["mirai"].state_dict().items()})
     return result
