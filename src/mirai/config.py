@@ -79,7 +79,7 @@ class ModelConfig:
     #                         returns the velocity. x0 suits pixel patches (Li & He 2025, "Back to Basics"):
     #                         a velocity/noise output must reproduce 192-d patch noise through the network;
     #                         "edm" is x0 at t = 1 but only a residual at low noise (sharp details learn fast).
-    sigma_data: float = 0.5  # "edm": standard deviation of the training frames (the world's is about 0.5)
+    sigma_data: float = 0.5  # "edm": RMS of the training frames (EDM's default; the world's is about 0.6)
     conditional: bool = True  # condition on the dataset's structured prompt (prompt_vocab filled from the world)
 
 

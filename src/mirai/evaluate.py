@@ -172,7 +172,8 @@ def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], o
     for seed in tqdm(seeds, desc=f"eval {Path(run).name}", unit="seed"):
         videos, prompts = generate(run, samples, frames, seed, device, overrides)
         per_seed[seed], curves[seed] = ev.score(videos, prompts, lengths, real_feats)
-    result = {"run": str(run), "sample": dataclasses.asdict(cfg.sample), "frames": frames, "samples": samples, "seeds": seeds, "lengths": lengths,
+    result = {"run": str(run), "sample": dataclasses.asdict(cfg.sample), "frames": frames, "samples": samples,
+              "seeds": seeds, "lengths": lengths,
               "clip_frames": clip, "extractor": ev.extractor.provenance(), "probe": ev.probe.provenance(),
               "per_seed": per_seed, "summary": summarize(per_seed), "curves": curves}
     write_results(result, Path(out or run))

@@ -224,7 +224,7 @@ class CausalVideoDiT(nn.Module):
             c = c + self.prompt_embed(prompt)[:, None]
         x_in = x
         if self.cfg.prediction == "edm":
-            c_skip, c_out, c_in = (c[..., None, None, None] for c in edm_scalings(t, self.cfg.sigma_data))
+            c_skip, c_out, c_in = (s[..., None, None, None] for s in edm_scalings(t, self.cfg.sigma_data))
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
         hidden = None
