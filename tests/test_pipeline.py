@@ -62,6 +62,24 @@ def test_dmd_stage_logs_losses_and_resumes_exactly(stages):
     assert set(ckpt.load_model(full).state_dict()) == set(ckpt.load_model(ode).state_dict())  # generator alone
 
 
+def test_dmd_critic_learns_with_the_configured_loss_weighting(stages, monkeypatch):
+    """The fake score must be trained with the real score's loss (train.loss_t_floor), not a fixed weighting."""
+    from mirai import dmd, losses
+
+    root, teacher, ar, ode = stages
+    floors = []
+
+    def spy(*args, t_floor=0.05, **kw):
+        floors.append(t_floor)
+        return losses.bidirectional_loss(*args, t_floor=t_floor, **kw)
+
+    monkeypatch.setattr(dmd, "bidirectional_loss", spy)
+    c = dmd_cfg(root, "dmd_floor", teacher, ode, steps=2)
+    c.train.loss_t_floor = 1.0
+    train(c, quiet=True)
+    assert floors == [1.0, 1.0]
+
+
 def test_wrong_kind_of_checkpoint_is_named(stages):
     root, teacher, ar, ode = stages
     with pytest.raises(ckpt.CheckpointError, match="bidirectional model, but a causal model is needed"):

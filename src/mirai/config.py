@@ -135,7 +135,8 @@ class TrainConfig:
     prompt_dropout: float = 0.1  # drop the prompt for classifier-free guidance (conditional models only)
     per_chunk_t: bool = True  # diffusion forcing: every chunk draws its own noise level
     context_noise_max: float = 0.0  # teacher forcing: clean context gets noise t ~ U(0, this)
-    loss_t_floor: float = 0.05  # velocity loss = x0 error / max(t, floor)^2; 1.0 = plain x0 MSE (see losses.py)
+    loss_t_floor: float = 0.05  # velocity loss = x0 error / max(t, floor)^2; 1.0 = plain x0 MSE (see losses.py);
+    # also the DMD critic's flow-matching loss (set it to the teacher's)
     seed: int = 0
     out_dir: str = "runs/tiny"
     log_every: int = 10

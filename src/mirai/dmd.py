@@ -181,7 +181,10 @@ def train_dmd(cfg: Config, stop_at: int | None = None, quiet: bool = False) -> P
                     fake, _ = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=cfg.sample,
                                                 generator=gen)
                 record.update(run.critic_only_step(gen))
-            critic_loss = bidirectional_loss(run.critic, run.schedule, fake, prompt, gen, per_chunk_t=False)
+            # The fake score learns with the loss the real score was trained with (train.loss_t_floor), so that
+            # fake - real measures the distributions, not two different weightings over t.
+            critic_loss = bidirectional_loss(run.critic, run.schedule, fake, prompt, gen, per_chunk_t=False,
+                                             t_floor=tc.loss_t_floor)
         check_finite(critic_loss, step)
         record["critic_grad_norm"] = optimize(run.opt_critic, run.critic, critic_loss, tc.grad_clip)
         record["critic_loss"] = critic_loss.item()
