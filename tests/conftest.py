@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mirai.config import ModelConfig
-from mirai.model import CausalVideoDiT
+from mirai.models.dit import CausalVideoDiT
 
 
 def make_model(attention: str = "causal", frames_per_chunk: int = 2, prompt_vocab=(), seed: int = 0, **kw):

@@ -1,6 +1,6 @@
 import torch
 
-from mirai.attention import (KVCache, apply_rope, chunk_causal_mask, rope_angles, teacher_forcing_mask,
+from mirai.models.attention import (KVCache, apply_rope, chunk_causal_mask, rope_angles, teacher_forcing_mask,
                              token_positions)
 from tests.conftest import make_model
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mirai.cli import main
-from mirai.train import train
+from mirai.training.loop import train
 from tests.test_train import tiny_cfg
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mirai.config import SampleConfig
-from mirai.sampler import rollout
-from mirai.schedule import FlowSchedule
+from mirai.sampling.rollout import rollout
+from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
 

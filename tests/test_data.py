@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mirai.config import WorldConfig
-from mirai.data import DataError, SyntheticVideoDataset, VideoFolderDataset, batch_indices, get_batch
+from mirai.data.datasets import DataError, SyntheticVideoDataset, VideoFolderDataset, batch_indices, get_batch
 
 
 def frames(T=10, H=20, W=24, seed=0):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from mirai import checkpoint as ckpt
-from mirai.distill import ODEPairDataset, teacher_grid, teacher_trajectories, write_shard
-from mirai.schedule import FlowSchedule
+from mirai.training.distill import ODEPairDataset, teacher_grid, teacher_trajectories, write_shard
+from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
 
@@ -17,7 +17,7 @@ def test_teacher_grid_passes_through_every_student_timestep():
 
 def test_trajectories_start_at_the_noise_and_end_at_the_teacher_sample():
     from mirai.config import SampleConfig
-    from mirai.sampler import rollout
+    from mirai.sampling.rollout import rollout
 
     teacher, sched = make_model(), FlowSchedule()
     noise = torch.randn(2, 4, 3, 16, 16)

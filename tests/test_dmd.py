@@ -4,10 +4,11 @@ import torch
 from torch import nn
 
 from mirai.config import SampleConfig
-from mirai.dmd import dmd_gradient, dmd_loss
-from mirai.sampler import _commit, _context_input, _step, _velocity, rollout_with_exit
-from mirai.attention import KVCache
-from mirai.schedule import FlowSchedule
+from mirai.training.dmd import dmd_gradient, dmd_loss
+from mirai.rng import randn
+from mirai.sampling.rollout import rollout_with_exit
+from mirai.models.attention import KVCache
+from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
 # ---------------------------------------------------------------- toy: 2-D Gaussian mixture
@@ -92,14 +93,17 @@ def hand_built_rollout(model, sched, noise, exit_step, sample, gen):
     chunks = []
     for i in range(T // fpc):
         x = noise[:, i * fpc : (i + 1) * fpc]
-        for k in range(exit_step):
+        for k in range(exit_step):  # renoise steps, written out: x0 = x - t v, then back to t_next with noise
             with torch.no_grad():
-                x = _step(sched, "renoise", x, _velocity(model, x, ts[k], None, 1.0, kv_cache=cache), ts[k], ts[k + 1], gen)
+                x0 = x - ts[k] * model(x, torch.full((B, fpc), ts[k]), kv_cache=cache)
+                x = (1 - ts[k + 1]) * x0 + ts[k + 1] * randn(x0.shape, gen)
         v = model(x, torch.full((B, fpc), ts[exit_step]), kv_cache=cache)
         x0 = x - ts[exit_step] * v
         chunks.append(x0)
         with torch.no_grad():
-            _commit(model, cache, _context_input(x0.detach(), sample.context_noise, gen), sample.context_noise, None, 1.0)
+            c = sample.context_noise
+            x_ctx = (1 - c) * x0.detach() + c * randn(x0.shape, gen) if c > 0 else x0.detach()
+            model(x_ctx, torch.full((B, fpc), c), kv_cache=cache, commit=True)
     return torch.cat(chunks, 1)
 
 
@@ -124,7 +128,7 @@ def test_exit_step_gradient_reaches_only_the_chosen_step():
 
 def test_exit_rollout_without_grad_matches_inference_at_the_last_step():
     """Exiting at the last step is exactly the inference rollout (same cache writes, same noise draws)."""
-    from mirai.sampler import rollout
+    from mirai.sampling.rollout import rollout
 
     model, sched = make_model(), FlowSchedule()
     sample = SampleConfig(steps=3, solver="renoise")

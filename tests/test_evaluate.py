@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mirai.cli import main
-from mirai.evaluate import ci95, real_clips, summarize
-from mirai.report import paired_difference
-from mirai.train import train
+from mirai.eval.evaluate import ci95, real_clips, summarize
+from mirai.eval.report import paired_difference
+from mirai.training.loop import train
 from tests.test_train import tiny_cfg
 
 
@@ -37,7 +37,7 @@ def test_paired_difference():
 
 def test_real_clips_score_high_on_the_probes(two_runs):
     from mirai.config import WorldConfig
-    from mirai.evaluate import Evaluator
+    from mirai.eval.evaluate import Evaluator
 
     world = WorldConfig(image_size=16, sprite_sizes=[5])
     frames, prompts = real_clips(world, 6, 8)

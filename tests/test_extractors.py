@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mirai import extractors as E
+from mirai.eval import extractors as E
 from mirai.config import WorldConfig
-from mirai.world import make_clip
+from mirai.data.world import make_clip
 
 GRACE_HOPPER = Path(__import__("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
 MILITARY_UNIFORM = 652  # ImageNet-1k class index
@@ -170,7 +170,7 @@ def test_effnet_video_features_match_frames(effnet):
 
 
 def test_quality_metrics_with_effnet_are_labelled_proxies(effnet):
-    from mirai.metrics import quality_metrics
+    from mirai.eval.metrics import quality_metrics
 
     clip = make_clip(WorldConfig(), 0, 6, 4)
     video = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)[None] * 2 - 1

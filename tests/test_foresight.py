@@ -1,10 +1,10 @@
 import torch
 
 from mirai.config import ForesightConfig, SampleConfig
-from mirai.foresight import TeacherEncoder, foresight_loss, foresight_targets, target_window
-from mirai.predictor import Predictor
-from mirai.sampler import rollout_with_exit
-from mirai.schedule import FlowSchedule
+from mirai.training.foresight import TeacherEncoder, foresight_loss, foresight_targets, target_window
+from mirai.models.predictor import Predictor
+from mirai.sampling.rollout import rollout_with_exit
+from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
 
@@ -48,7 +48,7 @@ def test_encoder_early_stop_equals_the_full_forward_read_at_that_block():
 
 def test_alignment_gradient_stops_at_the_student_block():
     from mirai.config import ModelConfig
-    from mirai.model import CausalVideoDiT
+    from mirai.models.dit import CausalVideoDiT
 
     torch.manual_seed(0)
     model = CausalVideoDiT(ModelConfig(dim=32, depth=4, heads=2, patch_size=4, image_size=16))

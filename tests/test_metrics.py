@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mirai import metrics as M
+from mirai.eval import metrics as M
 
 
 def _static_video(T=8, H=32, W=32, seed=0):

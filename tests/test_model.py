@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mirai.attention import KVCache
+from mirai.models.attention import KVCache
 from mirai.config import ModelConfig
-from mirai.model import CausalVideoDiT
+from mirai.models.dit import CausalVideoDiT
 from tests.conftest import make_model
 
 
@@ -89,7 +89,7 @@ def test_frame_wise_variant():
 
 
 def test_edm_preconditioning_is_x0_at_full_noise_and_unit_variance_target():
-    from mirai.model import edm_scalings
+    from mirai.models.dit import edm_scalings
 
     c_skip, c_out, c_in = edm_scalings(torch.tensor([1.0, 0.0]), sigma_data=0.5)
     assert c_skip[0] == 0 and c_out[0] == 0.5 and c_skip[1] == 1 and c_out[1] == 0  # x0 at t=1, identity at t=0
@@ -108,7 +108,7 @@ def test_edm_preconditioning_is_x0_at_full_noise_and_unit_variance_target():
 def test_edm_model_starts_as_the_skip_and_caches_exactly():
     x, t = video(), torch.rand(2, 6) * 0.9 + 0.05
     fresh = CausalVideoDiT(ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16, prediction="edm"))
-    from mirai.model import edm_scalings
+    from mirai.models.dit import edm_scalings
 
     c_skip = edm_scalings(t, 0.5)[0][..., None, None, None]
     # adaLN-Zero output F = 0, so x0 = c_skip x_t and v = (x_t - x0) / t

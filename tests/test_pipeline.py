@@ -7,7 +7,7 @@ import torch
 
 from mirai import checkpoint as ckpt
 from mirai.config import config_from_dict
-from mirai.train import train
+from mirai.training.loop import train
 
 BASE = {
     "world": {"image_size": 16, "sprite_sizes": [5]},
@@ -64,7 +64,7 @@ def test_dmd_stage_logs_losses_and_resumes_exactly(stages):
 
 def test_dmd_critic_learns_with_the_configured_loss_weighting(stages, monkeypatch):
     """The fake score must be trained with the real score's loss (train.loss_t_floor), not a fixed weighting."""
-    from mirai import dmd, losses
+    from mirai.training import dmd, losses
 
     root, teacher, ar, ode = stages
     floors = []

@@ -1,6 +1,6 @@
 import torch
 
-from mirai.predictor import Predictor
+from mirai.models.predictor import Predictor
 
 
 def test_predictor_is_the_identity_at_initialisation():

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from mirai import probes as P
+from mirai.eval import probes as P
 from mirai.config import WorldConfig
-from mirai.data import to_model_range
-from mirai.world import background_image, make_clip, scene_prompt
+from mirai.data.frames import to_model_range
+from mirai.data.prompt import PROMPT
+from mirai.data.world import background_image, make_clip
 
 WORLD = WorldConfig()
 T = 12
@@ -117,5 +118,5 @@ def test_jump_breaks_continuity(probe, clips):
     clip = clips[1]
     frames = clip.frames.copy()
     frames[T // 2 :] = np.roll(frames[T // 2 :], 12, axis=2)  # everything teleports 12 px mid-video
-    s = probe.score(_video([frames]), scene_prompt(clip.scene)[None])
+    s = probe.score(_video([frames]), PROMPT.encode(clip.scene)[None])
     assert s.continuity[0, T // 2] < 0.5 and s.continuity[0, 1] == 1.0

@@ -1,8 +1,8 @@
 import torch
 
 from mirai.config import SampleConfig
-from mirai.sampler import iter_rollout, rollout
-from mirai.schedule import FlowSchedule
+from mirai.sampling.rollout import iter_rollout, rollout
+from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
 SCHED = FlowSchedule(shift=3.0)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mirai.schedule import FlowSchedule
+from mirai.diffusion.schedule import FlowSchedule
 
 
 def test_add_noise_endpoints_and_velocity_roundtrip():

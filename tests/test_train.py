@@ -5,7 +5,8 @@ import torch
 
 from mirai import checkpoint as ckpt
 from mirai.config import config_from_dict
-from mirai.train import lr_at, train
+from mirai.training.loop import train
+from mirai.training.optim import lr_at
 
 
 def tiny_cfg(tmp_path, **train_kw):

@@ -1,7 +1,8 @@
 import numpy as np
 
 from mirai.config import WorldConfig
-from mirai.world import COLORS, make_clip, prompt_vocab, render, sample_scene, scene_prompt
+from mirai.data.prompt import PROMPT
+from mirai.data.world import COLORS, make_clip, render, sample_scene
 
 WORLD = WorldConfig(max_sprites=3)
 
@@ -42,8 +43,8 @@ def test_sprites_move_and_stay_in_frame():
 def test_prompt_encodes_the_scene():
     rng = np.random.default_rng(0)
     scene = sample_scene(WORLD, rng)
-    p = scene_prompt(scene)
-    vocab = prompt_vocab(WORLD)
+    p = PROMPT.encode(scene)
+    vocab = PROMPT.vocab(WORLD)
     assert len(p) == len(vocab) == 10 and all(0 <= v < n for v, n in zip(p, vocab))
     assert p[0] == scene.background + 1
     assert (p[1 + 3 * len(scene.sprites) :] == 0).all()

@@ -4,22 +4,29 @@
   checked), and whether a rolling cache keeps the per-chunk cost flat over a long rollout.
 - `train`: one training step's time, tokens/s and achieved GFLOP/s (counted by torch's FlopCounterMode)
   against a GEMM peak measured in the same run, for fp32 and bf16.
+- `foresight`: the DMD stage's generator step with and without the foresight term, and the sampling
+  speed of the two generators.
+The steps timed are the training stages' own (`mirai.training`), not copies.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
+import tempfile
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import checkpoint as ckpt
 from .config import SampleConfig, config_from_dict
-from .losses import teacher_forcing_loss
-from .model import CausalVideoDiT
-from .sampler import iter_rollout, rollout
-from .schedule import FlowSchedule
-from .train import autocast_context, bf16_native
+from .device import bf16_native
+from .diffusion.schedule import FlowSchedule
+from .models.dit import CausalVideoDiT
+from .sampling.rollout import iter_rollout, rollout
+from .training.stages import build_stage
+from .training.supervised import TeacherForcingStage
 
 
 def _random_model(preset: str = "tiny", seed: int = 0, **overrides) -> CausalVideoDiT:
@@ -92,27 +99,28 @@ def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> flo
     return 2 * n**3 / t / 1e9
 
 
-def _train_step_stats(model: CausalVideoDiT, batch: int, frames: int, precision: str, repeats: int) -> dict:
-    schedule = FlowSchedule()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
+def _train_step_stats(preset: str, batch: int, frames: int, precision: str, repeats: int) -> dict:
+    """Time the teacher-forcing stage's own step on random clips (a model with random, non-zero weights)."""
+    cfg = config_from_dict({"model": {"preset": preset, "conditional": False, "image_size": 32},
+                            "data": {"clip_frames": frames},
+                            "train": {"batch_size": batch, "lr": 1e-4, "precision": precision, "device": "cpu"}})
+    stage = TeacherForcingStage(cfg)
+    stage.model.load_state_dict(_random_model(preset).state_dict())
+    shape = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
     x0 = torch.randn(batch, frames, *shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    clips = {"video": x0, "prompt": torch.zeros(batch, 1, dtype=torch.long)}
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        with autocast_context(precision):
-            loss = teacher_forcing_loss(model, schedule, x0, None, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        stage.step(clips, 0, gen)
 
     step()  # warm-up (allocations, first-call overheads)
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
     t = _time(step, repeats)
-    K = frames // model.cfg.frames_per_chunk
-    tokens = batch * (2 * K - 1) * model.tokens_per_chunk  # [clean K-1][noisy K] chunks per clip
+    K = frames // cfg.model.frames_per_chunk
+    tokens = batch * (2 * K - 1) * stage.model.tokens_per_chunk  # [clean K-1][noisy K] chunks per clip
     return {"step_s": t, "tokens_per_s": tokens / t, "gflop_per_step": flops / 1e9, "achieved_gflops": flops / t / 1e9}
 
 
@@ -125,35 +133,17 @@ def bench_train(preset: str = "small", batch: int = 4, frames: int = 8, repeats:
                             "gemm_peak_gflops": peak}
             continue
         peak = gemm_peak_gflops(dtype)
-        stats = _train_step_stats(_random_model(preset).train(), batch, frames, name, repeats)
+        stats = _train_step_stats(preset, batch, frames, name, repeats)
         result[name] = {**stats, "gemm_peak_gflops": peak, "fraction_of_peak": stats["achieved_gflops"] / peak}
     for key in ("step_s", "tokens_per_s", "achieved_gflops", "gemm_peak_gflops", "fraction_of_peak"):
         result[key] = result["fp32"].get(key)  # top-level keys: the fp32 figures
     return result
 
 
-def _dmd_generator_step(run, noise, prompt, real, exit_step: int, gen) -> None:
-    """One generator update of the DMD stage, as `mirai.dmd.train_dmd` does it."""
-    from .sampler import rollout_with_exit
-    from .train import optimize
-
-    video, hidden = rollout_with_exit(run.model, run.schedule, noise, prompt, exit_step, sample=run.cfg.sample,
-                                      generator=gen, return_hidden=run.student_block())
-    t_exit = run.schedule.inference_steps(run.cfg.sample.steps, run.cfg.sample.timesteps)[exit_step].item()
-    loss, _ = run.generator_loss(video, hidden, prompt, gen, t_exit=t_exit, real=real)
-    optimize(run.opt, run.model, loss, 1.0)
-    run.after_generator_step()
-
-
 def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None = None, batch: int = 4,
                     repeats: int = 5, sampling_repeats: int = 10) -> dict:
-    """Cost of foresight training (generator step with / without) and of sampling its generator (must be 1)."""
-    import tempfile
-
-    from . import checkpoint as ckpt
-    from .foresight import ForesightDMDRun
-    from .dmd import DMDRun
-
+    """Cost of foresight training (the DMD stage's generator step with / without the foresight term) and of
+    sampling its generator (the ratio must be 1)."""
     with tempfile.TemporaryDirectory() as tmp:
         teacher = _random_model("tiny", seed=1, attention="bidirectional")
         student = _random_model("tiny", seed=2)
@@ -163,9 +153,10 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
                                 "train": {"objective": "dmd", "init_from": f"{tmp}/student.safetensors", "batch_size": batch},
                                 "dmd": {"teacher": f"{tmp}/teacher.safetensors"},
                                 "sample": {"timesteps": [1000, 750, 500, 250], "solver": "renoise"}})
-        base = DMDRun(cfg)
-        cfg.foresight.enabled = True
-        mirai = ForesightDMDRun(cfg)
+        base = build_stage(cfg)
+        cfg_mirai = copy.deepcopy(cfg)
+        cfg_mirai.foresight.enabled = True
+        mirai = build_stage(cfg_mirai)
     shape = (3, cfg.model.image_size, cfg.model.image_size)
     noise = torch.randn(batch, cfg.data.clip_frames, *shape, generator=torch.Generator().manual_seed(0))
     real = noise.clamp(-1, 1)
@@ -174,7 +165,7 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
         for name, run in (("base", base), ("mirai", mirai)):
             gen = torch.Generator().manual_seed(i)
             t0 = time.perf_counter()
-            _dmd_generator_step(run, noise, None, real, exit_step=i % 4, gen=gen)
+            run.generator_step(noise, None, real, i, gen)
             if i:  # the first round is a warm-up
                 times[name].append(time.perf_counter() - t0)
     result = {"batch": batch, "repeats": repeats, "sampling_repeats": sampling_repeats,
@@ -182,10 +173,8 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
     result["train_step_ratio"] = result["foresight_step_s"] / result["dmd_step_s"]
 
     # Sampling: the generator file of a foresight run has the same tensors, so the same work is expected.
-    from .checkpoint import load_model
-
-    models = {"base": load_model(baseline_ckpt).eval() if baseline_ckpt else base.model.eval(),
-              "mirai": load_model(foresight_ckpt).eval() if foresight_ckpt else mirai.model.eval()}
+    models = {"base": ckpt.load_model(baseline_ckpt).eval() if baseline_ckpt else base.model.eval(),
+              "mirai": ckpt.load_model(foresight_ckpt).eval() if foresight_ckpt else mirai.model.eval()}
     n = torch.randn(batch, 16 * cfg.model.frames_per_chunk, *shape, generator=torch.Generator().manual_seed(0))
     sample = SampleConfig(timesteps=[1000, 750, 500, 250], solver="renoise")
     sampling: dict[str, list[float]] = {"base": [], "mirai": []}

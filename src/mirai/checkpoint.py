@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from .models.dit import CausalVideoDiT
 
 FORMAT = "mirai/1"
 
@@ -51,8 +52,6 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         tensors = load_file(path)
-        from safetensors import safe_open
-
         with safe_open(path, "pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
@@ -88,10 +87,8 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, expect_attention: str | None = None) -> nn.Module:
+def load_model(path: str | Path, expect_attention: str | None = None) -> CausalVideoDiT:
     """Build a CausalVideoDiT from a model file (or a run folder) and load its weights."""
-    from .model import CausalVideoDiT
-
     path = resolve_model_path(path)
     tensors, meta = load(path)
     if "model" not in meta:
@@ -126,9 +123,12 @@ def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path) ->
     module.load_state_dict(state)
 
 
-def model_config_of(path: str | Path) -> ModelConfig:
-    _, meta = load(resolve_model_path(path))
-    return model_config_from_dict(meta["model"])
+def check_same_family(a: ModelConfig, b: ModelConfig, name: str, role: str) -> None:
+    """Two model configs must agree on what a token is (frames, patches, chunking) and on size."""
+    keys = ("image_size", "channels", "patch_size", "frames_per_chunk", "dim", "depth", "heads", "prompt_vocab")
+    diff = [f"{k}: {getattr(a, k)} vs {getattr(b, k)}" for k in keys if getattr(a, k) != getattr(b, k)]
+    if diff:
+        raise CheckpointError(f"{name} ({a.preset}) does not match {role} ({b.preset}): " + "; ".join(diff))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,11 +17,23 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
+from tqdm import tqdm
 
-from .config import Config, ConfigError, _build, apply_overrides, load_config, load_yaml, to_dict
-from .checkpoint import CheckpointError
-from .video import save_npz
-from .data import DataError
+from . import bench
+from .checkpoint import CheckpointError, load_model
+from .config import ConfigError, load_config, run_config, to_dict
+from .data.datasets import DataError
+from .data.prompt import PROMPT
+from .data.world import make_clip
+from .device import pick_device
+from .diffusion.schedule import FlowSchedule
+from .eval.evaluate import Evaluator, evaluate_run, generate
+from .eval.report import load_eval, write_report
+from .sampling.rollout import iter_rollout
+from .training.loop import train
+from .training.stage import resolve_model_config
+from .video import save_npz, save_video
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,57 +91,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> None:
-    from .train import resolve_model_config, train
-
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        import yaml
-
         print(yaml.safe_dump(to_dict(resolve_model_config(cfg)), sort_keys=False))
         return
     out = train(cfg, init_from=args.init_from)
     print(f"done: {out}/model.safetensors")
 
 
-def run_settings(ckpt_path: str, overrides: list[str]) -> Config:
-    """The run's saved world/data/sample config (when the checkpoint sits in a run folder) + sample.* overrides."""
-    path = Path(ckpt_path)
-    saved_path = (path if path.is_dir() else path.parent) / "config.yaml"
-    saved = load_yaml(saved_path) if saved_path.is_file() else {}
-    for item in overrides:
-        if not item.startswith("sample."):
-            raise ConfigError(f"mirai sample only takes sample.* overrides, got '{item}'")
-    data = apply_overrides({k: saved.get(k) or {} for k in ("world", "data", "sample", "schedule")}, overrides)
-    return _build(Config, data)
-
-
 def cmd_sample(args) -> None:
-    from .checkpoint import load_model
-    from .sampler import iter_rollout
-    from .schedule import FlowSchedule
-    from .video import save_video
-    from .world import make_clip, scene_prompt
-
-    from .train import pick_device
-
     device = pick_device(args.device)
     model = load_model(args.ckpt).eval().to(device)
     if model.cfg.attention != "causal":
         raise CheckpointError(f"{args.ckpt} is a bidirectional model; `mirai sample` rolls out causal generators")
-    cfg = run_settings(args.ckpt, args.overrides)
+    cfg = run_config(args.ckpt, args.overrides)
     sample, world = cfg.sample, cfg.world
     frames = args.frames or 4 * cfg.data.clip_frames
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
     prompt = None
     if model.prompt_embed is not None:  # prompts of unseen scenes of the world
-        prompt = torch.stack([torch.from_numpy(scene_prompt(make_clip(world, 10**6 + args.seed, i, 1).scene)) for i in range(args.num)])
+        prompt = torch.stack([torch.from_numpy(PROMPT.encode(make_clip(world, 10**6 + args.seed, i, 1).scene)) for i in range(args.num)])
     gen = torch.Generator().manual_seed(args.seed)
     shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
     noise = torch.randn(args.num, frames, *shape, generator=gen).to(device)
     cond = prompt.to(device) if prompt is not None else None
-    from tqdm import tqdm
-
     chunks = [c.cpu() for c in tqdm(iter_rollout(model, FlowSchedule.from_config(cfg.schedule), noise, cond, sample=sample,
                                                  generator=gen), total=frames // fpc, desc="sample", unit="chunk")]
     video = torch.cat(chunks, dim=1)
@@ -143,9 +129,7 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import Evaluator, evaluate_run
-
-    cfg = run_settings(args.ckpt, args.overrides)
+    cfg = run_config(args.ckpt, args.overrides)
     if not (Path(args.ckpt) / "model.safetensors").is_file():
         raise CheckpointError(f"{args.ckpt} is not a run folder with a model.safetensors")
     frames = args.frames or 4 * cfg.data.clip_frames
@@ -159,9 +143,6 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .evaluate import generate
-    from .report import load_eval, write_report
-
     evals = [load_eval(r) for r in args.runs]
     videos = []
     if args.videos:
@@ -171,13 +152,9 @@ def cmd_compare(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from . import bench
-
     if args.what == "sampling":
         model = None
         if args.ckpt:
-            from .checkpoint import load_model
-
             model = load_model(args.ckpt).eval()
         result = bench.bench_sampling(model, batch=args.batch)
     elif args.what == "train":

@@ -396,3 +396,16 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return _build(ModelConfig, data, "model")
+
+
+def run_config(ckpt_path: str | Path, overrides: list[str]) -> Config:
+    """The world/data/sample/schedule settings a run was trained with (read from the `config.yaml` beside the
+    checkpoint, defaults otherwise), with `sample.*` overrides applied."""
+    path = Path(ckpt_path)
+    saved_path = (path if path.is_dir() else path.parent) / "config.yaml"
+    saved = load_yaml(saved_path) if saved_path.is_file() else {}
+    for item in overrides:
+        if not item.startswith("sample."):
+            raise ConfigError(f"this command only takes sample.* overrides, got '{item}'")
+    data = apply_overrides({k: saved.get(k) or {} for k in ("world", "data", "sample", "schedule")}, overrides)
+    return _build(Config, data)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from .data import to_uint8
+from .data.frames import to_uint8
+from .data.prompt import PROMPT
 
 
 def _frames_uint8(video: Tensor | np.ndarray) -> np.ndarray:
@@ -52,14 +53,9 @@ def save_npz(video: Tensor, prompt: Tensor | None, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = _frames_uint8(video)
-    prompts = prompt.cpu().numpy() if prompt is not None else np.zeros((frames.shape[0], 10), dtype=np.int64)
+    prompts = prompt.cpu().numpy() if prompt is not None else PROMPT.empty(frames.shape[0])
     np.savez_compressed(path, frames=frames, prompts=prompts)
     return path
-
-
-def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return data["frames"], data["prompts"]
 
 
 def save_video(video: Tensor | np.ndarray, path: str | Path, fps: int = 8, scale: int = 4) -> Path:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import teacher_forcing_mask
-from .schedule import FlowSchedule, rand, randn
+from ..diffusion.schedule import FlowSchedule
+from ..models.attention import teacher_forcing_mask
+from ..rng import rand, randn
 
 
 def flow_matching_loss(v: Tensor, x_t: Tensor, x0: Tensor, t: Tensor, t_floor: float = 0.05) -> Tensor:

@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import Attention, KVCache, chunk_causal_mask, rope_angles, token_positions
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def sincos_2d(dim: int, grid: int) -> Tensor:

@@ -5,7 +5,7 @@ that record which extractor and weights produced them and whether the number is 
 (`exact_vbench`). Proxies carry an `@` label, e.g. `subject_consistency@effnet_lite0`,
 `motion_smoothness@linear`, `dynamic_degree@farneback`; never report them as VBench numbers.
 
-Frames are uint8 arrays (T, H, W, 3) per video (what `mirai.data.to_uint8` gives); a batch is either an
+Frames are uint8 arrays (T, H, W, 3) per video (what `mirai.data.frames.to_uint8` gives); a batch is either an
 array (B, T, H, W, 3) or a list of per-video arrays (videos may differ in length).
 """
 
@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import linalg
+
+from ..data.frames import to_uint8
 
 # --------------------------------------------------------------------------------------------------
 # Results
@@ -394,18 +396,8 @@ def quality_metrics(video, subject_extractor, background_extractor=None, fps: fl
     return {r.name: r for r in results}
 
 
-def temporal_distribution_metrics(real_features: np.ndarray, fake_features: np.ndarray, extractor,
-                                  kid_subsets: int = 100, seed: int = 0) -> list[MetricResult]:
-    """FVD-like proxy: FD and KID on `temporal_features` of (B, T, D) frame features of real and generated clips;
-    named `fd@<extractor>-temporal` / `kid@<extractor>-temporal`."""
-    return distribution_metrics(temporal_features(real_features), temporal_features(fake_features),
-                                f"{extractor.name}-temporal", extractor, kid_subsets, seed)
-
-
 def _as_uint8_frames(video) -> np.ndarray:
     """(B, T, C, H, W) float tensor in [-1, 1] -> (B, T, H, W, 3) uint8; uint8 arrays pass through."""
     if isinstance(video, np.ndarray) and video.dtype == np.uint8:
         return video
-    from .data import to_uint8
-
     return to_uint8(video)

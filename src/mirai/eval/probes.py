@@ -29,8 +29,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 from torch import Tensor, nn
 
-from .config import WorldConfig
-from .world import COLORS, SHAPES, background_image, make_clip, occluder_mask, scene_prompt, sprite_mask
+from ..config import WorldConfig
+from ..data.frames import to_uint8
+from ..data.prompt import PROMPT
+from ..data.world import COLORS, SHAPES, background_image, make_clip, occluder_mask, sprite_mask
 
 DARK = 0.45  # striped sprites darken every other pair of rows by this factor (world.sprite_texture)
 OCCLUDER_RGB = np.array([0.08, 0.08, 0.08], dtype=np.float32)
@@ -50,17 +52,12 @@ class Identity:
 
 
 def identities_from_prompt(prompt: np.ndarray) -> list[Identity]:
-    """(10,) scene_prompt ints -> identities of the non-empty sprite slots (0 = absent / dropped)."""
-    out = []
-    for i in range(3):
-        fields = [int(v) for v in prompt[1 + 3 * i : 4 + 3 * i]]
-        if any(fields):
-            out.append(Identity(*[(v - 1) if v > 0 else None for v in fields]))
-    return out
+    """A prompt (see mirai.data.prompt) -> identities of its non-empty sprite slots."""
+    return [Identity(*fields) for fields in PROMPT.sprites(prompt)]
 
 
 def expected_background(prompt: np.ndarray) -> int | None:
-    return int(prompt[0]) - 1 if int(prompt[0]) > 0 else None
+    return PROMPT.background(prompt)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,8 +353,6 @@ class WorldProbe:
 
     def score(self, video: Tensor | np.ndarray, prompts: Tensor | np.ndarray) -> ProbeScores:
         """video (B, T, C, H, W) in [-1, 1] (quantised to uint8 as when saved), prompts (B, 10) -> ProbeScores."""
-        from .data import to_uint8
-
         frames = to_uint8(torch.as_tensor(video)).astype(np.float32) / 255.0  # (B, T, H, W, 3)
         prompts = np.asarray(torch.as_tensor(prompts).cpu())
         per = [self.score_frames(f, p) for f, p in zip(frames, prompts)]
@@ -411,4 +406,4 @@ def probe_accuracy(probe: WorldProbe, seed: int = 424_242, num_clips: int = 40, 
 
 def real_prompts(clips) -> np.ndarray:
     """(B, 10) prompts of real clips (convenience for tests and for `mirai eval` on real data)."""
-    return np.stack([scene_prompt(c.scene) for c in clips])
+    return np.stack([PROMPT.encode(c.scene) for c in clips])

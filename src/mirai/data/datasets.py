@@ -13,27 +13,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Config, DataConfig, WorldConfig
-from .world import make_clip, scene_prompt
+from ..config import Config, DataConfig, WorldConfig
+from .frames import to_model_range
+from .prompt import PROMPT
+from .world import make_clip
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-PROMPT_FIELDS = 10
-
-
 class DataError(ValueError):
     """A video file or folder cannot be used; the message names it."""
-
-
-def to_model_range(frames: np.ndarray) -> Tensor:
-    """(T, H, W, 3) floats in [0, 1] -> (T, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() * 2 - 1
-
-
-def to_uint8(video: Tensor) -> np.ndarray:
-    """(..., T, C, H, W) in [-1, 1] -> (..., T, H, W, C) uint8."""
-    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1).cpu().numpy()
 
 
 class SyntheticVideoDataset:
@@ -50,7 +38,7 @@ class SyntheticVideoDataset:
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         clip = self.clip(index)
-        return {"video": to_model_range(clip.frames), "prompt": torch.from_numpy(scene_prompt(clip.scene))}
+        return {"video": to_model_range(clip.frames), "prompt": torch.from_numpy(PROMPT.encode(clip.scene))}
 
 
 def _read_video_file(path: Path) -> np.ndarray:
@@ -84,7 +72,7 @@ def _read_frame_folder(path: Path) -> np.ndarray:
 
 def _resize(frames: np.ndarray, size: int) -> Tensor:
     """(T, H, W, 3) uint8 -> (T, 3, size, size) in [-1, 1]: centre crop to square, then area resize."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = to_model_range(frames)
     H, W = x.shape[-2:]
     s = min(H, W)
     x = x[..., (H - s) // 2 : (H - s) // 2 + s, (W - s) // 2 : (W - s) // 2 + s]
@@ -116,7 +104,7 @@ class VideoFolderDataset:
         return len(self.clips)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"video": self.clips[index], "prompt": torch.zeros(PROMPT_FIELDS, dtype=torch.long)}
+        return {"video": self.clips[index], "prompt": torch.from_numpy(PROMPT.empty(1)[0])}
 
 
 def build_dataset(cfg: Config):

@@ -19,8 +19,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import Config, WorldConfig
-from .world import make_clip, scene_prompt
+from .. import checkpoint as ckpt
+from ..config import Config, WorldConfig, run_config
+from ..data.frames import to_uint8
+from ..data.prompt import PROMPT
+from ..data.world import make_clip
+from ..device import pick_device
+from ..diffusion.schedule import FlowSchedule
+from ..sampling.rollout import rollout
+from . import metrics
+from .extractors import load_extractor
+from .probes import train_probe
 
 # --------------------------------------------------------------------------------------------------
 # Generation
@@ -30,16 +39,9 @@ from .world import make_clip, scene_prompt
 def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "cpu",
              overrides: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Roll out `num` videos of `frames` frames from a run (prompts of unseen scenes): uint8 (B, T, H, W, 3), prompts."""
-    from .checkpoint import load_model
-    from .cli import run_settings
-    from .data import to_uint8
-    from .sampler import rollout
-    from .schedule import FlowSchedule
-    from .train import pick_device
-
     dev = pick_device(device)
-    model = load_model(run).eval().to(dev)
-    cfg = run_settings(str(run), overrides or [])
+    model = ckpt.load_model(run).eval().to(dev)
+    cfg = run_config(run, overrides or [])
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
     prompts = eval_prompts(cfg.world, num, seed)
@@ -53,14 +55,14 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
 
 def eval_prompts(world: WorldConfig, num: int, seed: int) -> np.ndarray:
     """Prompts of scenes never used in training (a separate dataset seed space)."""
-    return np.stack([scene_prompt(make_clip(world, 10**6 + seed, i, 1).scene) for i in range(num)])
+    return np.stack([PROMPT.encode(make_clip(world, 10**6 + seed, i, 1).scene) for i in range(num)])
 
 
 def real_clips(world: WorldConfig, num: int, frames: int, seed: int = 777) -> tuple[np.ndarray, np.ndarray]:
     """Real clips of the world (held-out seed) as uint8 (B, T, H, W, 3), with their prompts."""
     clips = [make_clip(world, 10**7 + seed, i, frames) for i in range(num)]
     frames_u8 = np.stack([(c.frames * 255).round().astype(np.uint8) for c in clips])
-    return frames_u8, np.stack([scene_prompt(c.scene) for c in clips])
+    return frames_u8, np.stack([PROMPT.encode(c.scene) for c in clips])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,16 +83,12 @@ class Evaluator:
     @property
     def extractor(self):
         if self._extractor is None:
-            from .extractors import load_extractor
-
             self._extractor = load_extractor(self.extractor_name, self.weights)
         return self._extractor
 
     @property
     def probe(self):
         if self._probe is None:
-            from .probes import train_probe
-
             self._probe = train_probe(self.world)
         return self._probe
 
@@ -100,8 +98,6 @@ class Evaluator:
     def score(self, frames: np.ndarray, prompts: np.ndarray, lengths: list[int],
               real_features: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Metrics of videos uint8 (B, T, H, W, 3) over their first L frames for each L; drift curves over T."""
-        from . import metrics
-
         feats = self.features(frames)  # (B, T, D)
         probe = self.probe.score(torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, prompts)
         curves = {k: v.tolist() for k, v in probe.curves().items()}  # (T,) batch means
@@ -160,9 +156,7 @@ def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], o
                  overrides: list[str] | None = None) -> dict:
     """Generate `samples` rollouts of `frames` frames per seed and score them at 1x and multiples of the
     training length. Writes eval.json and eval.csv into `out` (default: the run folder)."""
-    from .cli import run_settings
-
-    cfg: Config = run_settings(str(run), overrides or [])
+    cfg: Config = run_config(run, overrides or [])
     clip = clip_frames or cfg.data.clip_frames
     lengths = sorted({L for L in (clip, 2 * clip, 4 * clip, 8 * clip, frames) if L <= frames})
     ev = evaluator or Evaluator(cfg.world)

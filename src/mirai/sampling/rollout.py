@@ -1,4 +1,4 @@
-"""Autoregressive rollout: the one loop of inference (the model never loops).
+"""Autoregressive rollout: the one place where a model is called in a loop to denoise.
 
 Per chunk (Self-Forcing / Causal-Forcing style):
   1. denoise the chunk from pure noise over the step list, attending to the KV cache of earlier chunks;
@@ -10,59 +10,54 @@ it gives the same video and exists as the reference the cache is tested and benc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from .attention import KVCache
-from .config import SampleConfig
-from .schedule import FlowSchedule, randn
+from ..config import SampleConfig
+from ..diffusion.guidance import guidance_batch, guided_velocity, is_guided
+from ..diffusion.schedule import FlowSchedule
+from ..diffusion.solvers import solver_step
+from ..models.attention import KVCache
+from ..rng import randn
+
+Velocity = Callable[[Tensor, float], Tensor]  # (x, t) -> v
 
 
-def _velocity(model: nn.Module, x: Tensor, t: float, prompt: Tensor | None, cfg_scale: float, **kw) -> Tensor:
-    """Model velocity for a chunk at noise level t, with classifier-free guidance on a doubled batch."""
-    B, T = x.shape[:2]
-    guided = prompt is not None and cfg_scale != 1.0
-    if guided:
-        x = torch.cat([x, x])
-        prompt = torch.cat([prompt, torch.zeros_like(prompt)])
-    t_frames = torch.full((x.shape[0], T), float(t), device=x.device)
-    v = model(x, t_frames, prompt, **kw)
-    if guided:
-        v_cond, v_uncond = v.chunk(2)
-        v = v_uncond + cfg_scale * (v_cond - v_uncond)
-    return v
+def frame_times(x: Tensor, t: float) -> Tensor:
+    """The same noise level t for every frame of x (B, T, ...): (B, T)."""
+    return torch.full(x.shape[:2], float(t), device=x.device)
 
 
-def _step(schedule: FlowSchedule, solver: str, x: Tensor, v: Tensor, t: float, t_next: float,
-          generator: torch.Generator | None) -> Tensor:
-    """One solver step from t to t_next."""
-    if solver == "euler":
-        return x + (t_next - t) * v
-    x0 = x - t * v  # "renoise": jump to the clean estimate, then re-noise to t_next with fresh noise
-    if t_next <= 0:
-        return x0
-    return (1 - t_next) * x0 + t_next * randn(x0.shape, generator, x0.device, x0.dtype)
+def denoise(velocity: Velocity, schedule: FlowSchedule, x: Tensor, ts: list[float], solver: str,
+            generator: torch.Generator | None) -> list[Tensor]:
+    """Integrate x from noise level ts[0] down to ts[-1] with `solver`: the states at every level of ts."""
+    states = [x]
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        x = solver_step(schedule, solver, x, velocity(x, t), t, t_next, generator)
+        states.append(x)
+    return states
 
 
-def _context_input(x0: Tensor, context_noise: float, generator: torch.Generator | None) -> Tensor:
+def context_input(schedule: FlowSchedule, x0: Tensor, context_noise: float,
+                  generator: torch.Generator | None) -> Tensor:
     """The clean chunk as it is written into the cache: noised to `context_noise`."""
     if context_noise <= 0:
         return x0
-    return (1 - context_noise) * x0 + context_noise * randn(x0.shape, generator, x0.device, x0.dtype)
+    return schedule.add_noise(x0, randn(x0.shape, generator, x0.device, x0.dtype), context_noise)
 
 
-def _cache_batch(prompt: Tensor | None, cfg_scale: float, batch: int) -> int:
-    return 2 * batch if (prompt is not None and cfg_scale != 1.0) else batch
+def commit_chunk(model: nn.Module, cache: KVCache, x_ctx: Tensor, context_noise: float, prompt: Tensor | None,
+                 cfg_scale: float) -> None:
+    """Write the keys/values of one chunk (at noise level `context_noise`) into the cache."""
+    inputs = guidance_batch(x_ctx, frame_times(x_ctx, context_noise), prompt, cfg_scale)
+    model(*inputs, kv_cache=cache, commit=True)
 
 
-def _commit(model, cache, x_ctx, context_noise, prompt, cfg_scale) -> None:
-    guided = prompt is not None and cfg_scale != 1.0
-    if guided:
-        x_ctx, prompt = torch.cat([x_ctx, x_ctx]), torch.cat([prompt, torch.zeros_like(prompt)])
-    t = torch.full(x_ctx.shape[:2], float(context_noise), device=x_ctx.device)
-    model(x_ctx, t, prompt, kv_cache=cache, commit=True)
+def cache_batch(prompt: Tensor | None, cfg_scale: float, batch: int) -> int:
+    """Rows of the KV cache: guidance runs [cond; uncond] as one doubled batch."""
+    return 2 * batch if is_guided(prompt, cfg_scale) else batch
 
 
 @torch.no_grad()
@@ -98,50 +93,37 @@ def iter_rollout(
     num_chunks = T // fpc
     total = num_chunks + len(context_chunks)
     if use_cache:
-        cache = KVCache.allocate(model.cfg, _cache_batch(prompt, sample.cfg_scale, B), total,
+        cache = KVCache.allocate(model.cfg, cache_batch(prompt, sample.cfg_scale, B), total,
                                  sample.sink_chunks, sample.window_chunks, device=noise.device)
     elif sample.window_chunks > 0:
         raise ValueError("a rolling window needs the KV cache (use_cache=True)")
     history: list[Tensor] = []  # uncached reference: the chunks as written to the cache
 
     def write(x0: Tensor) -> None:
-        x_ctx = _context_input(x0, sample.context_noise, generator)
+        x_ctx = context_input(schedule, x0, sample.context_noise, generator)
         if use_cache:
             cache.make_room()
-            _commit(model, cache, x_ctx, sample.context_noise, prompt, sample.cfg_scale)
+            commit_chunk(model, cache, x_ctx, sample.context_noise, prompt, sample.cfg_scale)
         else:
             history.append(x_ctx)
 
     def velocity(x: Tensor, t: float) -> Tensor:
         if use_cache:
-            return _velocity(model, x, t, prompt, sample.cfg_scale, kv_cache=cache)
-        if not history:
-            return _velocity(model, x, t, prompt, sample.cfg_scale)
+            return guided_velocity(model, x, frame_times(x, t), prompt, sample.cfg_scale, kv_cache=cache)
         # Recompute the prefix: [context chunks at context_noise][this chunk at t], block-causal.
         seq = torch.cat(history + [x], dim=1)
-        n_ctx = sum(h.shape[1] for h in history)
-        t_frames = torch.full(seq.shape[:2], float(t), device=x.device)
+        n_ctx = seq.shape[1] - x.shape[1]
+        t_frames = frame_times(seq, t)
         t_frames[:, :n_ctx] = sample.context_noise
-        guided = prompt is not None and sample.cfg_scale != 1.0
-        p = torch.cat([prompt, torch.zeros_like(prompt)]) if guided else prompt
-        if guided:
-            seq, t_frames = torch.cat([seq, seq]), torch.cat([t_frames, t_frames])
-        v = model(seq, t_frames, p)[:, n_ctx:]
-        if guided:
-            v_cond, v_uncond = v.chunk(2)
-            v = v_uncond + sample.cfg_scale * (v_cond - v_uncond)
-        return v
+        return guided_velocity(model, seq, t_frames, prompt, sample.cfg_scale)[:, n_ctx:]
 
     for chunk in context_chunks:
         write(chunk)
     for i in range(num_chunks):
         if use_cache:
             cache.make_room()
-        x = noise[:, i * fpc : (i + 1) * fpc]
-        states = [x]
-        for t, t_next in zip(ts[:-1], ts[1:]):
-            x = _step(schedule, sample.solver, x, velocity(x, t), t, t_next, generator)
-            states.append(x)
+        states = denoise(velocity, schedule, noise[:, i * fpc : (i + 1) * fpc], ts, sample.solver, generator)
+        x = states[-1]
         if i < num_chunks - 1:  # the last chunk is never attended to: skip its commit
             write(x)
         yield (x, states) if return_states else x
@@ -181,24 +163,38 @@ def rollout_with_exit(
     num_chunks = T // fpc
     cache = KVCache.allocate(model.cfg, B, num_chunks, sample.sink_chunks, sample.window_chunks, device=noise.device)
     chunks, hiddens = [], []
+
+    def velocity(x: Tensor, t: float) -> Tensor:
+        return guided_velocity(model, x, frame_times(x, t), prompt, 1.0, kv_cache=cache)
+
     for i in range(num_chunks):
         cache.make_room()
-        x = noise[:, i * fpc : (i + 1) * fpc]
-        with torch.no_grad():
-            for t, t_next in zip(ts[:exit_step], ts[1 : exit_step + 1]):
-                v = _velocity(model, x, t, prompt, 1.0, kv_cache=cache)
-                x = _step(schedule, "renoise", x, v, t, t_next, generator)
+        with torch.no_grad():  # the steps before the exit step: no gradient (renoise, as at inference)
+            x = denoise(velocity, schedule, noise[:, i * fpc : (i + 1) * fpc], ts[: exit_step + 1], "renoise",
+                        generator)[-1]
         t = ts[exit_step]
-        t_frames = torch.full((B, fpc), float(t), device=noise.device)
-        out = model(x, t_frames, prompt, kv_cache=cache, return_hidden=return_hidden)
+        out = model(x, frame_times(x, t), prompt, kv_cache=cache, return_hidden=return_hidden)
         v, hidden = out if return_hidden is not None else (out, None)
-        x0 = x - t * v
+        x0 = schedule.x0_from_velocity(x, v, t)
         chunks.append(x0)
         hiddens.append(hidden)
         if i < num_chunks - 1:
             with torch.no_grad():
                 cache.make_room()
-                _commit(model, cache, _context_input(x0.detach(), sample.context_noise, generator),
-                        sample.context_noise, prompt, 1.0)
+                commit_chunk(model, cache, context_input(schedule, x0.detach(), sample.context_noise, generator),
+                             sample.context_noise, prompt, 1.0)
     video = torch.cat(chunks, dim=1)
     return video, (torch.cat(hiddens, dim=1) if return_hidden is not None else None)
+
+
+@torch.no_grad()
+def sample_whole(model: nn.Module, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None = None, *,
+                 sample: SampleConfig | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """All frames at once with the model's own mask (the bidirectional teacher): (B, T, C, H, W)."""
+    sample = sample or SampleConfig()
+    ts = schedule.inference_steps(sample.steps, sample.timesteps).tolist()
+
+    def velocity(x: Tensor, t: float) -> Tensor:
+        return guided_velocity(model, x, frame_times(x, t), prompt, sample.cfg_scale)
+
+    return denoise(velocity, schedule, noise, ts, sample.solver, generator)[-1]

@@ -10,6 +10,9 @@
    at the shared exit step with gradient, onto those targets: loss = -cos(phi(h_i), sg(target_i)), mean
    over tokens and chunks, weight lambda, added to the DMD generator loss.
 The predictor and the encoder are training-only: the generator file, its FLOPs and KV cache are unchanged.
+
+`ForesightTerm` is what the DMD stage is given (a `GeneratorTerm`): encoder, predictor with its own AdamW,
+and a replay buffer that trains the predictor on critic-only steps.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checkpoint as ckpt
-from .attention import chunk_causal_mask
-from .config import Config, ForesightConfig
-from .dmd import DMDRun
-from .predictor import Predictor
+from .. import checkpoint as ckpt
+from ..config import Config, ForesightConfig
+from ..models.attention import chunk_causal_mask
+from ..models.dit import CausalVideoDiT
+from ..models.predictor import Predictor
+from .dmd import GeneratorRollout, GeneratorTerm
 
 # --------------------------------------------------------------------------------------------------
 # Encoders
@@ -99,22 +103,22 @@ def build_predictor(cfg: Config, generator: nn.Module, encoder_dim: int) -> Pred
                      generator.grid, m.mlp_ratio)
 
 
-class ForesightDMDRun(DMDRun):
-    """DMD + foresight alignment. The predictor has its own AdamW and replays recent pairs on critic-only steps."""
+class ForesightTerm(GeneratorTerm):
+    """DMD + foresight alignment. The predictor has its own AdamW and replays recent pairs on critic-only steps.
 
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    teacher: the DMD real score (the default encoder); generator: the causal generator being trained.
+    """
+
+    def __init__(self, cfg: Config, teacher: CausalVideoDiT, generator: CausalVideoDiT, device):
         f: ForesightConfig = cfg.foresight
-        self.encoder = build_encoder(cfg, self.teacher).to(self.device)
-        self.predictor = build_predictor(cfg, self.model, self.encoder.dim).to(self.device)
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg, teacher).to(device)
+        self.predictor = build_predictor(cfg, generator, self.encoder.dim).to(device)
         self.opt_predictor = torch.optim.AdamW(self.predictor.parameters(), lr=f.predictor_lr, betas=(0.9, 0.999))
-        self.modules["predictor"] = self.predictor
-        self.optimizers["predictor"] = self.opt_predictor
+        self.modules = {"predictor": self.predictor}
+        self.optimizers = {"predictor": self.opt_predictor}
         self.replay: collections.deque = collections.deque(maxlen=f.replay_size)
-        self.block = f.student_block or cfg.model.depth // 2
-
-    def student_block(self) -> int:
-        return self.block
+        self.student_block = f.student_block or cfg.model.depth // 2
 
     def extra_state(self) -> dict[str, Tensor]:
         """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs."""
@@ -125,9 +129,10 @@ class ForesightDMDRun(DMDRun):
 
     def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
         self.replay.clear()
+        device = next(self.predictor.parameters()).device
         i = 0
         while f"replay.{i}.hidden" in tensors:
-            self.replay.append(tuple(tensors[f"replay.{i}.{k}"].to(self.device) for k in ("hidden", "target", "t")))
+            self.replay.append(tuple(tensors[f"replay.{i}.{k}"].to(device) for k in ("hidden", "target", "t")))
             i += 1
 
     def targets(self, video: Tensor, prompt: Tensor | None, real: Tensor | None) -> Tensor:
@@ -135,21 +140,20 @@ class ForesightDMDRun(DMDRun):
         features = self.encoder(source, prompt)
         return foresight_targets(features, self.cfg.model.frames_per_chunk, target_window(self.cfg.foresight))
 
-    def generator_loss(self, video, hidden, prompt, gen, t_exit: float = 0.0, real=None):
-        loss, record = super().generator_loss(video, hidden, prompt, gen)
-        target = self.targets(video, prompt, real)
-        t = torch.full((video.shape[0],), float(t_exit), device=video.device)
-        align = foresight_loss(self.predictor(hidden, t), target)
-        self.replay.append((hidden.detach(), target, t))
+    def loss(self, rollout: GeneratorRollout, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        video = rollout.video
+        target = self.targets(video, rollout.prompt, rollout.real)
+        t = torch.full((video.shape[0],), float(rollout.t_exit), device=video.device)
+        align = foresight_loss(self.predictor(rollout.hidden, t), target)
+        self.replay.append((rollout.hidden.detach(), target, t))
         self.opt_predictor.zero_grad(set_to_none=True)  # the predictor steps with the generator
-        record.update(foresight_loss=align.item())
-        return loss + self.cfg.foresight.weight * align, record
+        return self.cfg.foresight.weight * align, {"foresight_loss": align.item()}
 
     def after_generator_step(self) -> None:
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), self.cfg.train.grad_clip)
         self.opt_predictor.step()
 
-    def critic_only_step(self, gen: torch.Generator) -> dict:
+    def critic_only_step(self, gen: torch.Generator) -> dict[str, float]:
         """Train the predictor on a replayed (student feature, target) pair: keeps phi ahead of the generator."""
         if not self.replay:
             return {}
@@ -160,8 +164,3 @@ class ForesightDMDRun(DMDRun):
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), self.cfg.train.grad_clip)
         self.opt_predictor.step()
         return {"predictor_replay_loss": loss.item()}
-
-
-def run_class(cfg: Config):
-    return ForesightDMDRun if cfg.foresight.enabled else DMDRun
-

@@ -11,7 +11,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import rope_angles, token_positions
-from .model import Block, TimestepEmbedder
+from .dit import Block, TimestepEmbedder
 
 
 class Predictor(nn.Module):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..video import tile_batch, upscale
+
 
 def load_eval(run: str | Path) -> dict:
     path = Path(run) / "eval.json" if Path(run).is_dir() else Path(run)
@@ -76,7 +78,6 @@ def _gif(frames: np.ndarray) -> str:
 
 def side_by_side(videos: list[np.ndarray], scale: int = 3) -> np.ndarray:
     """Videos uint8 (N, T, H, W, 3), one row per run: (T, rows * H, N * W, 3)."""
-    from .video import tile_batch, upscale
 
     rows = [tile_batch(v) for v in videos]
     T = min(r.shape[0] for r in rows)

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.frames import to_uint8
+
 ENV_WEIGHTS_DIR = "MIRAI_WEIGHTS_DIR"
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -493,8 +495,6 @@ class FeatureExtractor:
 
     def video(self, video: Tensor) -> Tensor:
         """(B, T, C, H, W) in [-1, 1] -> (B, T, D) features (frames quantised to uint8 first, as a saved video)."""
-        from .data import to_uint8
-
         B, T = video.shape[:2]
         return self.frames(to_uint8(video).reshape(B * T, *video.shape[-2:], 3)).reshape(B, T, -1)
 

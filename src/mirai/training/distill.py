@@ -14,11 +14,13 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import checkpoint as ckpt
-from .config import Config, SampleConfig
-from .sampler import iter_rollout
-from .schedule import FlowSchedule
-from .world import make_clip, scene_prompt
+from .. import checkpoint as ckpt
+from ..config import Config, SampleConfig
+from ..data.prompt import PROMPT
+from ..data.world import make_clip
+from ..device import pick_device
+from ..diffusion.schedule import FlowSchedule
+from ..sampling.rollout import iter_rollout
 
 
 def teacher_grid(student_ts: list[float], teacher_steps: int) -> tuple[list[float], list[int]]:
@@ -58,11 +60,9 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     d = cfg.distill
     if not d.teacher:
         raise ckpt.CheckpointError("distill.teacher is empty: name the stage-1 causal run to distil from")
-    from .train import pick_device
-
     device = pick_device(cfg.train.device)
     teacher = ckpt.load_model(d.teacher, expect_attention="causal").eval().to(device)
-    check_same_family(teacher.cfg, cfg.model, d.teacher, "the ODE student")
+    ckpt.check_same_family(teacher.cfg, cfg.model, d.teacher, "the ODE student")
     schedule = FlowSchedule.from_config(cfg.schedule)
     ts = student_timesteps(cfg, schedule)
     out = pairs_dir(cfg)
@@ -74,7 +74,7 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         if path.exists():
             continue
         index = range(s * d.shard_size, min(d.num_videos, (s + 1) * d.shard_size))
-        prompt = torch.stack([torch.from_numpy(scene_prompt(make_clip(cfg.world, 7_000_003, i, 1).scene)) for i in index])
+        prompt = torch.stack([torch.from_numpy(PROMPT.encode(make_clip(cfg.world, 7_000_003, i, 1).scene)) for i in index])
         gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + s)
         noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
         cond = prompt.to(device) if teacher.prompt_embed is not None else None
@@ -106,11 +106,3 @@ class ODEPairDataset:
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         return {"states": self.tensors["states"][i].float(), "clean": self.tensors["clean"][i].float(),
                 "prompt": self.tensors["prompt"][i]}
-
-
-def check_same_family(a, b, name: str, role: str) -> None:
-    """Two model configs must agree on what a token is (frames, patches, chunking) and on size."""
-    keys = ("image_size", "channels", "patch_size", "frames_per_chunk", "dim", "depth", "heads", "prompt_vocab")
-    diff = [f"{k}: {getattr(a, k)} vs {getattr(b, k)}" for k in keys if getattr(a, k) != getattr(b, k)]
-    if diff:
-        raise ckpt.CheckpointError(f"{name} ({a.preset}) does not match {role} ({b.preset}): " + "; ".join(diff))

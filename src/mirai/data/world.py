@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import WorldConfig
+from ..config import WorldConfig
 
 SHAPES = ("square", "circle", "triangle", "diamond")
 # Well separated, saturated colours (RGB in 0..1) so that identity is unambiguous.
@@ -30,6 +30,7 @@ COLORS = np.array(
     dtype=np.float32,
 )
 PATTERNS = ("solid", "striped")
+MAX_SPRITES = 3  # sprite slots of a scene (and of its prompt)
 # Backgrounds are muted so sprites stand out: two low-saturation colours and a texture.
 BG_TEXTURES = ("hstripes", "vstripes", "checker", "diagonal")
 
@@ -206,25 +207,6 @@ def render(world: WorldConfig, scene: Scene, num_frames: int) -> Clip:
     sizes = np.array([s.size for s in scene.sprites], dtype=np.float32)
     centres = top_left + (sizes[None, :, None] - 1) / 2
     return Clip(frames=frames, scene=scene, positions=centres, visible=visible, camera=camera)
-
-
-# --------------------------------------------------------------------------------------------------
-# Prompts: the scene's parameters as integers (0 = absent / dropped)
-
-
-def prompt_vocab(world: WorldConfig) -> list[int]:
-    """Vocabulary size of each prompt field: background, then (shape, colour, pattern) per sprite slot."""
-    per_sprite = [world.num_shapes + 1, world.num_colors + 1, world.num_patterns + 1]
-    return [world.num_backgrounds + 1] + per_sprite * 3
-
-
-def scene_prompt(scene: Scene) -> np.ndarray:
-    """(10,) int64: [bg+1, shape+1, colour+1, pattern+1 for sprite 1, 2, 3]; empty slots are 0."""
-    out = np.zeros(10, dtype=np.int64)
-    out[0] = scene.background + 1
-    for i, s in enumerate(scene.sprites):
-        out[1 + 3 * i : 4 + 3 * i] = [s.shape + 1, s.color + 1, s.pattern + 1]
-    return out
 
 
 def make_clip(world: WorldConfig, seed: int, index: int, num_frames: int) -> Clip:

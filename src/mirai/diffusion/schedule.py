@@ -11,23 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import ScheduleConfig
+from ..config import ScheduleConfig
+from ..rng import rand, randn
 
 
-def randn(shape, generator: torch.Generator | None, device=None, dtype=torch.float32) -> Tensor:
-    """Normal noise drawn on the generator's device (CPU generators keep runs reproducible on any
-    accelerator), then moved to `device`."""
-    gen_device = generator.device if generator is not None else "cpu"
-    return torch.randn(shape, generator=generator, device=gen_device).to(device=device, dtype=dtype)
-
-
-def rand(shape, generator: torch.Generator | None, device=None) -> Tensor:
-    gen_device = generator.device if generator is not None else "cpu"
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
-
-
-def _expand(t: Tensor, x: Tensor) -> Tensor:
-    """Per-frame t (B, T) -> (B, T, 1, 1, 1) to broadcast against x (B, T, C, H, W)."""
+def _expand(t: Tensor | float, x: Tensor) -> Tensor | float:
+    """Per-frame t (B, T) -> (B, T, 1, 1, 1) to broadcast against x (B, T, C, H, W); a number stays a number."""
+    if not isinstance(t, Tensor):
+        return t
     return t.reshape(*t.shape, *([1] * (x.dim() - t.dim())))
 
 
@@ -43,7 +34,8 @@ class FlowSchedule:
         return cls(shift=cfg.shift, train_t=cfg.train_t, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std)
 
     # ------------------------------------------------------------------ noising
-    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor | float) -> Tensor:
+        """The path x_t = (1 - t) x0 + t eps; t per frame (B, T) or one number."""
         t = _expand(t, x0)
         return (1 - t) * x0 + t * noise
 
@@ -52,7 +44,8 @@ class FlowSchedule:
         """Flow-matching regression target."""
         return noise - x0
 
-    def x0_from_velocity(self, x_t: Tensor, v: Tensor, t: Tensor) -> Tensor:
+    def x0_from_velocity(self, x_t: Tensor, v: Tensor, t: Tensor | float) -> Tensor:
+        """The clean estimate x0 = x_t - t v; t per frame (B, T) or one number."""
         return x_t - _expand(t, x_t) * v
 
     def shift_t(self, t: Tensor) -> Tensor:

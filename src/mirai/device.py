@@ -1,0 +1,28 @@
+"""Where and in which precision tensors live: device choice and bf16 autocast."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def bf16_native() -> bool:
+    """True where bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_context(precision: str, device="cpu"):
+    """bf16 autocast, or nothing. "auto" only uses bf16 where it is fast: emulated bf16 is ~100x slower."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_native())
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" is CUDA when available, else the CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,117 @@
+"""The training loop, one for every stage: batches, LR schedule, EMA, a progress bar, a JSONL metrics log,
+periodic sample sheets and atomic checkpoints with exact resume. What a step does is the stage's
+(`mirai.training.stages`).
+
+Exact resume: the batch at step s is a pure function of s (`data.datasets.batch_indices`), and every random
+draw of a stage comes from one `torch.Generator` whose state is checkpointed with the weights, the EMA and
+the optimisers. A run restarted from its checkpoint therefore retraces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import checkpoint as ckpt
+from ..config import Config, save_config
+from ..data.datasets import batch_indices, get_batch, to_device
+from ..models.dit import count_parameters
+from .optim import ema_decay_at, ema_update, lr_at, set_lr
+from .samples import write_samples
+from .stage import Stage, resolve_model_config
+from .stages import build_stage
+from .state import load_training_state, save_training_state
+
+
+class MetricsLog:
+    """Append-only JSONL log of training metrics (one object per logged step)."""
+
+    def __init__(self, path: Path):
+        self.file = path.open("a")
+
+    def write(self, **record) -> None:
+        self.file.write(json.dumps({**record, "time": time.time()}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def start_run(cfg: Config) -> tuple[Config, Path, torch.Generator]:
+    """Resolve the config, create the run folder, save the config next to it, seed everything."""
+    cfg = resolve_model_config(cfg)
+    out = Path(cfg.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    return cfg, out, torch.Generator().manual_seed(cfg.train.seed)
+
+
+def resume(stage: Stage, path: Path, gen: torch.Generator) -> int:
+    """Load the training state at `path` into the stage (and gen); returns its step."""
+    step, extra = load_training_state(path, stage.modules, stage.optimizers, gen)
+    stage.load_extra_state(extra)
+    return step
+
+
+def save(stage: Stage, out: Path, gen: torch.Generator, step: int, cfg: Config) -> None:
+    """The full training state, then the exported EMA generator (what `mirai sample` reads)."""
+    save_training_state(out / "ckpt.safetensors", stage.modules, stage.optimizers, gen, step, cfg, stage.extra_state())
+    ckpt.save_model(stage.ema, out / "model.safetensors", {"step": step, "objective": cfg.train.objective})
+
+
+def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None, quiet: bool = False) -> Path:
+    """Train per `cfg`; resumes from `out_dir/ckpt.safetensors` when present. Returns the run folder.
+
+    stop_at: stop (with a checkpoint) after this step, as an interruption would; the schedule still
+    follows `cfg.train.steps`.
+    """
+    if init_from:
+        cfg = copy.deepcopy(cfg)
+        cfg.train.init_from = init_from
+    cfg, out, gen = start_run(cfg)
+    tc = cfg.train
+    stage = build_stage(cfg, quiet)
+    step, state_path = 0, out / "ckpt.safetensors"
+    if state_path.exists():
+        step = resume(stage, state_path, gen)
+        if not quiet:
+            print(f"resumed {state_path} at step {step}")
+    end = min(tc.steps, stop_at) if stop_at is not None else tc.steps
+    if not quiet:
+        print(f"model: {count_parameters(stage.model) / 1e6:.2f}M parameters, {cfg.model.attention}; "
+              f"objective {tc.objective}; steps {step}->{end}; out {out}")
+
+    log = MetricsLog(out / "metrics.jsonl")
+    bar = tqdm(total=end, initial=step, disable=quiet, dynamic_ncols=True, desc=tc.objective)
+    while step < end:
+        t0 = time.perf_counter()
+        batch = to_device(get_batch(stage.dataset, batch_indices(step, tc.batch_size, len(stage.dataset), cfg.data.seed)),
+                          stage.device)
+        set_lr(stage.opt, lr_at(step, tc))
+        result = stage.step(batch, step, gen)
+        if result.generator_update is not None:
+            ema_update(stage.ema, stage.model, ema_decay_at(result.generator_update, tc))
+        step += 1
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix({k: f"{result.record[k]:.4f}" for k in stage.progress_keys if k in result.record}
+                        | {"clips_s": f"{tc.batch_size / dt:.1f}"})
+        if step % tc.log_every == 0 or step == end or result.log:
+            log.write(step=step, **result.record, lr=stage.opt.param_groups[0]["lr"], step_s=dt,
+                      clips_per_s=tc.batch_size / dt)
+        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+            write_samples(stage.ema.eval(), stage.schedule, stage.sample_dataset, cfg,
+                          out / "samples" / f"step_{step:06d}.png")
+        if step % tc.ckpt_every == 0 or step == end:
+            save(stage, out, gen, step, cfg)
+    bar.close()
+    log.close()
+    return out

@@ -1,0 +1,38 @@
+"""Periodic sample sheets of a training run: generated videos over real clips, as a PNG contact sheet."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..data.datasets import get_batch
+from ..diffusion.schedule import FlowSchedule
+from ..sampling.rollout import rollout, sample_whole
+from ..video import save_video
+
+
+@torch.no_grad()
+def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config, path: Path, num: int = 4,
+                  chunks: int | None = None) -> Path:
+    """Roll out `num` videos (prompts of held-out clips) and save a contact sheet: samples over real clips."""
+    frames = cfg.data.clip_frames if chunks is None else chunks * cfg.model.frames_per_chunk
+    device = next(model.parameters()).device
+    held_out = get_batch(dataset, [10**9 + i for i in range(num)]) if hasattr(dataset, "clip") else get_batch(dataset, list(range(num)))
+    prompt = held_out["prompt"].to(device) if model.prompt_embed is not None else None
+    gen = torch.Generator().manual_seed(1234)
+    noise = torch.randn(num, frames, *held_out["video"].shape[2:], generator=gen).to(device)
+    sample = cfg.sample  # few-step students sample as at inference; stage-1 models with many Euler steps
+    if cfg.train.objective in ("teacher_forcing", "bidirectional"):
+        sample = dataclasses.replace(cfg.sample, steps=cfg.train.sample_steps, timesteps=[], solver="euler")
+    if model.cfg.attention == "bidirectional":  # the teacher samples the whole clip at once
+        video = sample_whole(model, schedule, noise, prompt, sample=sample, generator=gen)
+    else:
+        video = rollout(model, schedule, noise, prompt, sample=sample, generator=gen)
+    video = video.cpu()
+    real = held_out["video"][:, : min(frames, held_out["video"].shape[1])]
+    both = torch.cat([video[:, : real.shape[1]], real]) if real.shape[1] == video.shape[1] else video
+    return save_video(both, path)

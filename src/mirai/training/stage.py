@@ -1,0 +1,96 @@
+"""What a training stage is, for the loop (`mirai.training.loop`).
+
+A stage owns its modules, optimisers and extra state and does one optimisation step on a batch. The loop
+owns everything around it: batches, the LR of the generator's optimiser, EMA, logging, progress, sample
+sheets and checkpoints. Adding a stage means writing a `Stage` and registering it in
+`mirai.training.stages`; the loop does not change.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .. import checkpoint as ckpt
+from ..config import Config, ConfigError
+from ..data.prompt import PROMPT
+from ..device import pick_device
+from ..diffusion.schedule import FlowSchedule
+from ..models.dit import CausalVideoDiT
+
+
+@dataclass
+class StepOutput:
+    """What one stage step reports to the loop."""
+
+    record: dict[str, float] = field(default_factory=dict)  # scalars for metrics.jsonl and the progress bar
+    generator_update: int | None = None  # index of the generator update made by this step (the EMA follows
+    #                                       it); None when the generator was not updated
+    log: bool = False  # log this step even between `train.log_every` steps
+
+
+class Stage:
+    """Base of every stage. A subclass sets in its __init__:
+
+    model (the trained generator), ema (its average, the exported model), opt (the generator's optimiser,
+    whose LR the loop schedules), modules and optimizers (everything checkpointed; modules["model"] is the
+    generator), dataset (training items), sample_dataset (clips whose prompts the sample sheets use);
+    and implements `step`.
+    """
+
+    name = "stage"
+    progress_keys: tuple[str, ...] = ("loss",)  # record entries shown on the progress bar
+    model: nn.Module
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.device)
+        self.schedule = FlowSchedule.from_config(cfg.schedule)
+
+    def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Tensors besides modules and optimisers that a resumed run needs."""
+        return {}
+
+    def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        pass
+
+    def prompt_of(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """The batch's prompts for a conditional generator, None for an unconditional one."""
+        return batch["prompt"] if self.model.prompt_embed is not None else None
+
+
+def resolve_model_config(cfg: Config) -> Config:
+    """Fill derived model fields (the prompt vocabulary of the world) so the saved config is complete."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.model.conditional and not cfg.model.prompt_vocab:
+        if cfg.data.source != "synthetic":
+            raise ConfigError("model.conditional needs a dataset with prompts (data.source=synthetic); set model.conditional=false")
+        cfg.model.prompt_vocab = PROMPT.vocab(cfg.world)
+    if not cfg.model.conditional:
+        cfg.model.prompt_vocab = []
+    if cfg.train.objective == "bidirectional":
+        cfg.model.attention = "bidirectional"
+    return cfg
+
+
+def init_generator(cfg: Config) -> CausalVideoDiT:
+    """A fresh model, or the previous stage's weights (`train.init_from`), checked to be the same kind and size."""
+    model = CausalVideoDiT(cfg.model)
+    if cfg.train.init_from:
+        # Stage 1 may start from the bidirectional base model (as Causal-Forcing starts from Wan): same weights
+        # layout, only the mask differs. Later stages must start from a causal model.
+        kind = None if cfg.train.objective == "teacher_forcing" else cfg.model.attention
+        previous = ckpt.load_model(cfg.train.init_from, expect_attention=kind)
+        ckpt.check_same_family(previous.cfg, cfg.model, cfg.train.init_from, f"this {cfg.train.objective} stage's model")
+        ckpt.load_state(model, previous.state_dict(), cfg.train.init_from)
+    return model

@@ -1,0 +1,44 @@
+"""The training state on disk: everything a run needs to continue exactly (weights, EMA, optimisers, RNG
+states, step, and a stage's extra tensors), as one atomic safetensors file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt
+from ..config import Config, to_dict
+
+
+def save_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                        gen: torch.Generator, step: int, cfg: Config, extra: dict | None = None) -> None:
+    """modules must hold "model" (the trained generator); extra: a stage's own tensors (e.g. a replay buffer)."""
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.gen": gen.get_state(), **ckpt.prefixed(extra or {}, "extra")}
+    optim_meta = {}
+    for name, module in modules.items():
+        tensors.update(ckpt.prefixed(module.state_dict(), name))
+    for name, opt in optimizers.items():
+        opt_tensors, optim_meta[name] = ckpt.optimizer_tensors(opt)
+        tensors.update(ckpt.prefixed(opt_tensors, f"optim_{name}"))
+    meta = {"kind": "train_state", "step": step, "config": to_dict(cfg), "model": to_dict(modules["model"].cfg),
+            "optim": optim_meta}
+    ckpt.atomic_save(tensors, path, meta)
+
+
+def load_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                        gen: torch.Generator) -> tuple[int, dict[str, torch.Tensor]]:
+    """Restore modules, optimisers and RNG states in place; returns (step, the stage's extra tensors)."""
+    tensors, meta = ckpt.load(path)
+    if meta.get("kind") != "train_state":
+        raise ckpt.CheckpointError(f"{path} is a '{meta.get('kind')}' file, not a training state")
+    if meta["model"] != to_dict(modules["model"].cfg):
+        raise ckpt.CheckpointError(f"{path} was trained with another model config; start a new out_dir or use the same model")
+    for name, module in modules.items():
+        ckpt.load_state(module, ckpt.strip(tensors, name), path)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt.optimizer_state(ckpt.strip(tensors, f"optim_{name}"), meta["optim"][name]))
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.gen"])
+    return int(meta["step"]), ckpt.strip(tensors, "extra")

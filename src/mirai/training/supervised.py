@@ -1,0 +1,88 @@
+"""The stages that regress the generator on data with one loss per step:
+
+- `TeacherStage` (objective "bidirectional"): the bidirectional teacher, full-sequence flow matching;
+- `TeacherForcingStage` ("teacher_forcing"): stage 1 of the causal generator (Causal-Forcing's AR diffusion);
+- `ODEStage` ("ode"): stage 2, causal ODE distillation on the AR teacher's trajectories (written first,
+  resumably, by `mirai.training.distill`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor
+
+from ..config import Config
+from ..data.datasets import build_dataset
+from ..device import autocast_context
+from .distill import ODEPairDataset, generate_pairs
+from .losses import bidirectional_loss, drop_prompt, ode_regression_loss, teacher_forcing_loss
+from .optim import check_finite, optimize
+from .stage import Stage, StepOutput, init_generator
+
+
+class SupervisedStage(Stage):
+    """One generator, one AdamW, one loss per step (`loss`, defined by the subclasses)."""
+
+    def __init__(self, cfg: Config, dataset=None):
+        super().__init__(cfg)
+        tc = cfg.train
+        self.dataset = dataset if dataset is not None else build_dataset(cfg)
+        self.sample_dataset = self.dataset
+        self.model = init_generator(cfg).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+        self.modules = {"model": self.model, "ema": self.ema}
+        self.optimizers = {"model": self.opt}
+        self.forward_model = torch.compile(self.model) if tc.compile else self.model
+
+    def loss(self, batch: dict[str, Tensor], gen: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
+        self.model.train()
+        with autocast_context(self.cfg.train.precision, self.device):
+            loss = self.loss(batch, gen)
+        check_finite(loss, step)
+        grad_norm = optimize(self.opt, self.model, loss, self.cfg.train.grad_clip)
+        return StepOutput({"loss": loss.item(), "grad_norm": grad_norm}, generator_update=step)
+
+    def dropped_prompt(self, batch: dict[str, Tensor], gen: torch.Generator) -> Tensor | None:
+        """The batch's prompts with a random `train.prompt_dropout` fraction zeroed (classifier-free guidance)."""
+        return drop_prompt(self.prompt_of(batch), self.cfg.train.prompt_dropout, gen)
+
+
+class TeacherStage(SupervisedStage):
+    name = "bidirectional"
+
+    def loss(self, batch, gen):
+        tc = self.cfg.train
+        prompt = self.dropped_prompt(batch, gen)
+        return bidirectional_loss(self.forward_model, self.schedule, batch["video"], prompt, gen, tc.per_chunk_t,
+                                  tc.loss_t_floor)
+
+
+class TeacherForcingStage(SupervisedStage):
+    name = "teacher_forcing"
+
+    def loss(self, batch, gen):
+        tc = self.cfg.train
+        prompt = self.dropped_prompt(batch, gen)
+        return teacher_forcing_loss(self.forward_model, self.schedule, batch["video"], prompt, gen, tc.per_chunk_t,
+                                    tc.context_noise_max, tc.loss_t_floor)
+
+
+class ODEStage(SupervisedStage):
+    """The student learns the teacher's conditional trajectories: prompts are kept (no dropout)."""
+
+    name = "ode"
+
+    def __init__(self, cfg: Config, quiet: bool = False):
+        pairs = ODEPairDataset(generate_pairs(cfg, quiet))  # before the model: resumable, and the longest part
+        super().__init__(cfg, dataset=pairs)
+        self.sample_dataset = build_dataset(cfg)
+
+    def loss(self, batch, gen):
+        return ode_regression_loss(self.forward_model, batch["states"], batch["clean"], self.dataset.timesteps,
+                                   self.prompt_of(batch), gen)
