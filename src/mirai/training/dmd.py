@@ -26,6 +26,7 @@ from .. import checkpoint as ckpt
 from ..config import Config, ConfigError
 from ..data.datasets import build_dataset
 from ..device import autocast_context
+from ..diffusion.guidance import guided_velocity
 from ..diffusion.schedule import FlowSchedule
 from ..rng import rand, randn
 from ..sampling.rollout import rollout_with_exit
@@ -55,11 +56,7 @@ def dmd_loss(x: Tensor, real_x0: Tensor, fake_x0: Tensor) -> tuple[Tensor, Tenso
 def predict_x0(model: nn.Module, schedule: FlowSchedule, x_t: Tensor, t: Tensor, prompt: Tensor | None,
                cfg_scale: float = 1.0) -> Tensor:
     """Clean estimate of a score model at per-frame noise t (B, T), with optional classifier-free guidance."""
-    if prompt is not None and cfg_scale != 1.0:
-        v_cond = model(x_t, t, prompt)
-        v = v_cond + (cfg_scale - 1.0) * (v_cond - model(x_t, t, torch.zeros_like(prompt)))
-    else:
-        v = model(x_t, t, prompt)
+    v = guided_velocity(model, x_t, t, prompt, cfg_scale)
     return schedule.x0_from_velocity(x_t, v.float(), t)
 
 
