@@ -42,3 +42,15 @@ def test_sample_writes_videos(run_dir, tmp_path, suffix):
 def test_sample_rejects_non_sample_overrides(run_dir, tmp_path, capsys):
     assert main(["sample", "--ckpt", str(run_dir), "--out", str(tmp_path / "x.gif"), "--set", "train.lr=1"]) == 2
     assert "only takes sample.*" in capsys.readouterr().err
+
+
+def test_a_longer_sample_begins_with_the_shorter_one(run_dir, tmp_path):
+    import numpy as np
+
+    def frames(n, seed):
+        out = tmp_path / f"s{n}_{seed}.npz"
+        assert main(["sample", "--ckpt", str(run_dir), "--frames", str(n), "--num", "2", "--seed", str(seed),
+                     "--out", str(out), "--set", "sample.steps=2"]) == 0
+        return np.load(out)["frames"]
+
+    assert np.array_equal(frames(16, 5)[:, :8], frames(8, 5))

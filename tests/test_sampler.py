@@ -69,3 +69,19 @@ def test_same_seed_same_video(model):
     sample = SampleConfig(steps=2, solver="renoise")
     assert torch.equal(run(model, noise(), sample, seed=3), run(model, noise(), sample, seed=3))
     assert not torch.equal(run(model, noise(), sample, seed=3), run(model, noise(), sample, seed=4))
+
+
+def test_a_longer_rollout_with_the_same_seed_starts_with_the_shorter_one():
+    from mirai.config import WorldConfig
+    from mirai.sampling.inputs import rollout_inputs
+
+    model, world = make_model(), WorldConfig(image_size=16, sprite_sizes=[5])
+    sample = SampleConfig(steps=3, solver="renoise", context_noise=0.1)  # the solver draws noise too
+
+    def video(frames, seed):
+        inputs = rollout_inputs(model, world, 2, frames, seed, "cpu")
+        return rollout(model, FlowSchedule(), inputs.noise, inputs.prompt, sample=sample, generator=inputs.generator)
+
+    short, long = video(4, seed=5), video(8, seed=5)
+    assert torch.equal(long[:, :4], short)
+    assert not torch.allclose(video(4, seed=6), short)

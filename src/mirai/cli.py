@@ -24,12 +24,11 @@ from . import bench
 from .checkpoint import CheckpointError, load_model
 from .config import ConfigError, load_config, run_config, to_dict
 from .data.datasets import DataError
-from .data.prompt import PROMPT
-from .data.world import make_clip
 from .device import pick_device
 from .diffusion.schedule import FlowSchedule
 from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.report import load_eval, write_report
+from .sampling.inputs import rollout_inputs
 from .sampling.rollout import iter_rollout
 from .training.loop import train
 from .training.stage import resolve_model_config
@@ -109,18 +108,13 @@ def cmd_sample(args) -> None:
     frames = args.frames or 4 * cfg.data.clip_frames
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
-    prompt = None
-    if model.prompt_embed is not None:  # prompts of unseen scenes of the world
-        prompt = torch.stack([torch.from_numpy(PROMPT.encode(make_clip(world, 10**6 + args.seed, i, 1).scene)) for i in range(args.num)])
-    gen = torch.Generator().manual_seed(args.seed)
-    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
-    noise = torch.randn(args.num, frames, *shape, generator=gen).to(device)
-    cond = prompt.to(device) if prompt is not None else None
-    chunks = [c.cpu() for c in tqdm(iter_rollout(model, FlowSchedule.from_config(cfg.schedule), noise, cond, sample=sample,
-                                                 generator=gen), total=frames // fpc, desc="sample", unit="chunk")]
+    inputs = rollout_inputs(model, world, args.num, frames, args.seed, device)
+    rollout = iter_rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=sample,
+                           generator=inputs.generator)
+    chunks = [c.cpu() for c in tqdm(rollout, total=frames // fpc, desc="sample", unit="chunk")]
     video = torch.cat(chunks, dim=1)
     if args.out.endswith(".npz"):
-        out = save_npz(video, prompt, args.out)
+        out = save_npz(video, inputs.prompt, args.out)
     else:
         out = save_video(video, args.out)
     Path(str(out) + ".json").write_text(json.dumps({"ckpt": str(args.ckpt), "frames": frames, "num": args.num,

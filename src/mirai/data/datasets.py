@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import rng
 from ..config import Config, DataConfig, WorldConfig
 from .frames import to_model_range
 from .prompt import PROMPT
@@ -121,7 +122,7 @@ def batch_indices(step: int, batch_size: int, size: int, seed: int) -> list[int]
     out = []
     for j in range(step * batch_size, (step + 1) * batch_size):
         epoch, pos = divmod(j, size)
-        perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        perm = torch.randperm(size, generator=rng.generator(seed, "epoch-shuffle", epoch))
         out.append(int(perm[pos]))
     return out
 

@@ -30,12 +30,15 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from ..config import WorldConfig
+from ..rng import derive_seed
 from ..data.frames import to_uint8
 from ..data.prompt import PROMPT
 from ..data.world import COLORS, SHAPES, background_image, make_clip, occluder_mask, sprite_mask
 
 DARK = 0.45  # striped sprites darken every other pair of rows by this factor (world.sprite_texture)
 OCCLUDER_RGB = np.array([0.08, 0.08, 0.08], dtype=np.float32)
+PROBE_TRAIN_SEED = derive_seed(0, "probe-train")  # scenes (and init) of the background classifier
+PROBE_CHECK_SEED = derive_seed(0, "probe-check")  # held-out scenes to measure its accuracy
 EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity: a diagonal touch is still one object
 
 # --------------------------------------------------------------------------------------------------
@@ -97,7 +100,7 @@ def _augment(x: Tensor, g: torch.Generator) -> Tensor:
     return (x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)
 
 
-def train_background_classifier(world: WorldConfig, seed: int = 90_001, num_clips: int = 240,
+def train_background_classifier(world: WorldConfig, seed: int = PROBE_TRAIN_SEED, num_clips: int = 240,
                                 frames_per_clip: int = 4, steps: int = 300, batch_size: int = 32,
                                 lr: float = 3e-3) -> BackgroundNet:
     """Fit a BackgroundNet on real frames of `world` (a few seconds on one CPU thread); deterministic in seed."""
@@ -365,7 +368,7 @@ class WorldProbe:
 _CACHE: dict[str, WorldProbe] = {}
 
 
-def train_probe(world: WorldConfig, seed: int = 90_001, **kw) -> WorldProbe:
+def train_probe(world: WorldConfig, seed: int = PROBE_TRAIN_SEED, **kw) -> WorldProbe:
     """A WorldProbe for `world` (cached per world config and seed: training takes a few seconds once)."""
     key = json.dumps([asdict(world), seed, kw], sort_keys=True)
     if key not in _CACHE:
@@ -374,7 +377,7 @@ def train_probe(world: WorldConfig, seed: int = 90_001, **kw) -> WorldProbe:
     return _CACHE[key]
 
 
-def probe_accuracy(probe: WorldProbe, seed: int = 424_242, num_clips: int = 40, frames_per_clip: int = 8,
+def probe_accuracy(probe: WorldProbe, seed: int = PROBE_CHECK_SEED, num_clips: int = 40, frames_per_clip: int = 8,
                    min_visible: float = 0.5) -> dict[str, float]:
     """Accuracy on held-out real frames (a seed the probe never saw).
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import checkpoint as ckpt
+from .. import checkpoint as ckpt, rng
 from ..config import Config, SampleConfig
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
@@ -74,8 +74,9 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         if path.exists():
             continue
         index = range(s * d.shard_size, min(d.num_videos, (s + 1) * d.shard_size))
-        prompt = torch.stack([torch.from_numpy(PROMPT.encode(make_clip(cfg.world, 7_000_003, i, 1).scene)) for i in index])
-        gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + s)
+        scenes = rng.derive_seed(cfg.data.seed, "ode-scenes")  # prompts of scenes the other stages never train on
+        prompt = torch.stack([torch.from_numpy(PROMPT.encode(make_clip(cfg.world, scenes, i, 1).scene)) for i in index])
+        gen = rng.generator(cfg.train.seed, "ode-noise", s)
         noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
         cond = prompt.to(device) if teacher.prompt_embed is not None else None
         states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale)

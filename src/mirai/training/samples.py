@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..data.datasets import get_batch
+from .. import rng
+from ..data.datasets import SyntheticVideoDataset, get_batch
 from ..diffusion.schedule import FlowSchedule
 from ..sampling.rollout import rollout, sample_whole
 from ..video import save_video
@@ -21,10 +22,13 @@ def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config
     """Roll out `num` videos (prompts of held-out clips) and save a contact sheet: samples over real clips."""
     frames = cfg.data.clip_frames if chunks is None else chunks * cfg.model.frames_per_chunk
     device = next(model.parameters()).device
-    held_out = get_batch(dataset, [10**9 + i for i in range(num)]) if hasattr(dataset, "clip") else get_batch(dataset, list(range(num)))
+    if isinstance(dataset, SyntheticVideoDataset):  # clips of a scene space the run never trains on
+        dataset = SyntheticVideoDataset(cfg.world, rng.derive_seed(cfg.data.seed, "sample-sheet"), frames)
+    held_out = get_batch(dataset, list(range(num)))
     prompt = held_out["prompt"].to(device) if model.prompt_embed is not None else None
-    gen = torch.Generator().manual_seed(1234)
-    noise = torch.randn(num, frames, *held_out["video"].shape[2:], generator=gen).to(device)
+    fpc = cfg.model.frames_per_chunk
+    noise = rng.chunk_noise(0, num, frames // fpc, (fpc, *held_out["video"].shape[2:])).to(device)
+    gen = rng.generator(0, "sampler")
     sample = cfg.sample  # few-step students sample as at inference; stage-1 models with many Euler steps
     if cfg.train.objective in ("teacher_forcing", "bidirectional"):
         sample = dataclasses.replace(cfg.sample, steps=cfg.train.sample_steps, timesteps=[], solver="euler")
