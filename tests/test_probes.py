@@ -78,7 +78,7 @@ def test_real_clips_score_high(probe, clips, real_summary):
     assert s.identity.shape == (1, T) and set(s.curves()) == set(P.ProbeScores.NAMES)
     assert len(s.to_dict()["curves"]["identity"]) == T
     prov = probe.provenance()
-    assert prov["train_seed"] == 90_001 and len(prov["background_net_sha256"]) == 64
+    assert prov["train_seed"] == P.PROBE_TRAIN_SEED and len(prov["background_net_sha256"]) == 64
 
 
 def test_unconditional_prompt_uses_first_frame(probe, clips):
