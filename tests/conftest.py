@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mirai.config import ModelConfig
+from mirai.config import ModelConfig, config_from_dict
 from mirai.models.dit import CausalVideoDiT
 
 
@@ -17,6 +17,17 @@ def make_model(attention: str = "causal", frames_per_chunk: int = 2, prompt_voca
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
     return model
+
+
+def tiny_cfg(tmp_path, **train_kw):
+    """A stage-1 config at toy size (16 px frames, 4-frame clips, a 2-block model) writing to tmp_path."""
+    return config_from_dict({
+        "world": {"image_size": 16, "sprite_sizes": [5]},
+        "model": {"preset": "tiny", "dim": 32, "depth": 2, "heads": 2, "patch_size": 4, "image_size": 16},
+        "data": {"clip_frames": 4},
+        "train": {"steps": 6, "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "ckpt_every": 2, "sample_every": 0,
+                  "log_every": 1, "out_dir": str(tmp_path), "precision": "fp32", **train_kw},
+    })
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 
 from mirai.cli import main
 from mirai.training.loop import train
-from tests.test_train import tiny_cfg
+from tests.conftest import tiny_cfg
 
 
 def test_dry_run_prints_the_resolved_config(capsys):

@@ -74,3 +74,32 @@ def test_loss_is_minus_cosine():
     assert torch.allclose(foresight_loss(a, a), torch.tensor(-1.0))
     assert torch.allclose(foresight_loss(a, -a), torch.tensor(1.0))
     assert torch.allclose(foresight_loss(a, 3 * a), torch.tensor(-1.0))  # scale-free
+
+
+def foresight_term(teacher, **foresight):
+    from mirai.config import config_from_dict
+    from mirai.training.foresight import ForesightTerm
+
+    cfg = config_from_dict({"world": {"image_size": 16},
+                            "model": {"dim": 32, "depth": 2, "heads": 2, "patch_size": 4, "image_size": 16},
+                            "data": {"clip_frames": 6}, "foresight": {"enabled": True, **foresight}})
+    return ForesightTerm(cfg, teacher=teacher, generator=make_model(), device="cpu")
+
+
+def test_the_encoder_stops_at_the_configured_block():
+    teacher, x = make_model(attention="bidirectional"), video()
+    hidden = [teacher(x, torch.zeros(2, 6), return_hidden=k)[1] for k in (1, 2)]
+    assert torch.equal(foresight_term(teacher).encoder(x, None), hidden[0])  # 0 = mid-depth (block 1 of 2)
+    assert torch.equal(foresight_term(teacher, encoder_block=2).encoder(x, None), hidden[1])
+    assert not torch.allclose(hidden[0], hidden[1])
+
+
+def test_targets_come_from_the_real_clip_when_asked():
+    teacher = make_model(attention="bidirectional")
+    rollout, real = video(0), video(1)
+    term = foresight_term(teacher, target_source="real")
+    from_real = foresight_targets(term.encoder(real, None), 2, [0, 1])
+    assert torch.equal(term.targets(rollout, None, real), from_real)
+    default = foresight_term(teacher)  # "rollout": the generator's own completed video, as the paper
+    assert torch.equal(default.targets(rollout, None, real), foresight_targets(default.encoder(rollout, None), 2, [0, 1]))
+    assert not torch.allclose(default.targets(rollout, None, real), from_real)

@@ -85,3 +85,21 @@ def test_a_longer_rollout_with_the_same_seed_starts_with_the_shorter_one():
     short, long = video(4, seed=5), video(8, seed=5)
     assert torch.equal(long[:, :4], short)
     assert not torch.allclose(video(4, seed=6), short)
+
+
+def test_the_cache_is_written_at_context_noise(model):
+    """Chunk 1 must see chunk 0 as written: (1 - c) x0 + c eps, eps the solver generator's next draw."""
+    c, sample = 0.3, SampleConfig(steps=2, context_noise=0.3)  # Euler: the only draw is the context noise
+    n = noise(T=4)
+    video = run(model, n, sample, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    first = video[:, :2]
+    written = (1 - c) * first + c * torch.randn(first.shape, generator=gen)
+    ts = SCHED.inference_steps(2).tolist()
+    x = n[:, 2:]
+    with torch.no_grad():
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            t_frames = torch.tensor([c, c, t, t]).expand(2, 4)
+            x = x + (t_next - t) * model(torch.cat([written, x], 1), t_frames)[:, 2:]
+    assert (video[:, 2:] - x).abs().max() < 1e-4
+    assert not torch.allclose(video[:, 2:], run(model, n, SampleConfig(steps=2), seed=7)[:, 2:])  # c matters

@@ -4,19 +4,13 @@ import pytest
 import torch
 
 from mirai import checkpoint as ckpt
-from mirai.config import config_from_dict
+from mirai.data.datasets import batch_indices, build_dataset, get_batch
+from mirai.diffusion.schedule import FlowSchedule
 from mirai.training.loop import train
+from mirai.training.losses import bidirectional_loss, drop_prompt, teacher_forcing_loss
+from mirai.training.stage import resolve_model_config
 from mirai.training.optim import lr_at
-
-
-def tiny_cfg(tmp_path, **train_kw):
-    return config_from_dict({
-        "world": {"image_size": 16, "sprite_sizes": [5]},
-        "model": {"preset": "tiny", "dim": 32, "depth": 2, "heads": 2, "patch_size": 4, "image_size": 16},
-        "data": {"clip_frames": 4},
-        "train": {"steps": 6, "batch_size": 2, "lr": 1e-3, "warmup_steps": 2, "ckpt_every": 2, "sample_every": 0,
-                  "log_every": 1, "out_dir": str(tmp_path), "precision": "fp32", **train_kw},
-    })
+from tests.conftest import make_model, tiny_cfg
 
 
 def weights(run):
@@ -64,9 +58,45 @@ def test_training_lowers_the_loss_and_writes_a_model(tmp_path):
 
 
 def test_bidirectional_teacher_objective(tmp_path):
-    cfg = tiny_cfg(tmp_path, objective="bidirectional", steps=2)
+    """The teacher's first logged loss is full-sequence flow matching of its initial model under the run's draws
+    (not the stage-1 loss), and the exported teacher sees the future."""
+    cfg = tiny_cfg(tmp_path / "run", objective="bidirectional", steps=1, log_every=1)
+    resolved = resolve_model_config(cfg)
+    start = make_model("bidirectional", prompt_vocab=resolved.model.prompt_vocab)  # random, so the mask matters
+    ckpt.save_model(start, tmp_path / "start.safetensors")
+    cfg.train.init_from = str(tmp_path / "start.safetensors")
     run = train(cfg, quiet=True)
-    assert ckpt.load_model(run).cfg.attention == "bidirectional"
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    gen = torch.Generator().manual_seed(resolved.train.seed)
+    batch = get_batch(build_dataset(resolved), batch_indices(0, 2, 2**62, resolved.data.seed))
+    prompt = drop_prompt(batch["prompt"], resolved.train.prompt_dropout, gen)
+    state = gen.get_state()
+    expected = bidirectional_loss(start, FlowSchedule(), batch["video"], prompt, gen, True, resolved.train.loss_t_floor)
+    assert logged == pytest.approx(expected.item(), rel=1e-5)
+    gen.set_state(state)
+    causal = teacher_forcing_loss(start, FlowSchedule(), batch["video"], prompt, gen, True, 0.0, resolved.train.loss_t_floor)
+    assert logged != pytest.approx(causal.item(), rel=1e-3)  # the stage-1 objective would log another value
+
+    teacher = ckpt.load_model(run)
+    assert teacher.cfg.attention == "bidirectional"
+    x, t = torch.randn(1, 4, 3, 16, 16), torch.full((1, 4), 0.5)
+    y = x.clone()
+    y[:, 2:] += 1.0  # change only the second chunk
+    with torch.no_grad():
+        assert not torch.allclose(teacher(x, t)[:, :2], teacher(y, t)[:, :2])  # the first chunk sees it
+
+
+def test_exported_model_is_the_ema_of_the_trained_weights(tmp_path):
+    """With ema_decay 0 the EMA is the trained model itself; a frozen EMA would export the initial weights."""
+    run = train(tiny_cfg(tmp_path, ema_decay=0.0, steps=2), quiet=True)
+    state, exported = weights(run), ckpt.load(run / "model.safetensors")[0]
+    for k, v in exported.items():
+        assert torch.equal(v, state[f"model.{k}"]) and torch.equal(v, state[f"ema.{k}"]), k
+    smooth = train(tiny_cfg(tmp_path / "smooth", ema_decay=0.9, ema_start=0, steps=3), quiet=True)
+    state, exported = weights(smooth), ckpt.load(smooth / "model.safetensors")[0]
+    moved = [k for k in exported if not torch.equal(exported[k], state[f"model.{k}"])]
+    assert moved and all(torch.equal(exported[k], state[f"ema.{k}"]) for k in exported)
 
 
 def test_resume_with_another_model_is_refused(tmp_path):
