@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from mirai.cli import main
-from mirai.eval.evaluate import ci95, real_clips, summarize
+from mirai.config import WorldConfig
+from mirai.eval import metrics as M
+from mirai.eval.evaluate import Evaluator, ci95, real_clips, summarize
 from mirai.eval.report import paired_difference
 from mirai.training.loop import train
-from tests.test_train import tiny_cfg
+from tests.conftest import tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +37,64 @@ def test_paired_difference():
     assert d == pytest.approx(1.0) and n == 3 and p < 0.01
 
 
-def test_real_clips_score_high_on_the_probes(two_runs):
-    from mirai.config import WorldConfig
-    from mirai.eval.evaluate import Evaluator
+WORLD = WorldConfig(image_size=16, sprite_sizes=[5])
 
-    world = WorldConfig(image_size=16, sprite_sizes=[5])
-    frames, prompts = real_clips(world, 6, 8)
-    ev = Evaluator(world)
-    scores, curves = ev.score(frames, prompts, [4, 8])
-    assert scores["probe_layout@8f"] > 0.9 and scores["temporal_flickering@8f"] > 0.5
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return Evaluator(WORLD)
+
+
+class OtherExtractor:
+    """A second, different feature extractor (stands in for CLIP B/32 in the background role)."""
+
+    name, weights_sha256, reference_for, is_reference = "other", "cd" * 32, (), False
+
+    def label(self, dim):
+        return f"{dim}@{self.name}"
+
+    def frames_batch(self, frames):
+        return np.stack([[np.histogram(f, bins=8, range=(0, 256))[0] + 1.0 for f in v] for v in frames])
+
+    def provenance(self):
+        return {"extractor": self.name, "weights_sha256": self.weights_sha256, "is_reference": False}
+
+
+def test_real_clips_score_high_on_the_probes(evaluator):
+    frames, prompts = real_clips(WORLD, 6, 8)
+    scores, curves = evaluator.score(frames, prompts, [4, 8])
+    assert scores["probe_layout@8f"] > 0.9 and scores["temporal_flickering@raw@8f"] > 0.5
     assert len(curves["identity"]) == 8
+
+
+def test_one_extractor_is_not_counted_twice_in_the_aggregate(evaluator):
+    frames, prompts = real_clips(WORLD, 4, 8)
+    scores, _ = evaluator.score(frames, prompts, [8])
+    assert not any(k.startswith("background_consistency") for k in scores)  # same features: no second number
+    dims = ["subject_consistency@effnet_lite0", "temporal_flickering@raw", "motion_smoothness@linear",
+            "dynamic_degree@farneback"]
+    hand = M.quality_score_partial({d: scores[d + "@8f"] for d in dims})
+    assert hand.weight_sum == 3.5
+    (key,) = [k for k in scores if k.startswith("quality_score_partial")]
+    assert key == "quality_score_partial@effnet_lite0+farneback+linear+raw@8f"  # labelled a proxy aggregate
+    assert scores[key] == pytest.approx(hand.value, abs=1e-12)  # subject consistency counted once
+    meta = evaluator.metadata()
+    assert meta["background_extractor"] is None and "not reported" in meta["protocols"]["background_consistency"]
+    assert meta["consistency_extractors"] == {"subject_consistency@effnet_lite0": "effnet_lite0"}
+
+
+def test_a_distinct_background_extractor_gets_its_own_role(evaluator):
+    ev = Evaluator(WORLD, background_extractor_name="other", _extractor=evaluator.extractor,
+                   _background=OtherExtractor(), _probe=evaluator.probe)
+    frames, prompts = real_clips(WORLD, 4, 8)
+    scores, _ = ev.score(frames, prompts, [8])
+    assert scores["background_consistency@other@8f"] == pytest.approx(
+        M.consistency_scores(OtherExtractor().frames_batch(frames)).aggregate)
+    q = scores["quality_score_partial@effnet_lite0+farneback+linear+other+raw@8f"]
+    dims = ["subject_consistency@effnet_lite0", "background_consistency@other", "temporal_flickering@raw",
+            "motion_smoothness@linear", "dynamic_degree@farneback"]
+    assert q == pytest.approx(M.quality_score_partial({d: scores[d + "@8f"] for d in dims}).value)
+    assert ev.metadata()["background_extractor"]["extractor"] == "other"
 
 
 def test_eval_then_compare_writes_json_csv_and_html(two_runs, tmp_path, capsys):
@@ -55,6 +105,10 @@ def test_eval_then_compare_writes_json_csv_and_html(two_runs, tmp_path, capsys):
     result = json.loads((a / "eval.json").read_text())
     assert result["lengths"] == [4, 8] and result["extractor"]["extractor"] == "effnet_lite0"
     assert "subject_consistency@effnet_lite0@8f" in result["summary"]  # a substitute extractor is labelled
+    assert not any(k.startswith("background_consistency") for k in result["summary"])
+    assert "temporal_flickering@raw@8f" in result["summary"] and "temporal_flickering@8f" not in result["summary"]
+    assert "static filter" in result["protocols"]["temporal_flickering@raw"]
+    assert "quality_score_partial@effnet_lite0+farneback+linear+raw@8f" in result["summary"]
     assert (a / "eval.csv").read_text().startswith("metric,mean,ci95,n,seed_0,seed_1")
     out = tmp_path / "report.html"
     assert main(["compare", str(a), str(b), "--out", str(out), "--videos", "2"]) == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mirai.eval import extractors as E
 from mirai.config import WorldConfig
@@ -108,6 +109,31 @@ def test_vbench_preprocessing_shapes():
     white = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
     np.testing.assert_allclose(E.preprocess_clip(white)[0, :, 0, 0], (1 - np.array(E.CLIP_MEAN)) / E.CLIP_STD,
                                rtol=1e-5)
+
+
+def _normalized(x, mean, std):
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("size", [(448, 640), (32, 32)])
+def test_dino_clip_preprocessing_is_vbench_float_resize_without_antialias(size):
+    # VBench (vbench/utils.py dino_transform / clip_transform on load_video's float32 tensor): Resize(224,
+    # antialias=False) on float 0..255 values, then /255 and Normalize; nothing is rounded or clamped to uint8.
+    H, W = size
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, H, W), dtype=np.uint8))
+    h, w = (224, 320) if size == (448, 640) else (224, 224)
+    dino = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+    torch.testing.assert_close(E.preprocess_dino(x), _normalized(dino / 255, E.IMAGENET_MEAN, E.IMAGENET_STD),
+                               atol=1e-5, rtol=1e-5)
+    clip = F.interpolate(x.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=False)
+    clip = clip[..., :, (w - 224) // 2 : (w - 224) // 2 + 224]
+    assert clip.min() < 0 and clip.max() > 255  # bicubic overshoot that a uint8 round trip would clamp
+    torch.testing.assert_close(E.preprocess_clip(x), _normalized(clip / 255, E.CLIP_MEAN, E.CLIP_STD),
+                               atol=1e-5, rtol=1e-5)
+    # The test can tell: the former antialiased, uint8-rounded resize is far from VBench's on these frames.
+    old = F.interpolate(x.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    old = old.clamp(0, 255).round()[..., :, (w - 224) // 2 : (w - 224) // 2 + 224]
+    assert (old - clip).abs().max() > 10
 
 
 def test_dino_vit_keys_and_non_square_input():

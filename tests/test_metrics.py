@@ -79,7 +79,7 @@ def test_constant_brightness_ramp():
     base = np.random.default_rng(1).integers(0, 100, (16, 16, 3))
     v = np.stack([base + 3 * t for t in range(6)]).astype(np.uint8)  # every pixel +3 per frame
     r = M.temporal_flickering(v[None])
-    assert r.value == pytest.approx((255 - 3) / 255) and r.exact_vbench and r.name == "temporal_flickering"
+    assert r.value == pytest.approx((255 - 3) / 255) and r.name == "temporal_flickering@raw"
     assert M.motion_smoothness_linear([v]).value == pytest.approx(1.0)  # a linear ramp is perfectly predicted
 
 
@@ -98,6 +98,16 @@ def test_flickering_is_mean_over_videos():
     assert r.value == pytest.approx((1 + 204 / 255) / 2)
 
 
+def test_flickering_says_it_is_not_vbench_protocol():
+    # VBench's formula, but on raw frames of every video: VBench decodes the .mp4 and static-filters first.
+    r = M.temporal_flickering([_static_video(T=3)])
+    assert not r.exact_vbench and r.name == M.FLICKERING_LABEL == "temporal_flickering@raw"
+    assert "raw uint8 frames" in r.protocol and "static filter" in r.protocol and ".mp4" in r.protocol
+    assert r.to_dict()["protocol"] == M.FLICKERING_PROTOCOL
+    q = M.quality_score_partial({r.name: r.value})
+    assert not q.exact_vbench and q.name == "quality_score_partial@raw"  # the aggregate inherits the label
+
+
 def test_rejects_float_frames():
     with pytest.raises(ValueError, match="uint8"):
         M.temporal_flickering([np.zeros((4, 8, 8, 3), np.float32)])
@@ -108,9 +118,22 @@ def test_rejects_float_frames():
 
 
 def test_dynamic_params_match_vbench():
+    # vbench/dynamic_degree.py @45e79ec, set_params: thres = 6 * min(H, W) / 256, count_num = round(4 * T / 16)
     assert M.dynamic_params(32, 32, 16) == (pytest.approx(0.75), 4)
     assert M.dynamic_params(256, 480, 8) == (pytest.approx(6.0), 2)
-    assert M.dynamic_params(32, 32, 16, fps=4)[0] == pytest.approx(1.5)  # low fps: larger motion per frame
+    assert M.dynamic_params(480, 320, 10) == (pytest.approx(7.5), 2)  # round(2.5) = 2, as Python's round
+
+
+def test_dynamic_threshold_does_not_depend_on_fps(monkeypatch):
+    # Every pair scores 1.0 px: above 6 * 32 / 256 = 0.75, so dynamic at any fps. The July-2024 VBench factor
+    # max(1, 8 / fps) made the threshold 1.5 at fps=4 and this video static.
+    monkeypatch.setattr(M, "_flow_magnitude", lambda a, b, method: np.ones(a.shape[:2]))
+    video = _static_video(T=16)
+    for fps in (4.0, 8.0, 16.0):
+        dynamic, scores = M.is_dynamic(video, fps=fps)
+        assert dynamic and scores[0] == 1.0
+    assert len(M.is_dynamic(video, fps=16.0)[1]) == 7  # 16 fps: every 2nd frame (interval round(16 / 8))
+    assert len(M.is_dynamic(video, fps=4.0)[1]) == 15  # interval max(1, round(0.5)) = 1
 
 
 def test_top5_flow_score():
@@ -152,11 +175,36 @@ def test_quality_score_matches_vbench_constants():
 def test_partial_quality_with_proxies_is_labelled():
     q = M.quality_score_partial({"subject_consistency@effnet_lite0": 0.9, "dynamic_degree@farneback": 1.0,
                                  "fd@effnet_lite0-temporal": 12.0})
-    assert q.name == "quality_score_partial" and q.partial and not q.exact_vbench
-    assert q.weight_sum == 1.5
+    assert q.name == "quality_score_partial@effnet_lite0+farneback" and q.partial and not q.exact_vbench
+    assert q.proxies == ["effnet_lite0", "farneback"] and q.weight_sum == 1.5
     assert q.value == pytest.approx(((0.9 - 0.1462) / 0.8538 + 0.5) / 1.5)
     with pytest.raises(ValueError, match="twice"):
         M.quality_score_partial({"subject_consistency": 0.9, "subject_consistency@effnet_lite0": 0.9})
+
+
+def test_aggregate_refuses_the_same_features_twice():
+    # One extractor's features scored as both subject and background consistency would count twice.
+    with pytest.raises(ValueError, match="count twice"):
+        M.quality_score_partial({"subject_consistency@effnet_lite0": 0.9, "background_consistency@effnet_lite0": 0.9})
+    # Different models (VBench: DINO and CLIP) are two dimensions.
+    q = M.quality_score_partial({"subject_consistency": 0.9, "background_consistency": 0.9})
+    assert q.weight_sum == 2.0 and q.exact_vbench and q.name == "quality_score_partial"
+    q = M.quality_score_partial({"subject_consistency@effnet_lite0": 0.9, "background_consistency": 0.9})
+    assert q.weight_sum == 2.0 and q.name == "quality_score_partial@effnet_lite0"
+
+
+def test_consistency_roles_one_number_per_distinct_extractor():
+    class Ext:
+        def __init__(self, name, sha="00", reference_for=()):
+            self.name, self.weights_sha256, self.reference_for = name, sha, reference_for
+
+    effnet, dino = Ext("effnet_lite0"), Ext("dino_vitb16", "11", ("subject_consistency",))
+    clip = Ext("clip_vitb32", "22", ("background_consistency",))
+    assert M.consistency_roles(effnet) == [("subject_consistency", effnet)]
+    assert M.consistency_roles(effnet, effnet) == [("subject_consistency", effnet)]
+    assert M.consistency_roles(effnet, Ext("effnet_lite0")) == [("subject_consistency", effnet)]  # same file
+    assert M.consistency_roles(clip) == [("background_consistency", clip)]  # CLIP B/32 is background's model
+    assert M.consistency_roles(dino, clip) == [("subject_consistency", dino), ("background_consistency", clip)]
 
 
 def test_semantic_and_total():
@@ -232,11 +280,22 @@ def test_quality_metrics_on_a_video():
 
     video = np.stack([_moving_square(T=9), _static_video(T=9)])
     out = M.quality_metrics(video, Stub())
-    assert set(out) == {"subject_consistency@stub", "background_consistency@stub", "temporal_flickering",
-                        "motion_smoothness@linear", "dynamic_degree@farneback"}
-    assert out["temporal_flickering"].per_video[1] == 1.0 and out["dynamic_degree@farneback"].per_video == [1.0, 0.0]
+    # One extractor: one consistency number (background would be the same features again).
+    assert set(out) == {"subject_consistency@stub", "temporal_flickering@raw", "motion_smoothness@linear",
+                        "dynamic_degree@farneback"}
+    assert out["temporal_flickering@raw"].per_video[1] == 1.0
+    assert out["dynamic_degree@farneback"].per_video == [1.0, 0.0]
     q = M.quality_score_partial({k: r.value for k, r in out.items()})
-    assert q.name == "quality_score_partial" and q.weight_sum == 4.5
+    assert q.name == "quality_score_partial@farneback+linear+raw+stub" and q.weight_sum == 3.5
+
+    class Other(Stub):
+        name = "other"
+
+        def label(self, dim):
+            return f"{dim}@other"
+
+    both = M.quality_metrics(video, Stub(), Other())
+    assert {"subject_consistency@stub", "background_consistency@other"} <= set(both)
 
 
 def test_distribution_metrics_labels():

@@ -3,7 +3,9 @@ distribution distances, at several multiples of the training length, per seed.
 
 `evaluate_run` generates (or reads) rollouts of a run for every seed and writes `eval.json` + `eval.csv`;
 `summarize` gives mean and a 95% confidence interval over seeds. Substitute extractors are labelled in
-every metric name (e.g. `subject_consistency@effnet_lite0`): these are never VBench numbers.
+every metric name (e.g. `subject_consistency@effnet_lite0`): these are never VBench numbers. So are metrics with
+VBench's formula but not its protocol (`temporal_flickering@raw`) and the aggregate built from them
+(`quality_score_partial@<tags>`); eval.json's `protocols` says what each label means.
 """
 
 from __future__ import annotations
@@ -71,13 +73,22 @@ def real_clips(world: WorldConfig, num: int, frames: int, seed: int = 777) -> tu
 
 @dataclass
 class Evaluator:
-    """Holds the extractor and the probe so they are built once per evaluation."""
+    """Holds the extractors and the probe so they are built once per evaluation.
+
+    `extractor_name` scores subject consistency (and the FD/KID features). Background consistency gets its own
+    role only with a different `background_extractor_name` (VBench: dino_vitb16 and clip_vitb32); with one
+    extractor a single consistency number is reported (`metrics.consistency_roles`), never the same features
+    twice under two names.
+    """
 
     world: WorldConfig
     extractor_name: str = "effnet_lite0"
     weights: str | None = None
     fps: float = 8.0
+    background_extractor_name: str | None = None
+    background_weights: str | None = None
     _extractor: object = field(default=None, repr=False)
+    _background: object = field(default=None, repr=False)
     _probe: object = field(default=None, repr=False)
 
     @property
@@ -85,6 +96,34 @@ class Evaluator:
         if self._extractor is None:
             self._extractor = load_extractor(self.extractor_name, self.weights)
         return self._extractor
+
+    @property
+    def background_extractor(self):
+        """The background-consistency extractor, or None when none was asked for."""
+        if self._background is None and self.background_extractor_name is not None:
+            self._background = load_extractor(self.background_extractor_name, self.background_weights)
+        return self._background
+
+    def consistency_roles(self) -> list[tuple[str, object]]:
+        return metrics.consistency_roles(self.extractor, self.background_extractor)
+
+    def metadata(self) -> dict:
+        """What eval.json records beside the numbers: extractor roles and what each non-VBench label means."""
+        roles = self.consistency_roles()
+        bg = self.background_extractor
+        protocols = {
+            metrics.FLICKERING_LABEL: metrics.FLICKERING_PROTOCOL,
+            "quality_score_partial": "VBench's Quality formula (sum of normalised dims / sum of weights) over the "
+                                     "dimensions present; the `@` tags name the proxies it contains, so it is not "
+                                     "a VBench Quality score.",
+        }
+        if [d for d, _ in roles] == ["subject_consistency"]:
+            protocols["background_consistency"] = (
+                "not reported: no separate background extractor, and the same features would repeat "
+                "subject_consistency (and count twice in quality_score_partial)")
+        return {"background_extractor": bg.provenance() if bg is not None else None,
+                "consistency_extractors": {ext.label(d): ext.name for d, ext in roles},
+                "protocols": protocols}
 
     @property
     def probe(self):
@@ -99,20 +138,22 @@ class Evaluator:
               real_features: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Metrics of videos uint8 (B, T, H, W, 3) over their first L frames for each L; drift curves over T."""
         feats = self.features(frames)  # (B, T, D)
+        role_feats = [(ext.label(dim), feats if ext is self.extractor else ext.frames_batch(frames))
+                      for dim, ext in self.consistency_roles()]
         probe = self.probe.score(torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, prompts)
         curves = {k: v.tolist() for k, v in probe.curves().items()}  # (T,) batch means
-        label = self.extractor.label
         out: dict[str, float] = {}
         for L in lengths:
-            f, v = feats[:, :L], frames[:, :L]
+            v = frames[:, :L]
             sfx = f"@{L}f"
-            out[label("subject_consistency") + sfx] = metrics.consistency_scores(f).aggregate
-            out[label("background_consistency") + sfx] = metrics.consistency_scores(f).aggregate
-            out["temporal_flickering" + sfx] = metrics.temporal_flickering(v).value
-            out["motion_smoothness@linear" + sfx] = metrics.motion_smoothness_linear(v).value
-            out["dynamic_degree@farneback" + sfx] = metrics.dynamic_degree_flow(v, self.fps).value
+            for name, rf in role_feats:  # one entry per distinct extractor: no features counted twice
+                out[name + sfx] = metrics.consistency_scores(rf[:, :L]).aggregate
+            for r in (metrics.temporal_flickering(v), metrics.motion_smoothness_linear(v),
+                      metrics.dynamic_degree_flow(v, self.fps)):
+                out[r.name + sfx] = r.value
             sub = {k[: -len(sfx)]: val for k, val in out.items() if k.endswith(sfx)}
-            out["quality_score_partial" + sfx] = metrics.quality_score_partial(sub).value
+            q = metrics.quality_score_partial(sub)  # named with its proxy tags, e.g. `...partial@effnet_lite0+...`
+            out[q.name + sfx] = q.value
             for name in probe.NAMES:  # (B, T) per-frame scores
                 out[f"probe_{name}" + sfx] = float(getattr(probe, name)[:, :L].mean())
         if real_features is not None:  # distribution distance, frame level, at the shortest length
@@ -122,8 +163,6 @@ class Evaluator:
             out[f"fd@{self.extractor_name}@{L}f"] = metrics.frechet_distance(real, fake)
             kid, _ = metrics.kernel_inception_distance(real, fake, num_subsets=50, subset_size=min(len(real), len(fake), 500))
             out[f"kid@{self.extractor_name}@{L}f"] = kid
-        # subject_consistency and background_consistency read the same substitute extractor here: with the real
-        # DINO / CLIP weights (`--weights`) they would differ; say so rather than hide it.
         return out, curves
 
 
@@ -168,7 +207,8 @@ def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], o
         per_seed[seed], curves[seed] = ev.score(videos, prompts, lengths, real_feats)
     result = {"run": str(run), "sample": dataclasses.asdict(cfg.sample), "frames": frames, "samples": samples,
               "seeds": seeds, "lengths": lengths,
-              "clip_frames": clip, "extractor": ev.extractor.provenance(), "probe": ev.probe.provenance(),
+              "clip_frames": clip, "extractor": ev.extractor.provenance(), **ev.metadata(),
+              "probe": ev.probe.provenance(),
               "per_seed": per_seed, "summary": summarize(per_seed), "curves": curves}
     write_results(result, Path(out or run))
     return result

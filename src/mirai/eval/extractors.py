@@ -56,29 +56,31 @@ class ExtractorUnsupported(NotImplementedError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Preprocessing: uint8 frames (N, 3, H, W) -> float (N, 3, h, w), as torchvision would on uint8 tensors
+# Preprocessing: uint8 frames (N, 3, H, W) -> float (N, 3, h, w)
+#
+# VBench's `load_video` returns `torch.Tensor(frames)`, i.e. float32 0..255 (not uint8), and its
+# `dino_transform` / `clip_transform` resize that float tensor with `Resize(..., antialias=False)` *before*
+# dividing by 255. torchvision only clamps and rounds when the input is uint8, so VBench's resized values are
+# neither clamped nor rounded, and no antialiasing filter is applied (which matters both when shrinking and for
+# bicubic upscaling: PyTorch's antialiased bicubic uses the a=-0.5 kernel instead of a=-0.75).
 
 
-def _resize_shorter(x: Tensor, size: int, mode: str) -> Tensor:
+def _resize_shorter(x: Tensor, size: int, mode: str, antialias: bool) -> Tensor:
     """Resize so the shorter side is `size` (torchvision `Resize(int)` rule: long = int(size * long / short))."""
     H, W = x.shape[-2:]
     if H <= W:
         h, w = size, int(size * W / H)
     else:
         h, w = int(size * H / W), size
-    # antialias=True is torchvision>=0.17's tensor default; it only matters when shrinking (not for 32 px frames).
-    return F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
+    if (h, w) == (H, W):  # torchvision returns the input unchanged
+        return x
+    return F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=antialias)
 
 
 def _center_crop(x: Tensor, size: int) -> Tensor:
     H, W = x.shape[-2:]
     top, left = int(round((H - size) / 2.0)), int(round((W - size) / 2.0))  # torchvision's rounding
     return x[..., top : top + size, left : left + size]
-
-
-def _as_uint8_resized(x: Tensor) -> Tensor:
-    """VBench resizes uint8 tensors, so torchvision rounds (and clamps) the result back to 0..255."""
-    return x.clamp(0, 255).round()
 
 
 def _normalize(x: Tensor, mean, std) -> Tensor:
@@ -88,14 +90,16 @@ def _normalize(x: Tensor, mean, std) -> Tensor:
 
 
 def preprocess_dino(frames: Tensor) -> Tensor:
-    """VBench `dino_transform(224)`: bilinear Resize(224) of the shorter side, NO crop, /255, ImageNet norm."""
-    x = _as_uint8_resized(_resize_shorter(frames.float(), 224, "bilinear"))
+    """VBench `dino_transform(224)` on float frames: bilinear Resize(224, antialias=False) of the shorter side,
+    NO crop, then /255 and ImageNet mean/std (no uint8 rounding or clamping after the resize)."""
+    x = _resize_shorter(frames.float(), 224, "bilinear", antialias=False)
     return _normalize(x / 255.0, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def preprocess_clip(frames: Tensor) -> Tensor:
-    """VBench `clip_transform(224)`: bicubic Resize(224), CenterCrop(224), /255, CLIP mean/std."""
-    x = _as_uint8_resized(_center_crop(_resize_shorter(frames.float(), 224, "bicubic"), 224))
+    """VBench `clip_transform(224)` on float frames: bicubic Resize(224, antialias=False), CenterCrop(224),
+    then /255 and CLIP mean/std (no uint8 rounding or clamping: bicubic overshoot is kept, as in VBench)."""
+    x = _center_crop(_resize_shorter(frames.float(), 224, "bicubic", antialias=False), 224)
     return _normalize(x / 255.0, CLIP_MEAN, CLIP_STD)
 
 
@@ -104,8 +108,10 @@ def preprocess_effnet(frames: Tensor) -> Tensor:
 
     The inception-style 127/128 scaling is what the official TF Lite input pipeline uses; it was checked
     against ImageNet mean/std on a real photo (see tests/test_extractors.py and the module report).
+    Not a VBench transform (the proxy's own): it keeps antialias=True (PyTorch's antialiased bicubic, PIL's
+    a=-0.5 kernel, which also acts when upscaling) so that effnet_lite0 numbers stay comparable with earlier runs.
     """
-    x = _center_crop(_resize_shorter(frames.float(), 224, "bicubic"), 224).clamp(0, 255)
+    x = _center_crop(_resize_shorter(frames.float(), 224, "bicubic", antialias=True), 224).clamp(0, 255)
     return (x - 127.0) / 128.0
 
 

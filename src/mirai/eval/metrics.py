@@ -3,7 +3,9 @@
 Independent of any feature extractor: functions take features or uint8 frames. Results are `MetricResult`s
 that record which extractor and weights produced them and whether the number is exactly VBench's
 (`exact_vbench`). Proxies carry an `@` label, e.g. `subject_consistency@effnet_lite0`,
-`motion_smoothness@linear`, `dynamic_degree@farneback`; never report them as VBench numbers.
+`motion_smoothness@linear`, `dynamic_degree@farneback`; never report them as VBench numbers. A number whose
+formula is VBench's but whose protocol is not (which videos, which frames) says so in its label and in
+`MetricResult.protocol`, e.g. `temporal_flickering@raw` (raw frames of every video, no static filter).
 
 Frames are uint8 arrays (T, H, W, 3) per video (what `mirai.data.frames.to_uint8` gives); a batch is either an
 array (B, T, H, W, 3) or a list of per-video arrays (videos may differ in length).
@@ -33,6 +35,7 @@ class MetricResult:
     extractor: str | None = None  # None: computed on pixels
     weights_sha256: str | None = None
     exact_vbench: bool = False
+    protocol: str | None = None  # how the inputs differ from VBench's protocol, when they do
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -109,10 +112,23 @@ def flickering_per_video(video: np.ndarray) -> float:
     return float((255.0 - np.mean(maes)) / 255.0)
 
 
+FLICKERING_LABEL = "temporal_flickering@raw"
+FLICKERING_PROTOCOL = (
+    "VBench temporal_flickering formula, (255 - mean MAE of consecutive frames) / 255 averaged over videos, "
+    "computed on the raw uint8 frames of every video given. Not VBench's protocol: VBench scores frames decoded "
+    "from the saved .mp4 (lossy) and only the videos that pass its static filter (vbench/cli/static_filter.py, "
+    "RAFT), so this number is not comparable with published VBench temporal_flickering.")
+
+
 def temporal_flickering(frames) -> MetricResult:
-    """Exact VBench temporal_flickering (mean over videos). VBench scores it only on static videos."""
+    """VBench's temporal_flickering formula (mean over videos) on raw uint8 frames of all videos given.
+
+    Labelled `temporal_flickering@raw` with `exact_vbench=False`: VBench decodes the .mp4 and keeps only
+    static-filtered videos (see `FLICKERING_PROTOCOL`); the per-video formula itself is VBench's.
+    """
     per = [flickering_per_video(v) for v in _videos(frames)]
-    return MetricResult("temporal_flickering", float(np.mean(per)), per, exact_vbench=True)
+    return MetricResult(FLICKERING_LABEL, float(np.mean(per)), per, exact_vbench=False,
+                        protocol=FLICKERING_PROTOCOL)
 
 
 def motion_smoothness_per_video(video: np.ndarray) -> float:
@@ -161,17 +177,20 @@ def top5_flow_score(magnitude: np.ndarray) -> float:
     return float(flat[: max(1, int(magnitude.size * 0.05))].mean())
 
 
-def dynamic_params(height: int, width: int, num_sampled: int, fps: float = 8.0) -> tuple[float, int]:
-    """VBench `set_params`: thres = max(1, 8/fps) * 6 * min(H, W) / 256, count_num = round(4 * T_sampled / 16)."""
-    factor = max(1.0, 8.0 / fps)
-    return factor * 6.0 * min(height, width) / 256.0, round(4 * num_sampled / 16.0)
+def dynamic_params(height: int, width: int, num_sampled: int) -> tuple[float, int]:
+    """VBench `DynamicDegree.set_params`: thres = 6 * min(H, W) / 256, count_num = round(4 * T_sampled / 16).
+
+    No fps term: VBench scaled thres by max(1, 8/fps) only from 11abda9 to fc4620b (3-13 July 2024); at HEAD
+    fps only sets the sampling interval, max(1, round(fps / 8)) (see `is_dynamic`).
+    """
+    return 6.0 * min(height, width) / 256.0, round(4 * num_sampled / 16.0)
 
 
 def is_dynamic(video: np.ndarray, fps: float = 8.0, method: str = "farneback") -> tuple[bool, list[float]]:
-    """One (T, H, W, 3) uint8 video: sampled at ~8 fps (interval round(fps/8)), dynamic once count_num
+    """One (T, H, W, 3) uint8 video: sampled at ~8 fps (interval max(1, round(fps/8))), dynamic once count_num
     consecutive-pair scores exceed thres (VBench `check_move`). Returns (dynamic, per-pair scores)."""
     frames = video[:: max(1, round(fps / 8))]
-    thres, count_num = dynamic_params(*video.shape[1:3], len(frames), fps)
+    thres, count_num = dynamic_params(*video.shape[1:3], len(frames))
     scores = [top5_flow_score(_flow_magnitude(a, b, method)) for a, b in zip(frames[:-1], frames[1:])]
     # VBench returns True as soon as count >= count_num, which a count_num of 0 satisfies at the first pair.
     count = np.cumsum(np.array(scores) > thres)
@@ -221,6 +240,11 @@ def _dimension(key: str) -> tuple[str, bool]:
     return base.strip().replace(" ", "_"), bool(tag)
 
 
+def _tag(key: str) -> str:
+    """'subject_consistency@effnet_lite0' -> 'effnet_lite0'; '' for an exact key."""
+    return key.partition("@")[2].strip()
+
+
 def normalized(dimension: str, score: float) -> float:
     """(s - Min) / (Max - Min) * w, VBench's per-dimension normalisation."""
     lo, hi = NORMALIZE[dimension]
@@ -229,12 +253,19 @@ def normalized(dimension: str, score: float) -> float:
 
 @dataclass
 class AggregateScore:
-    name: str  # "quality_score" when all 7 dims are exact, else "quality_score_partial"
+    # "quality_score" when all 7 dims are present and exact; "_partial" when some are missing; any `@tag` of the
+    # keys used is appended, so a proxy aggregate says so: "quality_score_partial@effnet_lite0+farneback+linear+raw"
+    name: str
     value: float
     dimensions: list[str]  # the keys used
     weight_sum: float  # the denominator (6.5 for the full Quality score)
     partial: bool  # some dimensions of the group are missing
     exact_vbench: bool  # every dimension used is VBench-exact (no `@proxy` key)
+    proxies: list[str] = field(default_factory=list)  # the sorted `@` tags of the keys used
+
+
+# Dimensions that differ only by their model: the same features (one `@extractor` tag) must not score both.
+SAME_FEATURE_DIMS = ("subject_consistency", "background_consistency")
 
 
 def _aggregate(scores: Mapping[str, float], dims: tuple[str, ...], name: str) -> AggregateScore:
@@ -252,18 +283,27 @@ def _aggregate(scores: Mapping[str, float], dims: tuple[str, ...], name: str) ->
         wsum += DIM_WEIGHT[dim]
     if not used:
         raise ValueError(f"no {name} dimension among {sorted(scores)}")
+    tags = [_tag(k) for k in used if _dimension(k)[0] in SAME_FEATURE_DIMS]
+    if len(tags) == 2 and tags[0] and tags[0] == tags[1]:
+        raise ValueError(f"{' and '.join(SAME_FEATURE_DIMS)} both come from extractor {tags[0]!r}: the same "
+                         "features would count twice; pass one of them")
     partial = seen != set(dims)
-    exact = not any(_dimension(k)[1] for k in used)
+    proxies = sorted({_tag(k) for k in used if _tag(k)})
+    exact = not proxies
     label = f"{name}_partial" if partial or not exact else name
-    return AggregateScore(label, total / wsum, used, wsum, partial, exact)
+    if proxies:
+        label += "@" + "+".join(proxies)
+    return AggregateScore(label, total / wsum, used, wsum, partial, exact, proxies)
 
 
 def quality_score_partial(scores: Mapping[str, float]) -> AggregateScore:
     """VBench Quality over the quality dimensions present: Σ norm_d / Σ w_d (6.5 when all 7 are present).
 
     Keys are dimension names, optionally with an `@extractor` proxy tag; other keys are ignored. The result is
-    named `quality_score_partial` unless all 7 dimensions are present and exact. VBench's Min/Max constants were
-    fitted to its reference models, so a value built from proxies is only comparable within Mirai.
+    named `quality_score_partial` unless all 7 dimensions are present and exact, and carries the proxy tags of
+    the keys it used (`quality_score_partial@effnet_lite0+linear`). VBench's Min/Max constants were fitted to its
+    reference models, so a value built from proxies is only comparable within Mirai. subject and background
+    consistency with the same `@extractor` tag are refused: one set of features would count twice.
     """
     return _aggregate(scores, QUALITY_DIMS, "quality_score")
 
@@ -373,22 +413,39 @@ def distribution_metrics(real: np.ndarray, fake: np.ndarray, name: str, extracto
 # Convenience: the VBench-style quality dimensions of a batch of videos with one or two extractors
 
 
+def same_features(a, b) -> bool:
+    """Two extractors give the same features: the same object, or the same name and weights file hash."""
+    return a is b or (a.name == b.name and a.weights_sha256 == b.weights_sha256)
+
+
+def consistency_roles(subject_extractor, background_extractor=None) -> list[tuple[str, object]]:
+    """Which consistency dimensions to report, each with the extractor whose features score it.
+
+    Two different extractors (e.g. DINO and CLIP B/32, as VBench): both dimensions. One extractor (none given for
+    background, or the same model): ONE number, since subject and background consistency would be the same
+    formula on the same features. It is reported as the dimension the extractor is VBench's model for
+    (`background_consistency` for clip_vitb32), otherwise as `subject_consistency@<extractor>`.
+    """
+    if background_extractor is not None and not same_features(subject_extractor, background_extractor):
+        return [("subject_consistency", subject_extractor), ("background_consistency", background_extractor)]
+    ref = getattr(subject_extractor, "reference_for", ())
+    only_background = "background_consistency" in ref and "subject_consistency" not in ref
+    return [("background_consistency" if only_background else "subject_consistency", subject_extractor)]
+
+
 def quality_metrics(video, subject_extractor, background_extractor=None, fps: float = 8.0,
                     flow: str = "farneback") -> dict[str, MetricResult]:
     """All quality dimensions Mirai computes for one set of videos, keyed by their (labelled) names.
 
     video: (B, T, C, H, W) float in [-1, 1] (quantised to uint8 as when saved) or uint8 (B, T, H, W, 3).
-    subject_extractor / background_extractor: loaded `FeatureExtractor`s (the latter defaults to the former);
-    names come out as e.g. `subject_consistency@effnet_lite0` unless the extractor is VBench's own.
+    subject_extractor / background_extractor: loaded `FeatureExtractor`s; without a distinct background
+    extractor only one consistency number is reported (`consistency_roles`). Names come out as e.g.
+    `subject_consistency@effnet_lite0` unless the extractor is VBench's own.
     """
     frames = _as_uint8_frames(video)
-    feats = {id(subject_extractor): subject_extractor.frames_batch(frames)}
-    background_extractor = background_extractor or subject_extractor
-    if id(background_extractor) not in feats:
-        feats[id(background_extractor)] = background_extractor.frames_batch(frames)
-    results = [
-        consistency_metric("subject_consistency", feats[id(subject_extractor)], subject_extractor),
-        consistency_metric("background_consistency", feats[id(background_extractor)], background_extractor),
+    results = [consistency_metric(dim, ext.frames_batch(frames), ext)
+               for dim, ext in consistency_roles(subject_extractor, background_extractor)]
+    results += [
         temporal_flickering(frames),
         motion_smoothness_linear(frames),
         dynamic_degree_flow(frames, fps, flow),
