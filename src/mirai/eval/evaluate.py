@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import checkpoint as ckpt
+from .. import checkpoint as ckpt, rng
 from ..config import Config, WorldConfig, run_config
-from ..data.frames import to_uint8
+from ..data.frames import to_model_range, to_uint8
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
 from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
+from ..sampling.inputs import rollout_inputs
 from ..sampling.rollout import rollout
 from . import metrics
 from .extractors import load_extractor
@@ -46,24 +47,16 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
     cfg = run_config(run, overrides or [])
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
-    prompts = eval_prompts(cfg.world, num, seed)
-    gen = torch.Generator().manual_seed(seed)
-    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
-    noise = torch.randn(num, frames, *shape, generator=gen).to(dev)
-    cond = torch.from_numpy(prompts).to(dev) if model.prompt_embed is not None else None
-    video = rollout(model, FlowSchedule.from_config(cfg.schedule), noise, cond, sample=cfg.sample, generator=gen)
-    return to_uint8(video.cpu()), prompts
+    inputs = rollout_inputs(model, cfg.world, num, frames, seed, dev)  # the same videos as `mirai sample --seed`
+    video = rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=cfg.sample,
+                    generator=inputs.generator)
+    return to_uint8(video.cpu()), inputs.prompts
 
 
-def eval_prompts(world: WorldConfig, num: int, seed: int) -> np.ndarray:
-    """Prompts of scenes never used in training (a separate dataset seed space)."""
-    return np.stack([PROMPT.encode(make_clip(world, 10**6 + seed, i, 1).scene) for i in range(num)])
-
-
-def real_clips(world: WorldConfig, num: int, frames: int, seed: int = 777) -> tuple[np.ndarray, np.ndarray]:
-    """Real clips of the world (held-out seed) as uint8 (B, T, H, W, 3), with their prompts."""
-    clips = [make_clip(world, 10**7 + seed, i, frames) for i in range(num)]
-    frames_u8 = np.stack([(c.frames * 255).round().astype(np.uint8) for c in clips])
+def real_clips(world: WorldConfig, num: int, frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Real clips of the world from a held-out scene space, as uint8 (B, T, H, W, 3), with their prompts."""
+    clips = [make_clip(world, rng.derive_seed(seed, "real-clips"), i, frames) for i in range(num)]
+    frames_u8 = np.stack([to_uint8(to_model_range(c.frames)) for c in clips])
     return frames_u8, np.stack([PROMPT.encode(c.scene) for c in clips])
 
 
@@ -140,7 +133,7 @@ class Evaluator:
         feats = self.features(frames)  # (B, T, D)
         role_feats = [(ext.label(dim), feats if ext is self.extractor else ext.frames_batch(frames))
                       for dim, ext in self.consistency_roles()]
-        probe = self.probe.score(torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1, prompts)
+        probe = self.probe.score(to_model_range(frames), prompts)
         curves = {k: v.tolist() for k, v in probe.curves().items()}  # (T,) batch means
         out: dict[str, float] = {}
         for L in lengths:
