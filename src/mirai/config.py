@@ -170,6 +170,9 @@ class DMDConfig:
     t_min: float = 0.02  # DMD noise levels t ~ U(t_min, t_max)
     t_max: float = 0.98
     real_cfg_scale: float = 1.0  # classifier-free guidance of the real score (conditional models)
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # AdamW betas of the generator and the critic
+    #                                                                   (DMD2: no first moment; train.betas is
+    #                                                                   not used by this stage)
 
 
 @dataclass
@@ -324,6 +327,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be 'auto', 'bf16' or 'fp32', got '{cfg.train.precision}'")
     if cfg.schedule.train_t not in ("logit_normal", "uniform"):
         raise ConfigError(f"schedule.train_t must be 'logit_normal' or 'uniform', got '{cfg.schedule.train_t}'")
+    for key, betas in (("train.betas", cfg.train.betas), ("dmd.betas", cfg.dmd.betas)):
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"{key} must be two numbers in [0, 1), got {betas}")
     f = cfg.foresight
     if f.encoder_mask not in ("bidirectional", "causal"):
         raise ConfigError(f"foresight.encoder_mask must be 'bidirectional' or 'causal', got '{f.encoder_mask}'")

@@ -144,8 +144,9 @@ class DMDStage(Stage):
         ckpt.check_same_family(self.teacher.cfg, self.model.cfg, cfg.dmd.teacher, "the generator")
         self.critic = copy.deepcopy(self.teacher).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=(0.0, 0.999), weight_decay=tc.weight_decay)
-        self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=cfg.dmd.critic_lr, betas=(0.0, 0.999),
+        betas = tuple(cfg.dmd.betas)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
+        self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=cfg.dmd.critic_lr, betas=betas,
                                             weight_decay=tc.weight_decay)
         self.modules = {"model": self.model, "ema": self.ema, "critic": self.critic}
         self.optimizers = {"model": self.opt, "critic": self.opt_critic}
