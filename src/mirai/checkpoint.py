@@ -9,6 +9,7 @@ Two kinds of file:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from .faults import fault_point
 from .models.dit import CausalVideoDiT
 
 FORMAT = "mirai/1"
@@ -30,23 +32,50 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or of the wrong kind; the message names the file."""
 
 
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """A checksum of names, dtypes, shapes and bytes, stored with the file: a bit flip on disk is caught on load."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def atomic_save(tensors: dict[str, Tensor], path: str | Path, meta: dict[str, Any]) -> None:
-    """Write tensors + JSON metadata to `path` so that a crash never leaves a half-written file there."""
+    """Write tensors + JSON metadata to `path` so that a crash never leaves a half-written file there: write a
+    temporary file beside it, flush it to disk, then rename it over `path` (atomic on POSIX). A failed write
+    (a full disk, no permission) raises a CheckpointError and leaves the previous file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "meta": json.dumps(meta)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        save_file(tensors, tmp, metadata={"format": FORMAT, "meta": json.dumps(meta), "sha256": tensors_sha256(tensors)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        fault_point("checkpoint-before-rename")
         os.replace(tmp, path)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise CheckpointError(f"could not write {path}: {reason}; the previous {path.name} (if any) is unchanged") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed `atomic_save` left in `folder`; returns them."""
+    stale = sorted(Path(folder).glob("*.safetensors*.tmp"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a Mirai safetensors file: (tensors, metadata)."""
+    """Read a Mirai safetensors file: (tensors, metadata), its checksum verified."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -58,7 +87,14 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {e}") from None
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a Mirai checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
-    return tensors, json.loads(raw["meta"])
+    if "sha256" in raw and raw["sha256"] != tensors_sha256(tensors):
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them "
+                              "(a flipped bit or a damaged copy)")
+    try:
+        meta = json.loads(raw["meta"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is corrupt: its metadata is not readable") from None
+    return tensors, meta
 
 
 def prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -30,7 +30,7 @@ from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.report import load_eval, write_report
 from .sampling.inputs import rollout_inputs
 from .sampling.rollout import iter_rollout
-from .training.loop import train
+from .training.loop import TrainingInterrupted, train
 from .training.stage import resolve_model_config
 from .video import save_npz, save_video
 
@@ -89,13 +89,18 @@ def _parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(yaml.safe_dump(to_dict(resolve_model_config(cfg)), sort_keys=False))
         return
-    out = train(cfg, init_from=args.init_from)
+    try:
+        out = train(cfg, init_from=args.init_from)
+    except TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
     print(f"done: {out}/model.safetensors")
+    return 0
 
 
 def cmd_sample(args) -> None:
@@ -162,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench}
-        commands[args.command](args)
+        code = commands[args.command](args)
     except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -146,6 +146,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (optional; see README for the caveats)
     threads: int = 0  # torch threads (0 = leave the default)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" (an error naming step, stage and term; the
+    #                             last checkpoint is kept) or "skip" (skip that update, count it in the log)
 
 
 @dataclass
@@ -327,6 +329,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be 'auto', 'bf16' or 'fp32', got '{cfg.train.precision}'")
     if cfg.schedule.train_t not in ("logit_normal", "uniform"):
         raise ConfigError(f"schedule.train_t must be 'logit_normal' or 'uniform', got '{cfg.schedule.train_t}'")
+    if cfg.train.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"train.on_nonfinite must be 'stop' or 'skip', got '{cfg.train.on_nonfinite}'")
     for key, betas in (("train.betas", cfg.train.betas), ("dmd.betas", cfg.dmd.betas)):
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ConfigError(f"{key} must be two numbers in [0, 1), got {betas}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .. import checkpoint as ckpt
 from ..config import Config, ConfigError
@@ -99,6 +100,7 @@ class GeneratorTerm:
     Keys of `extra_state` must be unique across the terms of a stage.
     """
 
+    name = "term"  # names the term in logs and error messages
     student_block: int | None = None
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
@@ -151,6 +153,7 @@ class DMDStage(Stage):
         self.modules = {"model": self.model, "ema": self.ema, "critic": self.critic}
         self.optimizers = {"model": self.opt, "critic": self.opt_critic}
         self.terms: list[GeneratorTerm] = []
+        self.critic_monitor = CriticMonitor()
         self.dataset = self.sample_dataset = build_dataset(cfg)
         self.step_ts = self.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps).tolist()  # once
 
@@ -172,12 +175,16 @@ class DMDStage(Stage):
         return blocks.pop() if blocks else None
 
     def extra_state(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
+        m = self.critic_monitor
+        out = {"critic_monitor": torch.tensor([m.average, float(m.count)], dtype=torch.float64)}
         for term in self.terms:
             out.update(term.extra_state())
         return out
 
     def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        if "critic_monitor" in tensors:
+            average, count = tensors["critic_monitor"].tolist()
+            self.critic_monitor = CriticMonitor(average=average, count=int(count))
         for term in self.terms:
             term.load_extra_state(tensors)
 
@@ -188,43 +195,66 @@ class DMDStage(Stage):
                      gen, self.device)
 
     def generator_step(self, noise: Tensor, prompt: Tensor | None, real: Tensor, step: int,
-                       gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+                       gen: torch.Generator) -> tuple[Tensor, dict[str, float], bool]:
         """Self-rollout with an exit-step gradient, DMD loss + the terms' losses, one generator update.
-        Returns the generated video (detached, the critic's next sample) and the record."""
+        Returns the generated video (detached, the critic's next sample), the record, and whether the generator
+        was updated (False only when a non-finite value made the step be skipped, train.on_nonfinite=skip)."""
+        policy = self.cfg.train.on_nonfinite
         exit_step = int(torch.randint(0, len(self.step_ts) - 1, (1,), generator=gen))
         self.model.train()
         video, hidden = rollout_with_exit(self.model, self.schedule, noise, prompt, exit_step, sample=self.cfg.sample,
                                           generator=gen, return_hidden=self.student_block)
         loss, grad_norm = generator_dmd_loss(video, self.teacher, self.critic, self.schedule, prompt, self.cfg, gen)
+        parts = {"dmd_loss": loss}
         record = {"dmd_loss": loss.item(), "dmd_grad_norm": grad_norm.item()}
         rollout = GeneratorRollout(video, hidden, prompt, real, self.step_ts[exit_step])
         for term in self.terms:
             term_loss, term_record = term.loss(rollout, gen)
+            parts[f"{term.name} term"] = term_loss
             loss = loss + term_loss
             record.update(term_record)
-        check_finite(loss, step)
-        record["gen_grad_norm"] = optimize(self.opt, self.model, loss, self.cfg.train.grad_clip)
+        if not check_finite(parts, step, self.name, policy):
+            return video.detach(), {**record, "skipped_nonfinite": 1.0}, False
+        gen_grad_norm = optimize(self.opt, self.model, loss, self.cfg.train.grad_clip, step=step, stage=self.name,
+                                 what="the generator loss", policy=policy)
+        if gen_grad_norm is None:
+            return video.detach(), {**record, "skipped_nonfinite": 1.0}, False
+        record["gen_grad_norm"] = gen_grad_norm
         for term in self.terms:
             term.after_generator_step()
-        return video.detach(), record
+        return video.detach(), record, True
 
     def critic_step(self, fake: Tensor, prompt: Tensor | None, step: int, gen: torch.Generator) -> dict[str, float]:
         """One flow-matching update of the fake score on generated videos.
 
         The fake score learns with the loss the real score was trained with (train.loss_t_floor), so that
-        fake - real measures the distributions, not two different weightings over t."""
-        with autocast_context(self.cfg.train.precision, self.device):
+        fake - real measures the distributions, not two different weightings over t. A critic loss far above
+        its running average is flagged (`critic_collapse` in the log and a warning): DMD's gradient is only as
+        good as the fake score."""
+        tc = self.cfg.train
+        with autocast_context(tc.precision, self.device):
             critic_loss = bidirectional_loss(self.critic, self.schedule, fake, prompt, gen, per_chunk_t=False,
-                                             t_floor=self.cfg.train.loss_t_floor)
-        check_finite(critic_loss, step)
-        grad_norm = optimize(self.opt_critic, self.critic, critic_loss, self.cfg.train.grad_clip)
-        return {"critic_grad_norm": grad_norm, "critic_loss": critic_loss.item()}
+                                             t_floor=tc.loss_t_floor)
+        if not check_finite({"critic_loss": critic_loss}, step, self.name, tc.on_nonfinite):
+            return {"skipped_nonfinite": 1.0}
+        grad_norm = optimize(self.opt_critic, self.critic, critic_loss, tc.grad_clip, step=step, stage=self.name,
+                             what="the critic loss", policy=tc.on_nonfinite)
+        record = {"critic_loss": critic_loss.item()}
+        if grad_norm is None:
+            return {**record, "skipped_nonfinite": 1.0}
+        record["critic_grad_norm"] = grad_norm
+        if self.critic_monitor.update(critic_loss.item()):
+            record["critic_collapse"] = 1.0
+            tqdm.write(f"warning: step {step}: the DMD critic's loss {critic_loss.item():.4g} is over "
+                       f"{CriticMonitor.factor:g}x its running average: the fake score may be collapsing")
+        return record
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
         noise, prompt, k = self.noise(gen), self.prompt_of(batch), self.cfg.dmd.critic_updates_per_gen
+        updated = False
         with autocast_context(self.cfg.train.precision, self.device):
             if step % k == 0:
-                fake, record = self.generator_step(noise, prompt, batch["video"], step, gen)
+                fake, record, updated = self.generator_step(noise, prompt, batch["video"], step, gen)
             else:
                 with torch.no_grad():
                     exit_step = int(torch.randint(0, len(self.step_ts) - 1, (1,), generator=gen))
@@ -234,5 +264,21 @@ class DMDStage(Stage):
                 for term in self.terms:
                     record.update(term.critic_only_step(gen))
         record.update(self.critic_step(fake, prompt, step, gen))
-        update = step // k if step % k == 0 else None
-        return StepOutput(record, generator_update=update, log=update is not None)
+        return StepOutput(record, generator_update=step // k if updated else None,
+                          log=step % k == 0 or "critic_collapse" in record or "skipped_nonfinite" in record)
+
+
+@dataclass
+class CriticMonitor:
+    """Running average of the critic's loss; `update` says when a loss jumps far above it."""
+
+    factor: float = 10.0  # a loss above factor x the average is flagged
+    warmup: int = 10  # critic updates before anything is flagged
+    average: float = 0.0
+    count: int = 0
+
+    def update(self, loss: float) -> bool:
+        flagged = self.count >= self.warmup and loss > self.factor * self.average
+        self.average = loss if self.count == 0 else 0.9 * self.average + 0.1 * loss
+        self.count += 1
+        return flagged

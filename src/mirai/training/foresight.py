@@ -109,6 +109,8 @@ class ForesightTerm(GeneratorTerm):
     teacher: the DMD real score (the default encoder); generator: the causal generator being trained.
     """
 
+    name = "foresight"
+
     def __init__(self, cfg: Config, teacher: CausalVideoDiT, generator: CausalVideoDiT, device):
         f: ForesightConfig = cfg.foresight
         self.cfg = cfg

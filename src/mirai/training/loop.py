@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from tqdm import tqdm
 from .. import checkpoint as ckpt
 from ..config import Config, save_config
 from ..data.datasets import batch_indices, get_batch, to_device
+from ..faults import fault_point
 from ..models.dit import count_parameters
 from .optim import ema_decay_at, ema_update, lr_at, set_lr
 from .samples import write_samples
@@ -29,9 +33,18 @@ from .state import load_training_state, save_training_state
 
 
 class MetricsLog:
-    """Append-only JSONL log of training metrics (one object per logged step)."""
+    """Append-only JSONL log of training metrics (one object per logged step).
 
-    def __init__(self, path: Path):
+    Opened at the step a run starts from, it first drops what a killed run logged after its last checkpoint
+    (and a half-written last line), so that a resumed run never logs a step twice."""
+
+    def __init__(self, path: Path, start_step: int = 0):
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines() if _logged_step(line) is not None
+                    and _logged_step(line) <= start_step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
         self.file = path.open("a")
 
     def write(self, **record) -> None:
@@ -42,11 +55,48 @@ class MetricsLog:
         self.file.close()
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one JSONL line, or None for a line a kill cut short."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM: the current step finished, a checkpoint was written; the message says how to resume."""
+
+
+class StopRequest:
+    """Turns SIGINT / SIGTERM into a request to stop after the current step (a second Ctrl-C stops at once)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the second Ctrl-C interrupts right away
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def start_run(cfg: Config) -> tuple[Config, Path, torch.Generator]:
     """Resolve the config, create the run folder, save the config next to it, seed everything."""
     cfg = resolve_model_config(cfg)
     out = Path(cfg.train.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale_temporaries(out)  # what a killed checkpoint write left
     save_config(cfg, out / "config.yaml")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -54,17 +104,28 @@ def start_run(cfg: Config) -> tuple[Config, Path, torch.Generator]:
     return cfg, out, torch.Generator().manual_seed(cfg.train.seed)
 
 
-def resume(stage: Stage, path: Path, gen: torch.Generator) -> int:
-    """Load the training state at `path` into the stage (and gen); returns its step."""
-    step, extra = load_training_state(path, stage.modules, stage.optimizers, gen)
+def resume(stage: Stage, out: Path, gen: torch.Generator, cfg: Config) -> int:
+    """Load the training state into the stage (and gen) and re-export its model; returns its step.
+
+    The state file is the commit point of a checkpoint. Re-exporting the EMA generator from it means a kill
+    between the two files of a checkpoint can never leave a model.safetensors of another step behind."""
+    step, extra = load_training_state(out / "ckpt.safetensors", stage.modules, stage.optimizers, gen,
+                                      cfg.train.objective)
     stage.load_extra_state(extra)
+    export(stage, out, step, cfg)
     return step
 
 
-def save(stage: Stage, out: Path, gen: torch.Generator, step: int, cfg: Config) -> None:
-    """The full training state, then the exported EMA generator (what `mirai sample` reads)."""
-    save_training_state(out / "ckpt.safetensors", stage.modules, stage.optimizers, gen, step, cfg, stage.extra_state())
+def export(stage: Stage, out: Path, step: int, cfg: Config) -> None:
+    """The EMA generator alone, which is what `mirai sample` reads."""
     ckpt.save_model(stage.ema, out / "model.safetensors", {"step": step, "objective": cfg.train.objective})
+
+
+def save(stage: Stage, out: Path, gen: torch.Generator, step: int, cfg: Config) -> None:
+    """The full training state (the commit point), then the exported model."""
+    save_training_state(out / "ckpt.safetensors", stage.modules, stage.optimizers, gen, step, cfg, stage.extra_state())
+    fault_point("checkpoint-between-files")
+    export(stage, out, step, cfg)
 
 
 def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None, quiet: bool = False) -> Path:
@@ -79,39 +140,46 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
     cfg, out, gen = start_run(cfg)
     tc = cfg.train
     stage = build_stage(cfg, quiet)
-    step, state_path = 0, out / "ckpt.safetensors"
-    if state_path.exists():
-        step = resume(stage, state_path, gen)
+    step = 0
+    if (out / "ckpt.safetensors").exists():
+        step = resume(stage, out, gen, cfg)
         if not quiet:
-            print(f"resumed {state_path} at step {step}")
+            print(f"resumed {out / 'ckpt.safetensors'} at step {step}")
     end = min(tc.steps, stop_at) if stop_at is not None else tc.steps
     if not quiet:
         print(f"model: {count_parameters(stage.model) / 1e6:.2f}M parameters, {cfg.model.attention}; "
               f"objective {tc.objective}; steps {step}->{end}; out {out}")
 
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / "metrics.jsonl", start_step=step)
     bar = tqdm(total=end, initial=step, disable=quiet, dynamic_ncols=True, desc=tc.objective)
-    while step < end:
-        t0 = time.perf_counter()
-        batch = to_device(get_batch(stage.dataset, batch_indices(step, tc.batch_size, len(stage.dataset), cfg.data.seed)),
-                          stage.device)
-        set_lr(stage.opt, lr_at(step, tc))
-        result = stage.step(batch, step, gen)
-        if result.generator_update is not None:
-            ema_update(stage.ema, stage.model, ema_decay_at(result.generator_update, tc))
-        step += 1
-        dt = time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix({k: f"{result.record[k]:.4f}" for k in stage.progress_keys if k in result.record}
-                        | {"clips_s": f"{tc.batch_size / dt:.1f}"})
-        if step % tc.log_every == 0 or step == end or result.log:
-            log.write(step=step, **result.record, lr=stage.opt.param_groups[0]["lr"], step_s=dt,
-                      clips_per_s=tc.batch_size / dt)
-        if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
-            write_samples(stage.ema.eval(), stage.schedule, stage.sample_dataset, cfg,
-                          out / "samples" / f"step_{step:06d}.png")
-        if step % tc.ckpt_every == 0 or step == end:
-            save(stage, out, gen, step, cfg)
+    with StopRequest() as stop:
+        while step < end:
+            t0 = time.perf_counter()
+            batch = to_device(get_batch(stage.dataset, batch_indices(step, tc.batch_size, len(stage.dataset),
+                                                                     cfg.data.seed)), stage.device)
+            set_lr(stage.opt, lr_at(step, tc))
+            result = stage.step(batch, step, gen)
+            if result.generator_update is not None:
+                ema_update(stage.ema, stage.model, ema_decay_at(result.generator_update, tc))
+            step += 1
+            dt = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix({k: f"{result.record[k]:.4f}" for k in stage.progress_keys if k in result.record}
+                            | {"clips_s": f"{tc.batch_size / dt:.1f}"})
+            if step % tc.log_every == 0 or step == end or result.log or stop.signal:
+                log.write(step=step, **result.record, lr=stage.opt.param_groups[0]["lr"], step_s=dt,
+                          clips_per_s=tc.batch_size / dt)
+            if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
+                write_samples(stage.ema.eval(), stage.schedule, stage.sample_dataset, cfg,
+                              out / "samples" / f"step_{step:06d}.png")
+            if step % tc.ckpt_every == 0 or step == end or stop.signal:
+                save(stage, out, gen, step, cfg)
+            if stop.signal:
+                bar.close()
+                log.close()
+                name = signal.Signals(stop.signal).name
+                raise TrainingInterrupted(f"{name} at step {step}/{end}: checkpoint written to {out / 'ckpt.safetensors'}; "
+                                          "run the same command again to resume")
     bar.close()
     log.close()
     return out

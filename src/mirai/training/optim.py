@@ -38,15 +38,33 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_p, p, 1 - decay)
 
 
-def check_finite(loss: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate or check the data")
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN or infinite; the message names the step, the stage and the term."""
 
 
-def optimize(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip: float) -> float:
-    """Backward, clip, step. Returns the gradient norm before clipping."""
+def check_finite(terms: dict[str, torch.Tensor | float], step: int, stage: str, policy: str = "stop") -> bool:
+    """True when every term is finite. Otherwise raise NonFiniteError (policy "stop"; nothing is saved, so the
+    last checkpoint stays the last good one) or return False (policy "skip": the caller skips the update)."""
+    values = {name: torch.as_tensor(v).detach() for name, v in terms.items()}
+    bad = {name: float(v) for name, v in values.items() if not bool(torch.isfinite(v).all())}
+    if not bad:
+        return True
+    if policy == "skip":
+        return False
+    what = ", ".join(f"{name} = {value}" for name, value in bad.items())
+    raise NonFiniteError(f"non-finite {what} at step {step} of stage {stage}; the last checkpoint is kept. Lower "
+                         "train.lr, check the data, or set train.on_nonfinite=skip to skip such steps")
+
+
+def optimize(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip: float, *, step: int = 0,
+             stage: str = "", what: str = "loss", policy: str = "stop") -> float | None:
+    """Backward, clip, step. Returns the gradient norm before clipping, or None when a non-finite gradient
+    made the step be skipped (policy "skip"; "stop" raises NonFiniteError)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if not check_finite({f"gradient norm of {what}": grad_norm}, step, stage, policy):
+        opt.zero_grad(set_to_none=True)
+        return None
     opt.step()
     return grad_norm.item()

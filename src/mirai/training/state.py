@@ -28,11 +28,19 @@ def save_training_state(path: Path, modules: dict[str, nn.Module], optimizers: d
 
 
 def load_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                        gen: torch.Generator) -> tuple[int, dict[str, torch.Tensor]]:
+                        gen: torch.Generator, objective: str) -> tuple[int, dict[str, torch.Tensor]]:
     """Restore modules, optimisers and RNG states in place; returns (step, the stage's extra tensors)."""
     tensors, meta = ckpt.load(path)
     if meta.get("kind") != "train_state":
         raise ckpt.CheckpointError(f"{path} is a '{meta.get('kind')}' file, not a training state")
+    saved = meta.get("config", {}).get("train", {}).get("objective")
+    if saved != objective:
+        raise ckpt.CheckpointError(f"{path} is the training state of a '{saved}' stage, not of this '{objective}' "
+                                   "stage; use another train.out_dir")
+    names = {k.split(".", 1)[0] for k in tensors if not k.startswith(("rng.", "extra.", "optim_"))}
+    if names != set(modules):
+        raise ckpt.CheckpointError(f"{path} holds the modules {sorted(names)}, this run trains {sorted(modules)} "
+                                   "(another foresight setting?); use another train.out_dir")
     if meta["model"] != to_dict(modules["model"].cfg):
         raise ckpt.CheckpointError(f"{path} was trained with another model config; start a new out_dir or use the same model")
     for name, module in modules.items():

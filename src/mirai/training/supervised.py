@@ -41,11 +41,16 @@ class SupervisedStage(Stage):
         raise NotImplementedError
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
+        tc = self.cfg.train
         self.model.train()
-        with autocast_context(self.cfg.train.precision, self.device):
+        with autocast_context(tc.precision, self.device):
             loss = self.loss(batch, gen)
-        check_finite(loss, step)
-        grad_norm = optimize(self.opt, self.model, loss, self.cfg.train.grad_clip)
+        if not check_finite({"loss": loss}, step, self.name, tc.on_nonfinite):
+            return StepOutput({"skipped_nonfinite": 1.0}, log=True)
+        grad_norm = optimize(self.opt, self.model, loss, tc.grad_clip, step=step, stage=self.name,
+                             policy=tc.on_nonfinite)
+        if grad_norm is None:
+            return StepOutput({"loss": loss.item(), "skipped_nonfinite": 1.0}, log=True)
         return StepOutput({"loss": loss.item(), "grad_norm": grad_norm}, generator_update=step)
 
     def dropped_prompt(self, batch: dict[str, Tensor], gen: torch.Generator) -> Tensor | None:
