@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 class DataError(ValueError):
-    """A video file or folder cannot be used; the message names it."""
+    """A data file (a video, a frame folder, an eval.json) cannot be used; the message names it."""
 
 
 class SyntheticVideoDataset:

@@ -15,14 +15,25 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.datasets import DataError
 from ..video import tile_batch, upscale
+
+EVAL_KEYS = ("summary", "per_seed", "seeds", "frames")  # what a report reads from every eval.json
 
 
 def load_eval(run: str | Path) -> dict:
     path = Path(run) / "eval.json" if Path(run).is_dir() else Path(run)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `mirai eval --ckpt {run}` first")
-    return json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not a readable eval.json ({e}); run `mirai eval --ckpt {run}` again") from None
+    missing = [k for k in EVAL_KEYS if k not in result] if isinstance(result, dict) else list(EVAL_KEYS)
+    if missing or not result["seeds"]:
+        raise DataError(f"{path} is not a complete eval.json (missing {missing or 'seeds'}); "
+                        f"run `mirai eval --ckpt {run}` again")
+    return result
 
 
 def paired_difference(a: dict, b: dict, key: str) -> tuple[float, float, int]:
