@@ -150,6 +150,7 @@ def cmd_eval(args) -> None:
     cfg = run_config(args.ckpt, args.overrides)
     if not (Path(args.ckpt) / "model.safetensors").is_file():
         raise CheckpointError(f"{args.ckpt} is not a run folder with a model.safetensors")
+    load_model(args.ckpt, expect_attention="causal")  # a corrupt or bidirectional model is refused before any work
     check_output(args.out or args.ckpt, folder=True)
     pick_device(args.device)
     frames = args.frames or 4 * cfg.data.clip_frames

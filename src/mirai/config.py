@@ -417,7 +417,7 @@ def _parse_value(text: str) -> Any:
     """`--set a.b=VALUE`: VALUE is read as YAML, so 3, 3e-4, true, [1, 2] and plain strings work."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: YAML-shaped but impossible, e.g. the date 2024-13-45
         return text
 
 
@@ -444,7 +444,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8 text, or an impossible date / number
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")

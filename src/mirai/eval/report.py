@@ -18,7 +18,8 @@ import numpy as np
 from ..data.datasets import DataError
 from ..video import tile_batch, upscale
 
-EVAL_KEYS = ("summary", "per_seed", "seeds", "frames")  # what a report reads from every eval.json
+# What a report reads from every run's eval.json
+EVAL_KEYS = ("summary", "per_seed", "curves", "seeds", "frames", "clip_frames", "run", "samples", "extractor")
 
 
 def load_eval(run: str | Path) -> dict:
@@ -29,9 +30,14 @@ def load_eval(run: str | Path) -> dict:
         result = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path} is not a readable eval.json ({e}); run `mirai eval --ckpt {run}` again") from None
-    missing = [k for k in EVAL_KEYS if k not in result] if isinstance(result, dict) else list(EVAL_KEYS)
-    if missing or not result["seeds"]:
-        raise DataError(f"{path} is not a complete eval.json (missing {missing or 'seeds'}); "
+    if not isinstance(result, dict):
+        problems = ["not a mapping"]
+    else:
+        problems = [f"no '{k}'" for k in EVAL_KEYS if k not in result]
+        problems = problems or [f"'{k}' is not a mapping" for k in EVAL_KEYS[:3] if not isinstance(result[k], dict)]
+        problems = problems or ([] if isinstance(result["seeds"], list) and result["seeds"] else ["no seeds"])
+    if problems:
+        raise DataError(f"{path} is not a complete eval.json ({', '.join(problems)}); "
                         f"run `mirai eval --ckpt {run}` again")
     return result
 
