@@ -20,6 +20,7 @@ from mirai.cli import main
 from mirai.config import config_from_dict, load_config
 from mirai.data.datasets import VideoFolderDataset
 from mirai.eval.extractors import load_extractor
+from tests.conftest import EVAL_JSON
 
 MARKER = "pwned.txt"  # what the malicious pickle would write
 
@@ -178,7 +179,8 @@ CASES = {
     "cli: compare without eval": (cli("compare", "{tmp}", "--out", "{tmp}/r.html"),
                                   "error: {tmp}/eval.json not found: run `mirai eval --ckpt {tmp}` first"),
     "cli: compare corrupt eval.json": (setup_file("eval.json", "{oops"), ["compare", "{tmp}", "--out", "{tmp}/r.html"]),
-    "cli: compare --out under a file": (setup_file("afile", "x"), ["compare", "{tmp}", "--out", "{tmp}/afile/r.html"]),
+    "cli: compare --out under a file": (setup_file("eval.json", EVAL_JSON),
+                                        ["compare", "{tmp}", "--out", "{tmp}/eval.json/r.html"]),
     "cli: train missing config": (cli("train", "--config", "{tmp}/nope.yaml", "--dry-run"),
                                   "error: config file not found: {tmp}/nope.yaml"),
     "cli: train bad YAML date": (setup_file("c.yaml", "train:\n  out_dir: 2024-13-45\n"),
@@ -225,7 +227,8 @@ FILE_CASES = {
     "cli: compare corrupt eval.json": "error: {tmp}/eval.json is not a readable eval.json (Expecting property name "
                                       "enclosed in double quotes: line 1 column 2 (char 1)); run `mirai eval --ckpt "
                                       "{tmp}` again",
-    "cli: compare --out under a file": "error: cannot write {tmp}/afile/r.html: {tmp}/afile is a file, not a folder",
+    "cli: compare --out under a file": "error: cannot write {tmp}/eval.json/r.html: {tmp}/eval.json is a file, not a "
+                                       "folder",
     "cli: train bad YAML date": "error: config file {tmp}/c.yaml is not valid YAML: month must be in 1..12",
 }
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from mirai.cli import main
 from mirai.config import Config, ConfigError, apply_overrides, config_from_dict, load_config, to_dict
 from mirai.data.datasets import DataError, VideoFolderDataset
+from tests.conftest import EVAL_JSON
 
 EXAMPLES = 25  # per target in CI (the file stays well under a minute); scripts/fuzz.py runs thousands
 
@@ -91,8 +92,7 @@ def cli_fixture(tmp: Path) -> Path:
     (tmp / "corrupt.safetensors").write_bytes(b"\x00" * 20)
     (tmp / "rundir").mkdir()
     (tmp / "rundir" / "model.safetensors").write_bytes(b"junk")
-    (tmp / "rundir" / "eval.json").write_text('{"summary": {}, "per_seed": {}, "curves": {}, "seeds": [0], "frames": 8, '
-                                              '"clip_frames": 4, "run": "rundir", "samples": 2, "extractor": {}}')
+    (tmp / "rundir" / "eval.json").write_text(EVAL_JSON)
     (tmp / "evalpartial").mkdir()
     (tmp / "evalpartial" / "eval.json").write_text('{"summary": [], "seeds": []}')
     (tmp / "evaljunk").mkdir()

@@ -165,8 +165,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    check_output(args.out)
     evals = [load_eval(r) for r in args.runs]
+    check_output(args.out)
     videos = []
     if args.videos:
         seed, frames = evals[0]["seeds"][0], args.frames or evals[0]["frames"]
