@@ -6,6 +6,10 @@ import torch
 from mirai.config import ModelConfig, config_from_dict
 from mirai.models.dit import CausalVideoDiT
 
+# The least eval.json that `mirai compare` reads (eval.report.EVAL_KEYS): for tests of the report's inputs
+EVAL_JSON = ('{"summary": {}, "per_seed": {}, "curves": {}, "seeds": [0], "frames": 8, "clip_frames": 4, "run": "r", '
+             '"samples": 2, "extractor": {}}')
+
 
 def make_model(attention: str = "causal", frames_per_chunk: int = 2, prompt_vocab=(), seed: int = 0, **kw):
     """A tiny model with random weights everywhere (adaLN-Zero would otherwise make outputs trivially 0)."""

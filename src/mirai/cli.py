@@ -22,17 +22,39 @@ from tqdm import tqdm
 
 from . import bench
 from .checkpoint import CheckpointError, load_model
-from .config import ConfigError, load_config, run_config, to_dict
+from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
 from .data.datasets import DataError
 from .device import pick_device
 from .diffusion.schedule import FlowSchedule
 from .eval.evaluate import Evaluator, evaluate_run, generate
+from .eval.extractors import REGISTRY, ExtractorUnsupported, WeightsMismatch
 from .eval.report import load_eval, write_report
 from .sampling.inputs import rollout_inputs
 from .sampling.rollout import iter_rollout
 from .training.loop import TrainingInterrupted, train
+from .training.optim import NonFiniteError
 from .training.stage import resolve_model_config
-from .video import save_npz, save_video
+from .video import VIDEO_FORMATS, OutputError, check_output, save_npz, save_video
+
+SAMPLE_FORMATS = (*VIDEO_FORMATS, ".npz")
+
+# The project's errors for bad input: each ends the command with one `error:` line and exit code 2. Anything else
+# (a bug) keeps its traceback. The OSErrors are those of reading inputs and writing outputs.
+USER_ERRORS = (ConfigError, CheckpointError, DataError, OutputError, WeightsMismatch, ExtractorUnsupported,
+               NonFiniteError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= minimum (so --frames -4 or --num 0 is refused before any work)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,22 +70,23 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="roll out videos from a trained model")
     s.add_argument("--ckpt", required=True, help="a run folder or a model.safetensors file")
-    s.add_argument("--frames", type=int, default=None, help="frames to generate (default: 4x the training clip)")
+    s.add_argument("--frames", type=at_least(1), default=None, help="frames to generate (default: 4x the training clip)")
     s.add_argument("--out", default="samples.mp4",
                    help="output .mp4, .gif, .png (contact sheet) or .npz (uint8 frames + prompts, for `mirai eval`)")
     s.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
-    s.add_argument("--num", type=int, default=4, help="videos to generate (shown side by side)")
+    s.add_argument("--num", type=at_least(1), default=4, help="videos to generate (shown side by side)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sample.* setting, e.g. --set sample.steps=8 --set sample.window_chunks=8")
 
     e = sub.add_parser("eval", help="evaluate a run's rollouts (VBench-style, probes, distances) -> eval.json/csv")
     e.add_argument("--ckpt", required=True, help="a run folder (its config.yaml gives the world and sampler)")
-    e.add_argument("--frames", type=int, default=None, help="rollout length (default: 4x the training clip)")
-    e.add_argument("--samples", type=int, default=32, help="videos per seed")
+    e.add_argument("--frames", type=at_least(1), default=None, help="rollout length (default: 4x the training clip)")
+    e.add_argument("--samples", type=at_least(1), default=32, help="videos per seed")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument("--out", default=None, help="folder for eval.json/eval.csv (default: the run folder)")
-    e.add_argument("--extractor", default="effnet_lite0", help="feature extractor (see mirai.extractors.REGISTRY)")
+    e.add_argument("--extractor", default="effnet_lite0", choices=list(REGISTRY),
+                   help="feature extractor (see mirai.eval.extractors.REGISTRY)")
     e.add_argument("--weights", default=None, help="local weights file for the extractor")
     e.add_argument("--device", default="auto")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -72,15 +95,15 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="one self-contained HTML report comparing evaluated runs")
     c.add_argument("runs", nargs="+", help="run folders holding eval.json (the first is the reference)")
     c.add_argument("--out", default="report.html")
-    c.add_argument("--videos", type=int, default=4, help="side-by-side videos per run (same seed, same prompts)")
-    c.add_argument("--frames", type=int, default=None, help="length of the side-by-side videos (default: evaluated length)")
+    c.add_argument("--videos", type=at_least(0), default=4, help="side-by-side videos per run (same seed, same prompts)")
+    c.add_argument("--frames", type=at_least(1), default=None, help="length of the side-by-side videos (default: evaluated length)")
 
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
     b.add_argument("what", choices=["sampling", "train", "foresight"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
     b.add_argument("--ckpt", help="sampling: benchmark this model instead of a random tiny one")
-    b.add_argument("--batch", type=int, default=4, help="sampling: videos rolled out together")
-    b.add_argument("--preset", default=None, help="train: model preset (default small)")
+    b.add_argument("--batch", type=at_least(1), default=4, help="sampling: videos rolled out together")
+    b.add_argument("--preset", default=None, choices=list(MODEL_PRESETS), help="train: model preset (default small)")
     b.add_argument("--baseline", help="foresight: a baseline generator to time (default: random tiny)")
     b.add_argument("--foresight", help="foresight: a foresight-trained generator to time (default: random tiny)")
     return p
@@ -94,6 +117,7 @@ def cmd_train(args) -> int:
     if args.dry_run:
         print(yaml.safe_dump(to_dict(resolve_model_config(cfg)), sort_keys=False))
         return
+    check_output(cfg.train.out_dir, folder=True)
     try:
         out = train(cfg, init_from=args.init_from)
     except TrainingInterrupted as e:
@@ -104,6 +128,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> None:
+    check_output(args.out, SAMPLE_FORMATS)
     device = pick_device(args.device)
     model = load_model(args.ckpt).eval().to(device)
     if model.cfg.attention != "causal":
@@ -131,8 +156,12 @@ def cmd_eval(args) -> None:
     cfg = run_config(args.ckpt, args.overrides)
     if not (Path(args.ckpt) / "model.safetensors").is_file():
         raise CheckpointError(f"{args.ckpt} is not a run folder with a model.safetensors")
+    load_model(args.ckpt, expect_attention="causal")  # a corrupt or bidirectional model is refused before any work
+    check_output(args.out or args.ckpt, folder=True)
+    pick_device(args.device)
     frames = args.frames or 4 * cfg.data.clip_frames
     ev = Evaluator(cfg.world, args.extractor, args.weights)
+    ev.extractor  # load (and hash-check) the weights now: a bad file is refused before any rollout
     result = evaluate_run(args.ckpt, frames, args.samples, args.seeds, args.out, evaluator=ev, device=args.device,
                           overrides=args.overrides)
     out = Path(args.out or args.ckpt)
@@ -143,6 +172,7 @@ def cmd_eval(args) -> None:
 
 def cmd_compare(args) -> None:
     evals = [load_eval(r) for r in args.runs]
+    check_output(args.out)
     videos = []
     if args.videos:
         seed, frames = evals[0]["seeds"][0], args.frames or evals[0]["frames"]
@@ -168,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench}
         code = commands[args.command](args)
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message or type(e).__name__}", file=sys.stderr)
         return 2
     return code or 0
 

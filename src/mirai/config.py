@@ -7,9 +7,10 @@ traceback deep inside torch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -244,14 +245,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            number = float(value) if abs(value) < 1e308 else math.inf  # float(10**400) would overflow
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -261,7 +267,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")
 
 
-def _unknown_key(section: str, key: str, valid: list[str]) -> ConfigError:
+def _unknown_key(section: str, key: Any, valid: list[str]) -> ConfigError:
+    key = str(key)  # YAML keys may be numbers
     where = f"'{section}.{key}'" if section else f"'{key}'"
     hint = difflib.get_close_matches(key, valid, n=1)
     maybe = f" Did you mean '{hint[0]}'?" if hint else ""
@@ -281,7 +288,7 @@ def _build(cls: type, data: Any, section: str = "") -> Any:
     data = dict(data)
     if cls is ModelConfig:  # the preset fills the size fields before explicit keys override them
         preset = data.get("preset", ModelConfig.preset)
-        if preset not in MODEL_PRESETS:
+        if not isinstance(preset, str) or preset not in MODEL_PRESETS:
             raise ConfigError(f"unknown model preset '{preset}'; choose one of {sorted(MODEL_PRESETS)}")
         data = {**MODEL_PRESETS[preset], **data}
     kwargs = {}
@@ -290,7 +297,57 @@ def _build(cls: type, data: Any, section: str = "") -> Any:
             raise _unknown_key(section, key, names)
         full = f"{section}.{key}" if section else key
         kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    _check_values(obj, section)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# Value ranges, checked wherever a section is built (run configs, a checkpoint's model config, sample overrides)
+
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+POSITIVE = (lambda v: v > 0, "> 0")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+UNIT_BELOW_1 = (lambda v: 0 <= v < 1, "in [0, 1)")
+UNIT_ABOVE_0 = (lambda v: 0 < v <= 1, "in (0, 1]")
+TIMESTEP = (lambda v: 0 < v <= 1000, "in (0, 1000]")
+
+VALUE_RULES: dict[str, dict[str, tuple]] = {  # section -> key -> (test, requirement); lists: every item
+    "world": dict(image_size=AT_LEAST_1, num_backgrounds=AT_LEAST_1, min_sprites=AT_LEAST_1, max_sprites=AT_LEAST_1,
+                  sprite_sizes=AT_LEAST_1, num_shapes=AT_LEAST_1, num_colors=AT_LEAST_1, num_patterns=AT_LEAST_1,
+                  max_speed=NON_NEGATIVE, min_speed=NON_NEGATIVE, momentum=UNIT, occluder_prob=UNIT),
+    "data": dict(clip_frames=AT_LEAST_1, frame_stride=AT_LEAST_1),
+    "model": dict(dim=AT_LEAST_1, depth=AT_LEAST_1, heads=AT_LEAST_1, mlp_ratio=POSITIVE, patch_size=AT_LEAST_1,
+                  image_size=AT_LEAST_1, channels=AT_LEAST_1, frames_per_chunk=AT_LEAST_1, prompt_vocab=AT_LEAST_1,
+                  rope_theta=POSITIVE, sigma_data=POSITIVE),
+    "schedule": dict(shift=POSITIVE, logit_std=POSITIVE),
+    "sample": dict(steps=AT_LEAST_1, timesteps=TIMESTEP, context_noise=UNIT_BELOW_1, cfg_scale=NON_NEGATIVE,
+                   sink_chunks=NON_NEGATIVE, window_chunks=NON_NEGATIVE),
+    "train": dict(steps=AT_LEAST_1, batch_size=AT_LEAST_1, lr=POSITIVE, min_lr_ratio=UNIT, warmup_steps=NON_NEGATIVE,
+                  weight_decay=NON_NEGATIVE, grad_clip=POSITIVE, ema_decay=UNIT, ema_start=NON_NEGATIVE,
+                  prompt_dropout=UNIT, context_noise_max=UNIT_BELOW_1, loss_t_floor=UNIT_ABOVE_0,
+                  log_every=AT_LEAST_1, sample_every=NON_NEGATIVE, ckpt_every=AT_LEAST_1, sample_steps=AT_LEAST_1,
+                  threads=NON_NEGATIVE),
+    "distill": dict(num_videos=AT_LEAST_1, teacher_steps=AT_LEAST_1, shard_size=AT_LEAST_1,
+                    teacher_cfg_scale=NON_NEGATIVE),
+    "dmd": dict(critic_lr=POSITIVE, critic_updates_per_gen=AT_LEAST_1, t_min=UNIT_ABOVE_0, t_max=UNIT_ABOVE_0,
+                real_cfg_scale=NON_NEGATIVE),
+    "foresight": dict(weight=NON_NEGATIVE, window=NON_NEGATIVE, student_block=NON_NEGATIVE,
+                      encoder_block=NON_NEGATIVE, predictor_depth=NON_NEGATIVE, predictor_lr=POSITIVE,
+                      replay_size=AT_LEAST_1),
+}
+
+
+def _check_values(obj: Any, section: str) -> None:
+    """One ConfigError naming the first key whose value is out of its range, e.g. 'train.steps must be >= 1'."""
+    for key, (ok, requirement) in VALUE_RULES.get(section, {}).items():
+        value = getattr(obj, key)
+        if not all(ok(v) for v in (value if isinstance(value, list) else [value])):
+            what = "every item of " if isinstance(value, list) else ""
+            raise ConfigError(f"{what}{section}.{key} must be {requirement}, got {value!r}")
+    if section == "sample" and any(a <= b for a, b in zip(obj.timesteps, obj.timesteps[1:])):
+        raise ConfigError(f"sample.timesteps must be strictly decreasing, got {obj.timesteps}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -347,6 +404,13 @@ def validate(cfg: Config) -> None:
     w = cfg.world
     if not 1 <= w.min_sprites <= w.max_sprites <= 3:
         raise ConfigError(f"world sprites must satisfy 1 <= min_sprites <= max_sprites <= 3, got {w.min_sprites}..{w.max_sprites}")
+    if not w.sprite_sizes or max(w.sprite_sizes) > w.image_size:
+        raise ConfigError(f"world.sprite_sizes must be a non-empty list of sizes <= world.image_size={w.image_size}, "
+                          f"got {w.sprite_sizes}")
+    if w.min_speed > w.max_speed:
+        raise ConfigError(f"world.min_speed={w.min_speed} is larger than world.max_speed={w.max_speed}")
+    if not cfg.dmd.t_min < cfg.dmd.t_max:
+        raise ConfigError(f"dmd.t_min={cfg.dmd.t_min} must be smaller than dmd.t_max={cfg.dmd.t_max}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,13 +421,13 @@ def _parse_value(text: str) -> Any:
     """`--set a.b=VALUE`: VALUE is read as YAML, so 3, 3e-4, true, [1, 2] and plain strings work."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: YAML-shaped but impossible, e.g. the date 2024-13-45
         return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b=value` strings to a nested dict (before it is typed, so errors name the key)."""
-    data = json.loads(json.dumps(data))  # deep copy
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
@@ -384,7 +448,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8 text, or an impossible date / number
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from .config import ConfigError
+
 
 def bf16_native() -> bool:
     """True where bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX)."""
@@ -22,7 +24,18 @@ def autocast_context(precision: str, device="cpu"):
 
 
 def pick_device(name: str) -> torch.device:
-    """"auto" is CUDA when available, else the CPU; anything else is passed to torch.device."""
+    """"auto" is CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N" when that device exists."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ConfigError(f"device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.index or 0) >= count:
+        raise ConfigError(f"device '{name}' is not available: this machine has {count} CUDA device(s); use --device cpu")
+    return device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,35 @@ from torch import Tensor
 
 from .data.frames import to_uint8
 from .data.prompt import PROMPT
+
+VIDEO_FORMATS = (".mp4", ".gif", ".png")  # what save_video writes (.png: a contact sheet)
+
+
+class OutputError(ValueError):
+    """An output path has an unknown format or cannot be written; the message names it."""
+
+
+def check_output(path: str | Path, formats: tuple[str, ...] | None = None, folder: bool = False) -> Path:
+    """Refuse an output of an unknown format, or in a place that cannot be written, before any work is done.
+
+    Creates the folder (the path itself when `folder`, else its parent) and writes a temporary file there, which
+    is what writing the output will need: permission bits alone are not the answer on read-only mounts or as root.
+    """
+    path = Path(path)
+    if formats is not None and path.suffix not in formats:
+        raise OutputError(f"{path}: unknown output format '{path.suffix}' (use {', '.join(formats)})")
+    if not folder and path.is_dir():
+        raise OutputError(f"{path} is a folder; an output file is needed here")
+    target = path if folder else path.parent
+    blocker = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(f"cannot write {path}: {blocker} is a file, not a folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=target).close()
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
 
 
 def _frames_uint8(video: Tensor | np.ndarray) -> np.ndarray:
@@ -78,5 +108,5 @@ def save_video(video: Tensor | np.ndarray, path: str | Path, fps: int = 8, scale
         frames = frames[:, : H - H % 2, : W - W % 2]
         iio.imwrite(path, frames, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=1)
     else:
-        raise ValueError(f"unknown video format '{path.suffix}' (use .mp4, .gif or .png)")
+        raise OutputError(f"unknown video format '{path.suffix}' (use {', '.join(VIDEO_FORMATS)})")
     return path

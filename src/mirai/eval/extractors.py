@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,12 @@ def _torch_load(path: Path) -> dict:
     try:  # weights_only refuses arbitrary pickled code; both shipped/user files are plain state dicts
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt files; name the file once
-        raise WeightsMismatch(f"cannot read weights file {path} as a state dict: {e}") from None
+        if isinstance(e, pickle.UnpicklingError):  # the weights-only unpickler met something other than tensors
+            raise WeightsMismatch(f"refused to load weights file {path}: not a plain state dict of tensors (other "
+                                  "pickled objects could run code, so they are never unpickled); save the weights "
+                                  "with torch.save(model.state_dict()) or as safetensors") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WeightsMismatch(f"cannot read weights file {path} as a state dict: {first}") from None
     for key in ("state_dict", "model", "teacher"):  # common checkpoint wrappers
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

@@ -15,14 +15,31 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.datasets import DataError
 from ..video import tile_batch, upscale
+
+# What a report reads from every run's eval.json
+EVAL_KEYS = ("summary", "per_seed", "curves", "seeds", "frames", "clip_frames", "run", "samples", "extractor")
 
 
 def load_eval(run: str | Path) -> dict:
     path = Path(run) / "eval.json" if Path(run).is_dir() else Path(run)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `mirai eval --ckpt {run}` first")
-    return json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not a readable eval.json ({e}); run `mirai eval --ckpt {run}` again") from None
+    if not isinstance(result, dict):
+        problems = ["not a mapping"]
+    else:
+        problems = [f"no '{k}'" for k in EVAL_KEYS if k not in result]
+        problems = problems or [f"'{k}' is not a mapping" for k in EVAL_KEYS[:3] if not isinstance(result[k], dict)]
+        problems = problems or ([] if isinstance(result["seeds"], list) and result["seeds"] else ["no seeds"])
+    if problems:
+        raise DataError(f"{path} is not a complete eval.json ({', '.join(problems)}); "
+                        f"run `mirai eval --ckpt {run}` again")
+    return result
 
 
 def paired_difference(a: dict, b: dict, key: str) -> tuple[float, float, int]:
