@@ -34,6 +34,6 @@ def rollout_inputs(model: nn.Module, world: WorldConfig, num: int, frames: int, 
     """Inputs of `num` rollouts of `frames` frames (a multiple of the model's chunk) for `seed`."""
     fpc, c = model.cfg.frames_per_chunk, model.cfg
     prompts = unseen_prompts(world, num, seed)
-    noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, c.channels, c.image_size, c.image_size)).to(device)
+    noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, *c.frame_shape)).to(device)
     prompt = torch.from_numpy(prompts).to(device) if model.prompt_embed is not None else None
     return RolloutInputs(noise, prompt, prompts, rng.generator(seed, "sampler"))
