@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from .. import checkpoint as ckpt
 from ..config import Config, ForesightConfig
 from ..models.attention import chunk_causal_mask
-from ..models.dit import CausalVideoDiT
 from ..models.predictor import Predictor
 from .dmd import GeneratorRollout, GeneratorTerm
 
@@ -109,7 +108,7 @@ class ForesightTerm(GeneratorTerm):
     teacher: the DMD real score (the default encoder); generator: the causal generator being trained.
     """
 
-    def __init__(self, cfg: Config, teacher: CausalVideoDiT, generator: CausalVideoDiT, device):
+    def __init__(self, cfg: Config, teacher: nn.Module, generator: nn.Module, device):
         f: ForesightConfig = cfg.foresight
         self.cfg = cfg
         self.encoder = build_encoder(cfg, teacher).to(device)

@@ -19,7 +19,7 @@ from ..config import Config, ConfigError
 from ..data.prompt import PROMPT
 from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
-from ..models.dit import CausalVideoDiT
+from ..models.build import build_model
 
 
 @dataclass
@@ -83,9 +83,9 @@ def resolve_model_config(cfg: Config) -> Config:
     return cfg
 
 
-def init_generator(cfg: Config) -> CausalVideoDiT:
+def init_generator(cfg: Config) -> nn.Module:
     """A fresh model, or the previous stage's weights (`train.init_from`), checked to be the same kind and size."""
-    model = CausalVideoDiT(cfg.model)
+    model = build_model(cfg.model)
     if cfg.train.init_from:
         # Stage 1 may start from the bidirectional base model (as Causal-Forcing starts from Wan): same weights
         # layout, only the mask differs. Later stages must start from a causal model.
