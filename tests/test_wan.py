@@ -16,6 +16,7 @@ from mirai.diffusion.schedule import FlowSchedule
 from mirai.models.attention import KVCache, block_mask, chunk_causal_mask, run_flex, teacher_forcing_mask
 from mirai.sampling.rollout import iter_rollout, rollout, rollout_with_exit
 from mirai.training.loop import train
+from tests.conftest import stage_cfg
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -244,13 +245,8 @@ BASE = {
 }
 
 
-def cfg(out, **sections):
-    data = json.loads(json.dumps(BASE))
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    data.setdefault("train", {}).update({"batch_size": 1, "sample_every": 0, "ckpt_every": 2, "log_every": 1,
-                                         "out_dir": str(out), "precision": "fp32", "steps": 2})
-    return config_from_dict(data)
+def cfg(out, train, **sections):
+    return stage_cfg(BASE, out, train={"batch_size": 1, "steps": 2, **train}, **sections)
 
 
 @pytest.mark.slow

@@ -219,13 +219,10 @@ class CausalVideoDiT(nn.Module):
             c_skip, c_out, c_in = (s[..., None, None, None] for s in edm_scalings(t, self.cfg.sigma_data))
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
-        hidden = None
-        for i, block in enumerate(self.blocks):
-            h = block(h, c, T, angles, mask, kv_cache, i, commit)
-            if return_hidden == i + 1 or stop_after == i + 1:
-                hidden = h.view(B, T, self.tokens_per_frame, -1)
-                if stop_after is not None:
-                    return hidden
+        h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit),
+                               T, return_hidden, stop_after)
+        if h is None:
+            return hidden
         if commit:
             kv_cache.advance()
         out = self.unpatchify(self.final(h, c, T), T)
@@ -234,6 +231,20 @@ class CausalVideoDiT(nn.Module):
         if self.cfg.prediction in ("x0", "edm"):  # v = (x_t - x0) / t; exact for t > 0 (t = 0 only writes the cache)
             out = (x - out) / t.clamp_min(1e-3).to(out.dtype)[..., None, None, None]
         return (out, hidden) if return_hidden is not None else out
+
+
+def run_blocks(blocks: nn.ModuleList, h: Tensor, step, frames: int, return_hidden: int | None,
+               stop_after: int | None) -> tuple[Tensor | None, Tensor | None]:
+    """h (B, T * N, D) through the blocks, step(block, i, h) -> h. Returns (h, hidden): hidden = the tokens after
+    block `return_hidden` or `stop_after` as (B, T, N, D); at `stop_after`, h is None and no later block runs."""
+    hidden = None
+    for i, block in enumerate(blocks):
+        h = step(block, i, h)
+        if i + 1 in (return_hidden, stop_after):
+            hidden = h.view(h.shape[0], frames, -1, h.shape[-1])
+            if stop_after is not None:
+                return None, hidden
+    return h, hidden
 
 
 def count_parameters(model: nn.Module) -> int:

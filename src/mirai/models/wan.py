@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .attention import KVCache, apply_rope, attend, attention_inputs, flex_mask, rope_angles, token_positions
-from .dit import timestep_features
+from .dit import run_blocks, timestep_features
 
 
 class WanAttention(nn.Module):
@@ -235,13 +235,10 @@ class WanVideoModel(nn.Module):
         temb, mods = self.condition_embedder(t)  # (B, T, D), (B, T, 6, D)
         context = self.condition_embedder.text_embedder(self.text(prompt, B, x.device))
         h = self.embed_patches(x)
-        hidden = None
-        for i, block in enumerate(self.blocks):
-            h = block(h, mods, context, T, angles, mask, kv_cache, i, commit)
-            if return_hidden == i + 1 or stop_after == i + 1:
-                hidden = h.view(B, T, self.tokens_per_frame, -1)
-                if stop_after is not None:
-                    return hidden
+        h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, mods, context, T, angles, mask, kv_cache, i,
+                                                                         commit), T, return_hidden, stop_after)
+        if h is None:
+            return hidden
         if commit:
             kv_cache.advance()
         shift, scale = (self.scale_shift_table[None] + temb.float()[:, :, None]).chunk(2, dim=2)  # (B, T, 1, D)
