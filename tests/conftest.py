@@ -1,5 +1,7 @@
 """Shared fixtures: tiny seeded models on the CPU (tests take seconds)."""
 
+import json
+
 import pytest
 import torch
 
@@ -21,6 +23,16 @@ def make_model(attention: str = "causal", frames_per_chunk: int = 2, prompt_voca
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
     return model
+
+
+def stage_cfg(base: dict, out, **sections):
+    """`base` (a config dict) with quick-run train settings writing to `out`, then `sections` merged in."""
+    data = json.loads(json.dumps(base))
+    data.setdefault("train", {}).update({"batch_size": 2, "sample_every": 0, "ckpt_every": 2, "log_every": 1,
+                                         "out_dir": str(out), "precision": "fp32"})
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return config_from_dict(data)
 
 
 def tiny_cfg(tmp_path, **train_kw):

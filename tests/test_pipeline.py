@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mirai import checkpoint as ckpt
-from mirai.config import config_from_dict
 from mirai.training.loop import train
+from tests.conftest import stage_cfg
 
 BASE = {
     "world": {"image_size": 16, "sprite_sizes": [5]},
@@ -18,12 +18,7 @@ BASE = {
 
 
 def cfg(out, **sections):
-    data = json.loads(json.dumps(BASE))
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    data.setdefault("train", {}).update({"batch_size": 2, "sample_every": 0, "ckpt_every": 2, "log_every": 1,
-                                         "out_dir": str(out), "precision": "fp32"})
-    return config_from_dict(data)
+    return stage_cfg(BASE, out, **sections)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,16 @@
   against a GEMM peak measured in the same run, for fp32 and bf16.
 - `foresight`: the DMD stage's generator step with and without the foresight term, and the sampling
   speed of the two generators.
+- `fps`: streaming generation speed of one model (default a random `wan-tiny`) on a chosen device, with
+  what it counts stated in the result: denoising only (the cached chunk-by-chunk rollout, VAE decoding
+  excluded), warm-up excluded, first-chunk latency, steps, resolution, precision and device.
 The steps timed are the training stages' own (`mirai.training`), not copies.
 """
 
 from __future__ import annotations
 
 import copy
+import platform
 import statistics
 import tempfile
 import time
@@ -20,20 +24,25 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import checkpoint as ckpt
-from .config import SampleConfig, config_from_dict
-from .device import bf16_native
+from .config import SampleConfig, WorldConfig, config_from_dict
+from .data.prompt import PROMPT
+from .device import autocast_context, bf16_native, pick_device
 from .diffusion.schedule import FlowSchedule
-from .models.dit import CausalVideoDiT
+from .models.build import build_model
+from .models.dit import count_parameters
 from .sampling.rollout import iter_rollout, rollout
 from .training.stages import build_stage
 from .training.supervised import TeacherForcingStage
 
 
-def _random_model(preset: str = "tiny", seed: int = 0, **overrides) -> CausalVideoDiT:
-    """A model of the preset with random (not zero-initialised) weights, so outputs are not trivial."""
-    cfg = config_from_dict({"model": {"preset": preset, "conditional": False, **overrides}}).model
+def random_model(preset: str = "tiny", seed: int = 0, conditional: bool = False, **overrides) -> torch.nn.Module:
+    """A model of the preset with random (not zero-initialised) weights, so outputs are not trivial
+    (conditional: with the synthetic world's prompt fields)."""
+    cfg = config_from_dict({"model": {"preset": preset, "conditional": False, **overrides}}, model_only=True).model
+    if conditional:
+        cfg.prompt_vocab = PROMPT.vocab(WorldConfig())
     torch.manual_seed(seed)
-    model = CausalVideoDiT(cfg).eval()
+    model = build_model(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -49,10 +58,10 @@ def _time(fn, repeats: int = 1) -> float:
     return best
 
 
-def bench_sampling(model: CausalVideoDiT | None = None, batch: int = 4, repeats: int = 2) -> dict:
-    model = model or _random_model()
+def bench_sampling(model: torch.nn.Module | None = None, batch: int = 4, repeats: int = 2) -> dict:
+    model = model or random_model()
     schedule, fpc = FlowSchedule(), model.cfg.frames_per_chunk
-    shape = (model.cfg.channels, model.cfg.image_size, model.cfg.image_size)
+    shape = model.cfg.frame_shape
     plain = SampleConfig()  # 4 steps, the default few-step sampler
     result: dict = {"model": model.cfg.preset, "batch": batch, "steps": plain.steps, "frames_per_chunk": fpc}
 
@@ -105,8 +114,8 @@ def _train_step_stats(preset: str, batch: int, frames: int, precision: str, repe
                             "data": {"clip_frames": frames},
                             "train": {"batch_size": batch, "lr": 1e-4, "precision": precision, "device": "cpu"}})
     stage = TeacherForcingStage(cfg)
-    stage.model.load_state_dict(_random_model(preset).state_dict())
-    shape = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
+    stage.model.load_state_dict(random_model(preset).state_dict())
+    shape = cfg.model.frame_shape
     x0 = torch.randn(batch, frames, *shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
     clips = {"video": x0, "prompt": torch.zeros(batch, 1, dtype=torch.long)}
     gen = torch.Generator().manual_seed(0)
@@ -145,8 +154,8 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
     """Cost of foresight training (the DMD stage's generator step with / without the foresight term) and of
     sampling its generator (the ratio must be 1)."""
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = _random_model("tiny", seed=1, attention="bidirectional")
-        student = _random_model("tiny", seed=2)
+        teacher = random_model("tiny", seed=1, attention="bidirectional")
+        student = random_model("tiny", seed=2)
         ckpt.save_model(teacher, f"{tmp}/teacher.safetensors")
         ckpt.save_model(student, f"{tmp}/student.safetensors")
         cfg = config_from_dict({"model": {"preset": "tiny", "conditional": False},
@@ -157,7 +166,7 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
         cfg_mirai = copy.deepcopy(cfg)
         cfg_mirai.foresight.enabled = True
         mirai = build_stage(cfg_mirai)
-    shape = (3, cfg.model.image_size, cfg.model.image_size)
+    shape = cfg.model.frame_shape
     noise = torch.randn(batch, cfg.data.clip_frames, *shape, generator=torch.Generator().manual_seed(0))
     real = noise.clamp(-1, 1)
     times: dict[str, list[float]] = {"base": [], "mirai": []}
@@ -195,3 +204,57 @@ def bench_foresight(baseline_ckpt: str | None = None, foresight_ckpt: str | None
     result["same_generator_tensors"] = ({k: v.shape for k, v in models["base"].state_dict().items()}
                                         == {k: v.shape for k, v in models["mirai"].state_dict().items()})
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming speed
+
+
+FPS_TIMESTEPS = [1000, 750, 500, 250]  # the 4-step few-step sampler of Self-Forcing / Causal-Forcing
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def bench_fps(model: torch.nn.Module, batch: int = 1, frames: int | None = None, device: str = "auto",
+              repeats: int = 3) -> dict:
+    """Frames per second of the cached chunk-by-chunk rollout, and the latency of its first chunk."""
+    dev = pick_device(device)
+    model = model.eval().to(dev)
+    m, fpc = model.cfg, model.cfg.frames_per_chunk
+    frames = -(-(frames or 4 * fpc) // fpc) * fpc
+    sample = SampleConfig(timesteps=FPS_TIMESTEPS, solver="renoise")
+    noise = torch.randn(batch, frames, *m.frame_shape, generator=torch.Generator().manual_seed(0)).to(dev)
+    prompt = torch.ones(batch, len(m.prompt_vocab), dtype=torch.long, device=dev) if model.prompt_embed is not None else None
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    bf16 = dev.type == "cuda" and bf16_native()
+    firsts, totals = [], []
+    with autocast_context("bf16" if bf16 else "fp32", dev):
+        rollout(model, FlowSchedule(), noise, prompt, sample=sample)  # warm-up: allocations, kernels, compilation
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            for i, _chunk in enumerate(iter_rollout(model, FlowSchedule(), noise, prompt, sample=sample)):
+                if i == 0:
+                    sync()
+                    firsts.append(time.perf_counter() - t0)
+            sync()
+            totals.append(time.perf_counter() - t0)
+    total = min(totals)
+    return {
+        "measures": "denoising only: the generator's cached rollout (steps x chunks forwards, one KV-cache commit per "
+                    "chunk but the last); VAE decoding excluded (it comes with the VAE issue); text encoding excluded; "
+                    "one warm-up rollout excluded; best of repeats",
+        "model": m.preset, "arch": m.arch, "params_m": count_parameters(model) / 1e6, "device": device_name(dev),
+        "precision": "bf16 autocast" if bf16 else "fp32", "batch": batch, "frames": frames, "frames_per_chunk": fpc,
+        "steps": len(FPS_TIMESTEPS), "timesteps": FPS_TIMESTEPS,
+        "resolution": {"channels": m.frame_shape[0], "height": m.frame_shape[1], "width": m.frame_shape[2],
+                       "tokens_per_frame": model.tokens_per_frame},
+        "repeats": repeats, "first_chunk_latency_s": min(firsts), "rollout_s": total,
+        "fps": batch * frames / total,
+        "fps_unit": "model frames per second over the batch (latent frames for a latent model: Wan's VAE decodes "
+                    "latent frame k > 0 to 4 video frames)",
+    }

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from .faults import fault_point
-from .models.dit import CausalVideoDiT
+from .models.build import build_model
 
 FORMAT = "mirai/1"
 
@@ -123,8 +123,8 @@ def resolve_model_path(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, expect_attention: str | None = None) -> CausalVideoDiT:
-    """Build a CausalVideoDiT from a model file (or a run folder) and load its weights."""
+def load_model(path: str | Path, expect_attention: str | None = None) -> nn.Module:
+    """Build the model of a model file (or a run folder) and load its weights."""
     path = resolve_model_path(path)
     tensors, meta = load(path)
     if "model" not in meta:
@@ -135,7 +135,7 @@ def load_model(path: str | Path, expect_attention: str | None = None) -> CausalV
         raise CheckpointError(f"{path}: its model config is invalid: {e}") from None
     if expect_attention and cfg.attention != expect_attention:
         raise CheckpointError(f"{path} is a {cfg.attention} model, but a {expect_attention} model is needed here")
-    model = CausalVideoDiT(cfg)
+    model = build_model(cfg)
     load_state(model, strip(tensors, "model") if any(k.startswith("model.") for k in tensors) else tensors, path)
     return model
 
@@ -161,7 +161,8 @@ def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path) ->
 
 def check_same_family(a: ModelConfig, b: ModelConfig, name: str, role: str) -> None:
     """Two model configs must agree on what a token is (frames, patches, chunking) and on size."""
-    keys = ("image_size", "channels", "patch_size", "frames_per_chunk", "dim", "depth", "heads", "prompt_vocab")
+    keys = ("arch", "image_size", "image_width", "channels", "patch_size", "frames_per_chunk", "dim", "depth", "heads",
+            "prompt_vocab", "ffn_dim", "text_dim")
     diff = [f"{k}: {getattr(a, k)} vs {getattr(b, k)}" for k in keys if getattr(a, k) != getattr(b, k)]
     if diff:
         raise CheckpointError(f"{name} ({a.preset}) does not match {role} ({b.preset}): " + "; ".join(diff))

@@ -4,7 +4,9 @@
     mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet, .npz)
     mirai eval --ckpt runs/tiny --frames 32 --samples 32 --seeds 0 1 2
     mirai compare runs/baseline runs/mirai --out report.html
-    mirai bench sampling --json | mirai bench train --json | mirai bench foresight --json
+    mirai bench sampling --json | mirai bench train --json | mirai bench foresight --json | mirai bench fps --json
+    mirai import wan --transformer DIR --out runs/wan [--config configs/wan_tiny.yaml] [--set ...]
+    mirai export wan runs/wan --out DIR     (a diffusers folder: WanTransformer3DModel.from_pretrained(DIR))
 
 Bad input (unknown config keys, wrong types, missing or corrupt files) ends in one `error:` line.
 """
@@ -20,7 +22,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import bench
+from . import bench, wan_io
 from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
 from .data.datasets import DataError
@@ -98,12 +100,30 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--videos", type=at_least(0), default=4, help="side-by-side videos per run (same seed, same prompts)")
     c.add_argument("--frames", type=at_least(1), default=None, help="length of the side-by-side videos (default: evaluated length)")
 
+    i = sub.add_parser("import", help="a local diffusers Wan2.1 transformer folder -> a Mirai run folder")
+    i.add_argument("arch", choices=["wan"])
+    i.add_argument("--transformer", required=True, help="folder with config.json + diffusion_pytorch_model*.safetensors")
+    i.add_argument("--out", required=True, help="the run folder to write (model.safetensors, config.yaml)")
+    i.add_argument("--config", help="YAML whose model section gives frame size, chunking, mask and prompt (the "
+                                    "architecture comes from config.json)")
+    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.attention=bidirectional (for a DMD teacher)")
+
+    x = sub.add_parser("export", help="a Mirai Wan run -> a diffusers folder (WanTransformer3DModel)")
+    x.add_argument("arch", choices=["wan"])
+    x.add_argument("ckpt", help="a run folder or a model.safetensors file")
+    x.add_argument("--out", required=True, help="the diffusers folder to write")
+
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
-    b.add_argument("what", choices=["sampling", "train", "foresight"])
+    b.add_argument("what", choices=["sampling", "train", "foresight", "fps"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
-    b.add_argument("--ckpt", help="sampling: benchmark this model instead of a random tiny one")
-    b.add_argument("--batch", type=at_least(1), default=4, help="sampling: videos rolled out together")
-    b.add_argument("--preset", default=None, choices=list(MODEL_PRESETS), help="train: model preset (default small)")
+    b.add_argument("--ckpt", help="sampling, fps: benchmark this model instead of a random one")
+    b.add_argument("--batch", type=at_least(1), default=None,
+                   help="sampling (default 4), fps (default 1): videos rolled out together")
+    b.add_argument("--preset", default=None, choices=list(MODEL_PRESETS),
+                   help="train: model preset (default small); fps: random model of this preset (default wan-tiny)")
+    b.add_argument("--frames", type=at_least(1), default=None, help="fps: frames per video (default 4 chunks)")
+    b.add_argument("--device", default="auto", help="fps: auto (cuda when available), cpu, cuda, ...")
     b.add_argument("--baseline", help="foresight: a baseline generator to time (default: random tiny)")
     b.add_argument("--foresight", help="foresight: a foresight-trained generator to time (default: random tiny)")
     return p
@@ -185,18 +205,33 @@ def cmd_bench(args) -> None:
         model = None
         if args.ckpt:
             model = load_model(args.ckpt).eval()
-        result = bench.bench_sampling(model, batch=args.batch)
+        result = bench.bench_sampling(model, batch=args.batch or 4)
     elif args.what == "train":
         result = bench.bench_train(args.preset or "small")
+    elif args.what == "fps":
+        model = load_model(args.ckpt) if args.ckpt else bench.random_model(args.preset or "wan-tiny", conditional=True)
+        result = bench.bench_fps(model, batch=args.batch or 1, frames=args.frames, device=args.device)
     else:
         result = bench.bench_foresight(args.baseline, args.foresight)
     print(json.dumps(result, indent=None if args.json else 2))
 
 
+def cmd_import(args) -> None:
+    cfg = resolve_model_config(load_config(args.config, args.overrides, model_only=True))
+    out = wan_io.import_wan(args.transformer, cfg, args.out)
+    print(f"wrote {out}/model.safetensors and {out}/config.yaml ({cfg.model.attention} Wan, from {args.transformer})")
+
+
+def cmd_export(args) -> None:
+    out = wan_io.export_wan(args.ckpt, args.out)
+    print(f"wrote {out}/{wan_io.CONFIG} and {out}/{wan_io.WEIGHTS}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench}
+        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench,
+                    "import": cmd_import, "export": cmd_export}
         code = commands[args.command](args)
     except USER_ERRORS as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())

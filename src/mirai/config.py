@@ -61,15 +61,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The causal video DiT (see `mirai.model`). `preset` fills every size field first."""
+    """The causal video transformer (see `mirai.models`). `preset` fills every size field first."""
 
     preset: str = "tiny"
+    arch: str = "dit"  # "dit" (Mirai's CausalVideoDiT) or "wan" (the Wan2.1 transformer, see models/wan.py)
     dim: int = 192  # transformer width
     depth: int = 6  # number of DiT blocks
     heads: int = 6
-    mlp_ratio: float = 4.0
-    patch_size: int = 8  # spatial patch; tokens per frame = (image_size / patch_size) ** 2
-    image_size: int = 32
+    mlp_ratio: float = 4.0  # "dit": MLP width = dim * mlp_ratio (also the foresight predictor's)
+    patch_size: int = 8  # spatial patch; tokens per frame = (image_size / patch_size) * (image_width / patch_size)
+    image_size: int = 32  # frame height (and width, unless image_width is set)
+    image_width: int = 0  # frame width for non-square frames ("wan" only); 0 = square
     channels: int = 3
     frames_per_chunk: int = 2  # 1 = frame-wise causal generation
     attention: str = "causal"  # "causal" (block-causal over chunks) or "bidirectional"
@@ -82,13 +84,38 @@ class ModelConfig:
     #                         "edm" is x0 at t = 1 but only a residual at low noise (sharp details learn fast).
     sigma_data: float = 0.5  # "edm": RMS of the training frames (EDM's default; the world's is about 0.6)
     conditional: bool = True  # condition on the dataset's structured prompt (prompt_vocab filled from the world)
+    # "wan" only (diffusers' WanTransformer3DModel config, same names):
+    ffn_dim: int = 0  # feed-forward width
+    text_dim: int = 0  # width of the text embeddings the cross-attention reads (UMT5-XXL: 4096); the structured
+    #                    prompt becomes one text_dim embedding per field until real captions arrive
+    freq_dim: int = 256  # sinusoidal timestep features
+    eps: float = 1e-6  # of the layer and RMS norms
+    rope_max_seq_len: int = 1024  # carried for export (diffusers precomputes RoPE up to it); Mirai computes it
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one frame."""
+        return self.channels, self.image_size, self.image_width or self.image_size
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, columns) of patches in one frame."""
+        return self.image_size // self.patch_size, (self.image_width or self.image_size) // self.patch_size
 
 
-# Named size presets (as DiT's registry). Only size fields; everything else keeps its value.
+# Named size presets (as DiT's registry). Only size fields (and, for Wan, the architecture and the velocity
+# output its weights were trained for); everything else keeps its value.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(dim=192, depth=6, heads=6, patch_size=8),
     "small": dict(dim=384, depth=8, heads=6, patch_size=4),
     "base": dict(dim=768, depth=12, heads=12, patch_size=4),
+    # Wan2.1-T2V-1.3B: 480x832 video -> 60x104 latents (VAE 8x) -> 30x52 = 1560 tokens per latent frame;
+    # 81 frames -> 21 latent frames (data.clip_frames: 21), chunks of 3 latent frames.
+    "wan1.3b": dict(arch="wan", prediction="velocity", dim=1536, depth=30, heads=12, ffn_dim=8960, text_dim=4096,
+                    channels=16, patch_size=2, image_size=60, image_width=104, frames_per_chunk=3),
+    # diffusers' own test shape (2 heads x 12), 16 latent channels to pair with a tiny Wan VAE.
+    "wan-tiny": dict(arch="wan", prediction="velocity", dim=24, depth=2, heads=2, ffn_dim=32, text_dim=16,
+                     channels=16, patch_size=2, image_size=16, frames_per_chunk=3, rope_max_seq_len=32),
 }
 
 
@@ -350,17 +377,21 @@ def _check_values(obj: Any, section: str) -> None:
         raise ConfigError(f"sample.timesteps must be strictly decreasing, got {obj.timesteps}")
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
+def config_from_dict(data: dict[str, Any], model_only: bool = False) -> Config:
+    """A checked Config; `model_only` checks the model section alone (a run folder written by an import,
+    whose data settings only matter once it trains)."""
     cfg = _build(Config, data)
-    validate(cfg)
+    validate_model(cfg.model) if model_only else validate(cfg)
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field checks with messages a user can act on."""
-    m = cfg.model
-    if m.image_size % m.patch_size:
-        raise ConfigError(f"model.image_size={m.image_size} is not divisible by model.patch_size={m.patch_size}")
+def validate_model(m: ModelConfig) -> None:
+    """Checks of the model section alone (also run on model configs read from files)."""
+    if m.arch not in ("dit", "wan"):
+        raise ConfigError(f"model.arch must be 'dit' or 'wan', got '{m.arch}'")
+    if m.image_size % m.patch_size or m.image_width % m.patch_size:
+        raise ConfigError(f"model.image_size={m.image_size} and model.image_width={m.image_width} must be "
+                          f"divisible by model.patch_size={m.patch_size}")
     if m.dim % m.heads:
         raise ConfigError(f"model.dim={m.dim} is not divisible by model.heads={m.heads}")
     if (m.dim // m.heads) % 2:
@@ -369,6 +400,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.prediction must be 'x0', 'velocity' or 'edm', got '{m.prediction}'")
     if m.attention not in ("causal", "bidirectional"):
         raise ConfigError(f"model.attention must be 'causal' or 'bidirectional', got '{m.attention}'")
+    if m.arch == "dit" and m.image_width not in (0, m.image_size):
+        raise ConfigError("model.image_width (non-square frames) needs model.arch=wan; the DiT's positions are square")
+    if m.arch == "wan":
+        if m.prediction != "velocity":
+            raise ConfigError(f"model.arch=wan predicts the flow velocity: set model.prediction=velocity, not '{m.prediction}'")
+        if m.ffn_dim <= 0 or m.text_dim <= 0:
+            raise ConfigError(f"model.arch=wan needs model.ffn_dim and model.text_dim > 0, got {m.ffn_dim}, {m.text_dim}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks with messages a user can act on."""
+    m = cfg.model
+    validate_model(m)
     if cfg.data.clip_frames % m.frames_per_chunk:
         raise ConfigError(
             f"data.clip_frames={cfg.data.clip_frames} is not a multiple of model.frames_per_chunk={m.frames_per_chunk}"
@@ -455,9 +499,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model_only: bool = False) -> Config:
     data = load_yaml(path) if path else {}
-    return config_from_dict(apply_overrides(data, overrides or []))
+    return config_from_dict(apply_overrides(data, overrides or []), model_only)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -147,6 +147,11 @@ class VideoFolderDataset:
 
 def build_dataset(cfg: Config):
     d: DataConfig = cfg.data
+    m = cfg.model
+    if m.frame_shape != (3, m.image_size, m.image_size):  # both sources give square RGB frames
+        raise DataError(f"data.source={d.source} gives square RGB frames, but the model takes {m.frame_shape} "
+                        "(channels, height, width): set model.channels=3 and model.image_width=0 (latents and "
+                        "captions come with the real-data issue)")
     if d.source == "synthetic":
         return SyntheticVideoDataset(cfg.world, d.seed, d.clip_frames)
     return VideoFolderDataset(d.path, d.clip_frames, cfg.model.image_size, d.frame_stride)

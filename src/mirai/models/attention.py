@@ -3,6 +3,9 @@
 Token layout everywhere: a video (B, T, C, H, W) becomes (B, T * N, D) tokens, frame-major, with
 N = (H / p) * (W / p) tokens per frame. Chunks are groups of `frames_per_chunk` consecutive frames.
 
+Attention runs through `attend`: SDPA (with a boolean mask, the CPU path) or, on CUDA, FlexAttention with a
+block mask built once per forward from the same boolean mask (`flex_mask`); both compute the same thing.
+
 The KV cache stores keys *after* the rotary rotation. A rolling cache (sink chunks + a window of recent
 chunks) evicts the oldest window chunk and re-indexes the remaining window one chunk earlier in time by
 rotating its keys by -frames_per_chunk (rotations compose), so that positions seen at inference never
@@ -11,12 +14,13 @@ grow past (sink + window + 1) chunks, however long the rollout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 # --------------------------------------------------------------------------------------------------
 # 3-D rotary positions (time, height, width)
@@ -28,13 +32,15 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * spatial, spatial, spatial
 
 
-def rope_angles(pos_t: Tensor, pos_h: Tensor, pos_w: Tensor, head_dim: int, theta: float) -> Tensor:
-    """Angles (N, head_dim / 2) for tokens at integer positions (N,) each."""
+def rope_angles(pos_t: Tensor, pos_h: Tensor, pos_w: Tensor, head_dim: int, theta: float,
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Angles (N, head_dim / 2) for tokens at integer positions (N,) each (computed in float64, returned in
+    `dtype`; Wan keeps float64 so that cos/sin round once, as diffusers' precomputed tables do)."""
     parts = []
     for pos, dims in zip((pos_t, pos_h, pos_w), rope_split(head_dim)):
         inv_freq = theta ** (-torch.arange(0, dims, 2, dtype=torch.float64, device=pos.device) / dims)
         parts.append(pos.double()[:, None] * inv_freq[None, :])
-    return torch.cat(parts, dim=-1).float()
+    return torch.cat(parts, dim=-1).to(dtype)
 
 
 def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
@@ -45,12 +51,14 @@ def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
     return out.flatten(-2)
 
 
-def token_positions(frame_pos: Tensor, grid: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(t, h, w) integer positions of every token of frames at temporal positions frame_pos (T,)."""
-    hh, ww = torch.meshgrid(torch.arange(grid, device=frame_pos.device), torch.arange(grid, device=frame_pos.device),
+def token_positions(frame_pos: Tensor, grid: int | tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(t, h, w) integer positions of every token of frames at temporal positions frame_pos (T,);
+    grid: patches per side, or (rows, columns) for non-square frames."""
+    gh, gw = (grid, grid) if isinstance(grid, int) else grid
+    hh, ww = torch.meshgrid(torch.arange(gh, device=frame_pos.device), torch.arange(gw, device=frame_pos.device),
                             indexing="ij")
     T = frame_pos.shape[0]
-    pos_t = frame_pos.to(torch.long).repeat_interleave(grid * grid)
+    pos_t = frame_pos.to(torch.long).repeat_interleave(gh * gw)
     return pos_t, hh.flatten().repeat(T).to(frame_pos.device), ww.flatten().repeat(T).to(frame_pos.device)
 
 
@@ -76,6 +84,58 @@ def teacher_forcing_mask(num_chunks: int, tokens_per_chunk: int) -> Tensor:
     return torch.cat([top, bottom], dim=0)
 
 
+def default_mask(cfg, frames: int, tokens_per_frame: int, device) -> Tensor | None:
+    """The model's own mask per `cfg.attention`: block-causal over chunks of `frames_per_chunk`, or None."""
+    if cfg.attention == "bidirectional":
+        return None
+    chunk_ids = torch.arange(frames, device=device) // cfg.frames_per_chunk
+    return chunk_causal_mask(chunk_ids.repeat_interleave(tokens_per_frame))
+
+
+def block_mask(mask: Tensor) -> BlockMask:
+    """A boolean (L, L) mask as a FlexAttention block mask: fully masked 128-token blocks are skipped, which
+    is where block-causal and teacher-forcing masks save compute."""
+    L = mask.shape[0]
+    return create_block_mask(lambda b, h, q, k: mask[q, k], None, None, L, L, device=mask.device)
+
+
+def flex_mask(mask: Tensor | None) -> Tensor | BlockMask | None:
+    """The mask attention runs with: a block mask on CUDA (FlexAttention), the boolean mask elsewhere (SDPA)."""
+    return block_mask(mask) if mask is not None and mask.is_cuda else mask
+
+
+_compiled_flex = None
+
+
+def run_flex(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask) -> Tensor:
+    """FlexAttention, compiled once per process on CUDA (the fused kernel); the eager reference elsewhere."""
+    global _compiled_flex
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+def attention_inputs(cfg, tokens_per_frame: int, frames: int, device, mask, frame_pos: Tensor | None,
+                     kv_cache: "KVCache | None", commit: bool) -> tuple[Tensor | BlockMask | None, Tensor]:
+    """The mask and the frames' temporal positions of a forward over `frames` frames (see the models' forward)."""
+    if kv_cache is not None:
+        if frames != cfg.frames_per_chunk:
+            raise ValueError(f"with a KV cache, x must be one chunk of {cfg.frames_per_chunk} frames, got {frames}")
+        mask = None
+        if commit and kv_cache.num_chunks >= kv_cache.capacity:
+            raise RuntimeError("KV cache is full: call kv_cache.make_room() before generating the next chunk")
+        if frame_pos is None:  # the chunk sits right after the cached ones
+            start = kv_cache.next_frame_position()
+            frame_pos = torch.arange(start, start + frames, device=device)
+    elif isinstance(mask, str):
+        mask = default_mask(cfg, frames, tokens_per_frame, device)
+    if frame_pos is None:
+        frame_pos = torch.arange(frames, device=device)
+    return mask, frame_pos
+
+
 # --------------------------------------------------------------------------------------------------
 # KV cache
 
@@ -98,13 +158,15 @@ class KVCache:
     rope_theta: float
     num_chunks: int = 0  # slots in use
     total_chunks: int = 0  # chunks committed since reset (the absolute index of the next chunk)
+    context: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # per layer: cross-attention (k, v) of
+    #   the text (Wan), computed once per rollout: a cache serves one prompt batch, from allocate to reset
 
     @classmethod
     def allocate(cls, model_cfg, batch: int, max_chunks: int, sink_chunks: int = 0, window_chunks: int = 0,
                  device=None, dtype=torch.float32) -> "KVCache":
         """Size the cache from the model config: `max_chunks` slots, or sink + window when rolling."""
-        grid = model_cfg.image_size // model_cfg.patch_size
-        tpc = grid * grid * model_cfg.frames_per_chunk
+        rows, cols = model_cfg.grid_shape
+        tpc = rows * cols * model_cfg.frames_per_chunk
         head_dim = model_cfg.dim // model_cfg.heads
         if window_chunks > 0:
             capacity = sink_chunks + window_chunks
@@ -127,6 +189,7 @@ class KVCache:
     def reset(self) -> None:
         self.num_chunks = 0
         self.total_chunks = 0
+        self.context.clear()
 
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
         """Valid (k, v) of layer i: (B, heads, length, head_dim) views."""
@@ -174,7 +237,28 @@ class KVCache:
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention layer
+# Attention
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None = None, cache: KVCache | None = None,
+           layer: int = 0, commit: bool = False) -> Tensor:
+    """Softmax attention of (B, heads, L, head_dim) q, k, v (k already rotated). With a cache, the chunk also
+    attends to every cached token (and `commit` writes its k, v first); otherwise `mask` applies."""
+    if cache is not None:
+        if commit:
+            cache.write(layer, k, v)
+            ck, cv = cache.k[layer, :, :, : cache.length + k.shape[2]], cache.v[layer, :, :, : cache.length + k.shape[2]]
+        else:
+            past_k, past_v = cache.layer(layer)
+            ck, cv = torch.cat([past_k.to(k.dtype), k], dim=2), torch.cat([past_v.to(v.dtype), v], dim=2)
+        return F.scaled_dot_product_attention(q, ck.to(q.dtype), cv.to(q.dtype))
+    if isinstance(mask, BlockMask):
+        return run_flex(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Attention layer of the DiT
 
 
 class Attention(nn.Module):
@@ -193,14 +277,5 @@ class Attention(nn.Module):
         """x (B, L, D) -> (B, L, D). With a cache, x is one chunk and also attends to every cached token."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
         q, k = apply_rope(self.q_norm(q), angles), apply_rope(self.k_norm(k), angles)
-        if cache is not None:
-            if commit:
-                cache.write(layer, k, v)
-                ck, cv = cache.k[layer, :, :, : cache.length + k.shape[2]], cache.v[layer, :, :, : cache.length + k.shape[2]]
-            else:
-                past_k, past_v = cache.layer(layer)
-                ck, cv = torch.cat([past_k.to(k.dtype), k], dim=2), torch.cat([past_v.to(v.dtype), v], dim=2)
-            out = F.scaled_dot_product_attention(q, ck.to(q.dtype), cv.to(q.dtype))
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask, cache, layer, commit)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))

@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import Attention, KVCache, chunk_causal_mask, rope_angles, token_positions
+from .attention import Attention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles, token_positions
 from ..config import ModelConfig
 
 
@@ -52,6 +52,15 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+def timestep_features(t: Tensor, freq_dim: int) -> Tensor:
+    """Sinusoidal features [cos, sin] (..., freq_dim) of t in [0, 1] on a 0..1000 scale (DiT; Wan's flipped
+    sin-cos `Timesteps` with no frequency shift is the same)."""
+    half = freq_dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000)[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
 class TimestepEmbedder(nn.Module):
     """t in [0, 1] -> sinusoidal features -> MLP (as DiT, on a 0..1000 scale)."""
 
@@ -61,10 +70,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = (t.float() * 1000)[..., None] * freqs
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        return self.mlp(timestep_features(t, self.freq_dim))
 
 
 class PromptEmbedder(nn.Module):
@@ -125,7 +131,7 @@ class CausalVideoDiT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.grid = cfg.image_size // cfg.patch_size
+        self.grid = cfg.image_size // cfg.patch_size  # square frames
         self.tokens_per_frame = self.grid * self.grid
         patch_dim = cfg.channels * cfg.patch_size**2
         self.patch_embed = nn.Linear(patch_dim, cfg.dim)
@@ -173,10 +179,7 @@ class CausalVideoDiT(nn.Module):
 
     def default_mask(self, frames: int, device) -> Tensor | None:
         """Block-causal mask over chunks of `frames_per_chunk` frames, or None (bidirectional)."""
-        if self.cfg.attention == "bidirectional":
-            return None
-        chunk_ids = (torch.arange(frames, device=device) // self.cfg.frames_per_chunk)
-        return chunk_causal_mask(chunk_ids.repeat_interleave(self.tokens_per_frame))
+        return default_mask(self.cfg, frames, self.tokens_per_frame, device)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -202,19 +205,8 @@ class CausalVideoDiT(nn.Module):
         stop_after=k: return only those tokens, without running the blocks after k.
         """
         B, T = x.shape[:2]
-        if kv_cache is not None:
-            if T != self.cfg.frames_per_chunk:
-                raise ValueError(f"with a KV cache, x must be one chunk of {self.cfg.frames_per_chunk} frames, got {T}")
-            mask = None
-            if commit and kv_cache.num_chunks >= kv_cache.capacity:
-                raise RuntimeError("KV cache is full: call kv_cache.make_room() before generating the next chunk")
-            if frame_pos is None:  # the chunk sits right after the cached ones
-                start = kv_cache.next_frame_position()
-                frame_pos = torch.arange(start, start + T, device=x.device)
-        elif isinstance(mask, str):
-            mask = self.default_mask(T, x.device)
-        if frame_pos is None:
-            frame_pos = torch.arange(T, device=x.device)
+        mask, frame_pos = attention_inputs(self.cfg, self.tokens_per_frame, T, x.device, mask, frame_pos, kv_cache, commit)
+        mask = flex_mask(mask)
         angles = rope_angles(*token_positions(frame_pos, self.grid), self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
 
         c = self.t_embed(t)  # (B, T, D)
@@ -227,13 +219,10 @@ class CausalVideoDiT(nn.Module):
             c_skip, c_out, c_in = (s[..., None, None, None] for s in edm_scalings(t, self.cfg.sigma_data))
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
-        hidden = None
-        for i, block in enumerate(self.blocks):
-            h = block(h, c, T, angles, mask, kv_cache, i, commit)
-            if return_hidden == i + 1 or stop_after == i + 1:
-                hidden = h.view(B, T, self.tokens_per_frame, -1)
-                if stop_after is not None:
-                    return hidden
+        h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit),
+                               T, return_hidden, stop_after)
+        if h is None:
+            return hidden
         if commit:
             kv_cache.advance()
         out = self.unpatchify(self.final(h, c, T), T)
@@ -242,6 +231,20 @@ class CausalVideoDiT(nn.Module):
         if self.cfg.prediction in ("x0", "edm"):  # v = (x_t - x0) / t; exact for t > 0 (t = 0 only writes the cache)
             out = (x - out) / t.clamp_min(1e-3).to(out.dtype)[..., None, None, None]
         return (out, hidden) if return_hidden is not None else out
+
+
+def run_blocks(blocks: nn.ModuleList, h: Tensor, step, frames: int, return_hidden: int | None,
+               stop_after: int | None) -> tuple[Tensor | None, Tensor | None]:
+    """h (B, T * N, D) through the blocks, step(block, i, h) -> h. Returns (h, hidden): hidden = the tokens after
+    block `return_hidden` or `stop_after` as (B, T, N, D); at `stop_after`, h is None and no later block runs."""
+    hidden = None
+    for i, block in enumerate(blocks):
+        h = step(block, i, h)
+        if i + 1 in (return_hidden, stop_after):
+            hidden = h.view(h.shape[0], frames, -1, h.shape[-1])
+            if stop_after is not None:
+                return None, hidden
+    return h, hidden
 
 
 def count_parameters(model: nn.Module) -> int:

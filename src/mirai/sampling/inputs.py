@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import rng
-from ..config import WorldConfig
+from ..config import ConfigError, WorldConfig
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
 
@@ -33,7 +33,10 @@ class RolloutInputs:
 def rollout_inputs(model: nn.Module, world: WorldConfig, num: int, frames: int, seed: int, device) -> RolloutInputs:
     """Inputs of `num` rollouts of `frames` frames (a multiple of the model's chunk) for `seed`."""
     fpc, c = model.cfg.frames_per_chunk, model.cfg
+    if c.frame_shape != (3, world.image_size, world.image_size):
+        raise ConfigError(f"this model makes {c.frame_shape} frames (channels, height, width), not the world's RGB "
+                          f"{world.image_size}x{world.image_size} frames: decoding latents comes with the VAE issue")
     prompts = unseen_prompts(world, num, seed)
-    noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, c.channels, c.image_size, c.image_size)).to(device)
+    noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, *c.frame_shape)).to(device)
     prompt = torch.from_numpy(prompts).to(device) if model.prompt_embed is not None else None
     return RolloutInputs(noise, prompt, prompts, rng.generator(seed, "sampler"))

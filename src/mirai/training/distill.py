@@ -68,7 +68,7 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     out = pairs_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     shards = -(-d.num_videos // d.shard_size)
-    shape = (cfg.model.channels, cfg.model.image_size, cfg.model.image_size)
+    shape = cfg.model.frame_shape
     for s in tqdm(range(shards), desc="ode pairs", unit="shard", disable=quiet):
         path = out / f"shard_{s:05d}.safetensors"
         if path.exists():

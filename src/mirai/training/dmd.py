@@ -191,8 +191,7 @@ class DMDStage(Stage):
     def noise(self, gen: torch.Generator) -> Tensor:
         """Initial noise of this step's self-rollouts: (B, T, C, H, W)."""
         m = self.cfg.model
-        return randn((self.cfg.train.batch_size, self.cfg.data.clip_frames, m.channels, m.image_size, m.image_size),
-                     gen, self.device)
+        return randn((self.cfg.train.batch_size, self.cfg.data.clip_frames, *m.frame_shape), gen, self.device)
 
     def generator_step(self, noise: Tensor, prompt: Tensor | None, real: Tensor, step: int,
                        gen: torch.Generator) -> tuple[Tensor, dict[str, float], bool]:

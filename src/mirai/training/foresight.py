@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from .. import checkpoint as ckpt
 from ..config import Config, ForesightConfig
 from ..models.attention import chunk_causal_mask
-from ..models.dit import CausalVideoDiT
 from ..models.predictor import Predictor
 from .dmd import GeneratorRollout, GeneratorTerm
 
@@ -111,7 +110,7 @@ class ForesightTerm(GeneratorTerm):
 
     name = "foresight"
 
-    def __init__(self, cfg: Config, teacher: CausalVideoDiT, generator: CausalVideoDiT, device):
+    def __init__(self, cfg: Config, teacher: nn.Module, generator: nn.Module, device):
         f: ForesightConfig = cfg.foresight
         self.cfg = cfg
         self.encoder = build_encoder(cfg, teacher).to(device)

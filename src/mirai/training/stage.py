@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint as ckpt
+from .. import checkpoint as ckpt, wan_io
 from ..config import Config, ConfigError
 from ..data.prompt import PROMPT
 from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
-from ..models.dit import CausalVideoDiT
+from ..models.build import build_model
 
 
 @dataclass
@@ -83,14 +83,21 @@ def resolve_model_config(cfg: Config) -> Config:
     return cfg
 
 
-def init_generator(cfg: Config) -> CausalVideoDiT:
+def init_generator(cfg: Config) -> nn.Module:
     """A fresh model, or the previous stage's weights (`train.init_from`), checked to be the same kind and size."""
-    model = CausalVideoDiT(cfg.model)
+    model = build_model(cfg.model)
     if cfg.train.init_from:
         # Stage 1 may start from the bidirectional base model (as Causal-Forcing starts from Wan): same weights
         # layout, only the mask differs. Later stages must start from a causal model.
         kind = None if cfg.train.objective == "teacher_forcing" else cfg.model.attention
-        previous = ckpt.load_model(cfg.train.init_from, expect_attention=kind)
+        if wan_io.is_diffusers_folder(cfg.train.init_from):  # a diffusers Wan folder: the bidirectional base
+            if kind == "causal":
+                raise ckpt.CheckpointError(
+                    f"{cfg.train.init_from} is a diffusers base model (bidirectional); the {cfg.train.objective} "
+                    "stage starts from a causal Mirai run (stage 1 may start from the base)")
+            previous = wan_io.load_wan(cfg.train.init_from, cfg.model)
+        else:
+            previous = ckpt.load_model(cfg.train.init_from, expect_attention=kind)
         ckpt.check_same_family(previous.cfg, cfg.model, cfg.train.init_from, f"this {cfg.train.objective} stage's model")
         ckpt.load_state(model, previous.state_dict(), cfg.train.init_from)
     return model
