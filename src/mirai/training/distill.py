@@ -67,6 +67,7 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     ts = student_timesteps(cfg, schedule)
     out = pairs_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale_temporaries(out)  # a shard a killed run was writing
     shards = -(-d.num_videos // d.shard_size)
     shape = cfg.model.frame_shape
     for s in tqdm(range(shards), desc="ode pairs", unit="shard", disable=quiet):
