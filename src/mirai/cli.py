@@ -26,6 +26,7 @@ from . import bench, wan_io
 from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
 from .data.datasets import DataError
+from .demo import DemoPlan, run_demo, verdict_lines
 from .device import pick_device
 from .diffusion.schedule import FlowSchedule
 from .eval.evaluate import Evaluator, evaluate_run, generate
@@ -99,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="report.html")
     c.add_argument("--videos", type=at_least(0), default=4, help="side-by-side videos per run (same seed, same prompts)")
     c.add_argument("--frames", type=at_least(1), default=None, help="length of the side-by-side videos (default: evaluated length)")
+
+    d = sub.add_parser("demo", help="does foresight help? shared stages, both DMD arms per seed, evaluation, verdict")
+    d.add_argument("--out", default="runs/demo", help="folder of every run, results.json and report.html (resumable)")
+    d.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1], help="training seeds of the DMD arms")
+    d.add_argument("--sampling-seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
+    d.add_argument("--samples", type=at_least(1), default=16, help="videos per sampling seed")
+    d.add_argument("--quick", action="store_true", help="toy sizes and a few steps: minutes, meaningless numbers")
+    d.add_argument("--ablation", action="store_true", help="add the target-window and causal-encoder ablations")
+    d.add_argument("--device", default="auto")
 
     i = sub.add_parser("import", help="a local diffusers Wan2.1 transformer folder -> a Mirai run folder")
     i.add_argument("arch", choices=["wan"])
@@ -200,6 +210,15 @@ def cmd_compare(args) -> None:
     print(f"wrote {write_report(args.runs, args.out, videos)}")
 
 
+def cmd_demo(args) -> None:
+    check_output(args.out, folder=True)
+    pick_device(args.device)
+    plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation, args.device)
+    results = run_demo(plan)
+    print("\n".join(verdict_lines(results)))
+    print(f"wrote {plan.out / 'results.json'} and {plan.out / 'report.html'}")
+
+
 def cmd_bench(args) -> None:
     if args.what == "sampling":
         model = None
@@ -231,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench,
-                    "import": cmd_import, "export": cmd_export}
+                    "demo": cmd_demo, "import": cmd_import, "export": cmd_export}
         code = commands[args.command](args)
     except USER_ERRORS as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())

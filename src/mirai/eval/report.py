@@ -107,7 +107,9 @@ def _cell(s: dict | None) -> str:
     return "" if s is None else f"{s['mean']:.4f} &plusmn; {s['ci95']:.4f}"
 
 
-def write_report(runs: list[str], out: str | Path, videos: list[np.ndarray] | None = None, title: str = "Mirai comparison") -> Path:
+def write_report(runs: list[str], out: str | Path, videos: list[np.ndarray] | None = None, title: str = "Mirai comparison",
+                 extra_html: str = "") -> Path:
+    """One self-contained HTML page; `extra_html` (e.g. the demo's contrasts over training seeds) goes first."""
     evals = [load_eval(r) for r in runs]
     names = [Path(r).name for r in runs]
     keys = sorted({k for e in evals for k in e["summary"]})
@@ -137,7 +139,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px}}td.sig{{background:#ffe9a8}}figure
 <p>Mean &plusmn; half-width of the 95% t-interval over seeds; differences are paired over shared seeds (highlighted: p &lt; 0.05).
 Names with <code>@extractor</code> use a substitute feature extractor: they follow VBench's formulas but are not VBench scores.
 <code>@Nf</code> is the rollout length in frames.</p>
-<ul>{meta}</ul>
+{extra_html}<ul>{meta}</ul>
 <table><tr><th>metric</th>{head}{diffs}</tr>{''.join(rows)}</table>
 <h2>Drift curves</h2>{plots}{vids}</body></html>"""
     out = Path(out)

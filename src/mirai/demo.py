@@ -1,0 +1,249 @@
+"""`mirai demo`: does foresight help? The paper's claim in miniature, as one resumable command.
+
+1. The shared stages once: bidirectional teacher, teacher forcing (the AR teacher), causal ODE distillation.
+2. The DMD stage from the same ODE student for every training seed, once per arm: the Causal-Forcing baseline
+   (`foresight.enabled: false`), Video-Mirai (`true`), and with `--ablation` the paper's target windows {0},
+   {1}, {0, 1, 2} and the causal-encoder ablation.
+3. Every arm evaluated by `mirai eval` over several sampling seeds on one rollout of 8x the training length
+   (a rolling KV cache of sink 1 + 4x the clip's chunks, so 8x runs past the cache), scored at 1x, 4x and 8x.
+4. Paired contrasts against the baseline over training seeds (each seed's value is its mean over sampling
+   seeds): mean difference, 95% t-interval, p; `results.json`, `report.html` and a verdict on the primary
+   endpoint, declared here before any result: `PRIMARY_ENDPOINT`.
+
+Every stage is a `mirai train` run in its own folder, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from .config import load_config
+from .eval.evaluate import Evaluator, evaluate_run
+from .eval.report import write_report
+from .training.loop import train
+
+# Declared before any demo result was seen (README, "Does foresight help?"): the ground-truth identity of the
+# objects at 4x the training length; consistency and the other probes are secondary endpoints.
+PRIMARY_ENDPOINT = "probe_identity@4x"
+SECONDARY_ENDPOINTS = ("subject_consistency@effnet_lite0@4x", "probe_coherence@4x", "probe_count@4x",
+                       "probe_continuity@4x", "probe_identity@8x", "probe_identity@1x")
+ARMS = {"baseline": [], "foresight": ["foresight.enabled=true"]}
+ABLATIONS = {
+    "window_0": ["foresight.enabled=true", "foresight.window=[0]"],
+    "window_1": ["foresight.enabled=true", "foresight.window=[1]"],
+    "window_012": ["foresight.enabled=true", "foresight.window=[0,1,2]"],
+    "causal_encoder": ["foresight.enabled=true", "foresight.encoder_mask=causal"],
+}
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# --quick: toy sizes and a few steps, to check in minutes that every piece runs (its numbers mean nothing)
+QUICK = ["world.image_size=16", "world.sprite_sizes=[5]", "model.dim=32", "model.depth=2", "model.heads=2",
+         "model.patch_size=4", "model.image_size=16", "data.clip_frames=4", "train.batch_size=2",
+         "train.sample_every=0", "train.log_every=1", "train.warmup_steps=2"]
+QUICK_STEPS = {"teacher": ["train.steps=20", "train.ckpt_every=20"], "ar": ["train.steps=20", "train.ckpt_every=20"],
+               "ode": ["train.steps=6", "train.ckpt_every=6", "distill.num_videos=4", "distill.shard_size=4",
+                       "distill.teacher_steps=4"],
+               "dmd": ["train.steps=4", "train.ckpt_every=4", "dmd.critic_updates_per_gen=2"]}
+
+
+@dataclass
+class DemoPlan:
+    out: Path
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # training seeds of the DMD arms
+    sampling_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    samples: int = 16  # videos per sampling seed
+    quick: bool = False
+    ablation: bool = False
+    device: str = "auto"
+
+    def arms(self) -> dict[str, list[str]]:
+        return {**ARMS, **(ABLATIONS if self.ablation else {})}
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps
+
+
+def stage_overrides(plan: DemoPlan, name: str, folder: Path, extra: list[str]) -> list[str]:
+    quick = QUICK + QUICK_STEPS[name] if plan.quick else []
+    return quick + [f"train.out_dir={folder}", f"train.device={plan.device}"] + extra
+
+
+def run_stage(plan: DemoPlan, config: str, name: str, folder: Path, extra: list[str]) -> Path:
+    """One `mirai train` run (resumes if its folder holds a checkpoint; a finished run returns at once)."""
+    cfg = load_config(CONFIGS / config, stage_overrides(plan, name, folder, extra))
+    return train(cfg, quiet=True)
+
+
+def evaluate(plan: DemoPlan, run: Path, clip_frames: int, frames_per_chunk: int, evaluator: Evaluator) -> dict:
+    """eval.json of a run at 8x its clip length (skipped when one with the same plan exists)."""
+    frames = 8 * clip_frames
+    window = 4 * clip_frames // frames_per_chunk  # 8x rolls past the cache; 1x and 4x fit inside it
+    overrides = ["sample.sink_chunks=1", f"sample.window_chunks={window}"]
+    path = run / "eval.json"
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if (done.get("frames"), done.get("samples"), done.get("seeds")) == (frames, plan.samples, plan.sampling_seeds):
+            return done
+    return evaluate_run(run, frames, plan.samples, plan.sampling_seeds, run, evaluator=evaluator,
+                        device=plan.device, overrides=overrides)
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def length_keys(per_seed: dict, clip_frames: int) -> dict[str, str]:
+    """'probe_identity@32f' -> 'probe_identity@4x' (for a clip of 8 frames): lengths named as multiples."""
+    out = {}
+    for key in per_seed:
+        base, _, tail = key.rpartition("@")
+        if tail.endswith("f") and tail[:-1].isdigit() and int(tail[:-1]) % clip_frames == 0:
+            out[key] = f"{base}@{int(tail[:-1]) // clip_frames}x"
+    return out
+
+
+def seed_means(result: dict, clip_frames: int) -> dict[str, float]:
+    """Every metric of one eval.json as its mean over sampling seeds, with lengths named as multiples."""
+    per = result["per_seed"]
+    keys = length_keys(next(iter(per.values())), clip_frames)
+    return {name: float(np.mean([per[s][key] for s in per])) for key, name in keys.items()}
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith(("fd@", "kid@"))
+
+
+def contrast(arm: dict[int, dict[str, float]], base: dict[int, dict[str, float]], metric: str) -> dict:
+    """Paired over training seeds: arm - baseline. Mean, 95% t-interval, two-sided p, seeds where the arm is better."""
+    seeds = [s for s in base if s in arm and metric in base[s] and metric in arm[s]]
+    d = np.array([arm[s][metric] - base[s][metric] for s in seeds], dtype=float)
+    better = int(np.sum(d < 0 if lower_is_better(metric) else d > 0))
+    out = {"n": len(d), "mean_diff": float(d.mean()) if len(d) else math.nan, "ci95": [math.nan, math.nan],
+           "p": math.nan, "seeds_better": better, "per_seed": dict(zip(map(str, seeds), d.tolist()))}
+    if len(d) >= 2 and d.std(ddof=1) > 0:
+        half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+        out["ci95"] = [out["mean_diff"] - half, out["mean_diff"] + half]
+        out["p"] = float(stats.ttest_1samp(d, 0.0).pvalue)
+    return out
+
+
+def verdict(c: dict, metric: str) -> str:
+    lo, hi = c["ci95"]
+    if c["n"] < 2 or math.isnan(lo):
+        return (f"{metric}: no interval ({c['n']} training seed(s), or the same difference on every seed): "
+                "no conclusion")
+    sign = -1 if lower_is_better(metric) else 1
+    if lo > 0 or hi < 0:
+        better = sign * c["mean_diff"] > 0
+        return (f"{metric}: the 95% CI [{lo:+.4f}, {hi:+.4f}] excludes zero: foresight is "
+                f"{'better' if better else 'worse'} than the baseline")
+    return f"{metric}: the 95% CI [{lo:+.4f}, {hi:+.4f}] includes zero: no effect detected at n={c['n']}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The demo
+
+
+class Progress:
+    """Prints each step with the time so far and an estimate of the time left (from the steps done)."""
+
+    def __init__(self, costs: list[float]):
+        self.costs, self.done, self.t0, self.spent = costs, 0, time.perf_counter(), 0.0
+
+    def start(self, name: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        left = sum(self.costs[self.done:])
+        eta = f", ~{elapsed / self.spent * left / 60:.1f} min left" if self.spent else ""
+        print(f"[{self.done + 1}/{len(self.costs)}] {name} ({elapsed / 60:.1f} min so far{eta})", flush=True)
+
+    def finish(self) -> None:
+        self.spent += self.costs[self.done]
+        self.done += 1
+
+
+def run_demo(plan: DemoPlan) -> dict:
+    out = plan.out
+    arms = plan.arms()
+    # rough relative costs: a stage's training steps and an evaluation's rollouts, for the time estimate
+    costs = [3.0, 2.0, 1.5] + [2.0] * len(arms) * len(plan.seeds) + [1.0] * len(arms) * len(plan.seeds)
+    progress = Progress(costs)
+    runs: dict[str, Path] = {}
+    progress.start("shared stage: bidirectional teacher")
+    runs["teacher"] = run_stage(plan, "tiny_teacher.yaml", "teacher", out / "shared" / "teacher", [])
+    progress.finish()
+    progress.start("shared stage: AR teacher (teacher forcing from the bidirectional teacher)")
+    runs["ar"] = run_stage(plan, "tiny_ar.yaml", "ar", out / "shared" / "ar", [f"train.init_from={runs['teacher']}"])
+    progress.finish()
+    progress.start("shared stage: ODE distillation")
+    ode_extra = [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"]
+    runs["ode"] = run_stage(plan, "tiny_ode.yaml", "ode", out / "shared" / "ode", ode_extra)
+    progress.finish()
+    dmd_runs: dict[str, dict[int, Path]] = {arm: {} for arm in arms}
+    for seed in plan.seeds:
+        for arm, extra in arms.items():
+            progress.start(f"DMD {arm}, training seed {seed}")
+            dmd_extra = [f"train.init_from={runs['ode']}", f"dmd.teacher={runs['teacher']}", f"train.seed={seed}",
+                         "foresight.enabled=false"] + extra
+            dmd_runs[arm][seed] = run_stage(plan, "tiny_dmd.yaml", "dmd", out / arm / f"seed_{seed}", dmd_extra)
+            progress.finish()
+    cfg = load_config(CONFIGS / "tiny_dmd.yaml", QUICK if plan.quick else [])
+    clip, fpc = cfg.data.clip_frames, cfg.model.frames_per_chunk
+    evaluator = Evaluator(cfg.world)
+    means: dict[str, dict[int, dict[str, float]]] = {arm: {} for arm in arms}
+    for arm, seeds in dmd_runs.items():
+        for seed, run in seeds.items():
+            progress.start(f"evaluate {arm}, training seed {seed}")
+            means[arm][seed] = seed_means(evaluate(plan, run, clip, fpc, evaluator), clip)
+            progress.finish()
+    metrics = sorted(means["baseline"][plan.seeds[0]])
+    contrasts = {arm: {m: contrast(means[arm], means["baseline"], m) for m in metrics} for arm in arms if arm != "baseline"}
+    results = {
+        "plan": {**asdict(plan), "out": str(plan.out)},
+        "primary_endpoint": PRIMARY_ENDPOINT, "secondary_endpoints": list(SECONDARY_ENDPOINTS),
+        "clip_frames": clip, "lengths": "1x, 2x, 4x from one rollout of 8x (rolling cache: sink 1 + 4x chunks)",
+        "arms": {arm: {str(s): v for s, v in m.items()} for arm, m in means.items()},
+        "contrasts": contrasts,
+        "verdict": verdict(contrasts["foresight"][PRIMARY_ENDPOINT], PRIMARY_ENDPOINT)
+        if PRIMARY_ENDPOINT in contrasts["foresight"] else f"{PRIMARY_ENDPOINT} was not measured",
+        "runs": {arm: {str(s): str(r) for s, r in seeds.items()} for arm, seeds in dmd_runs.items()},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    first = [str(dmd_runs[arm][plan.seeds[0]]) for arm in arms]
+    write_report(first, out / "report.html", title=f"mirai demo: {', '.join(arms)} (training seed {plan.seeds[0]})",
+                 extra_html=contrast_table(contrasts))
+    return results
+
+
+def contrast_table(contrasts: dict, endpoints: tuple[str, ...] = (PRIMARY_ENDPOINT,) + SECONDARY_ENDPOINTS) -> str:
+    """The verdict table (HTML) of the endpoints, for the report."""
+    rows = []
+    for arm, by_metric in contrasts.items():
+        for m in endpoints:
+            c = by_metric.get(m)
+            if c is None:
+                continue
+            lo, hi = c["ci95"]
+            rows.append(f"<tr><td>{arm}</td><td>{m}</td><td>{c['mean_diff']:+.4f}</td><td>[{lo:+.4f}, {hi:+.4f}]</td>"
+                        f"<td>{c['p']:.3g}</td><td>{c['seeds_better']} of {c['n']}</td></tr>")
+    return ("<h2>Paired contrasts over training seeds (arm &minus; baseline)</h2><table><tr><th>arm</th><th>metric</th>"
+            "<th>mean diff</th><th>95% CI</th><th>p</th><th>seeds better</th></tr>" + "".join(rows) + "</table>")
+
+
+def verdict_lines(results: dict) -> list[str]:
+    """The table printed at the end of `mirai demo`."""
+    lines = [f"{'arm':16s} {'metric':42s} {'mean diff':>10s} {'95% CI':>22s} {'p':>7s} {'better':>7s}"]
+    for arm, by_metric in results["contrasts"].items():
+        for m in (PRIMARY_ENDPOINT,) + SECONDARY_ENDPOINTS:
+            c = by_metric.get(m)
+            if c is not None:
+                lo, hi = c["ci95"]
+                lines.append(f"{arm:16s} {m:42s} {c['mean_diff']:+10.4f} [{lo:+9.4f}, {hi:+9.4f}] "
+                             f"{c['p']:7.3g} {c['seeds_better']:>3d}/{c['n']:<3d}")
+    return lines + ["verdict: " + results["verdict"]]

@@ -1,0 +1,57 @@
+"""`mirai demo`: its statistics, and a --quick run that leaves a complete results.json and report."""
+
+import json
+import math
+
+import pytest
+
+from mirai.cli import main
+from mirai.demo import PRIMARY_ENDPOINT, contrast, length_keys, verdict
+
+
+def test_lengths_are_named_as_multiples_of_the_clip():
+    keys = length_keys({"probe_identity@8f": 0, "probe_identity@32f": 0, "fd@effnet_lite0@8f": 0, "x@5f": 0}, 8)
+    assert keys == {"probe_identity@8f": "probe_identity@1x", "probe_identity@32f": "probe_identity@4x",
+                    "fd@effnet_lite0@8f": "fd@effnet_lite0@1x"}
+
+
+def test_contrast_is_paired_over_training_seeds():
+    base = {0: {"m": 0.50, "fd@x": 1.0}, 1: {"m": 0.40, "fd@x": 1.0}, 2: {"m": 0.30, "fd@x": 1.0}}
+    arm = {0: {"m": 0.52, "fd@x": 0.9}, 1: {"m": 0.43, "fd@x": 1.1}, 2: {"m": 0.31, "fd@x": 0.8}}
+    c = contrast(arm, base, "m")
+    assert c["n"] == 3 and c["mean_diff"] == pytest.approx(0.02) and c["seeds_better"] == 3
+    lo, hi = c["ci95"]
+    # differences 0.02, 0.03, 0.01: mean 0.02, t-interval half-width t(0.975, 2) * 0.01 / sqrt(3) = 0.0248
+    assert lo == pytest.approx(-0.00484, abs=1e-4) and hi == pytest.approx(0.04484, abs=1e-4)
+    assert c["p"] == pytest.approx(0.0742, abs=1e-3)
+    assert "includes zero" in verdict(c, "m")  # 3 of 3 seeds better is not yet an effect
+    assert contrast(arm, base, "fd@x")["seeds_better"] == 2  # lower FD is better
+    single = contrast({0: arm[0]}, {0: base[0]}, "m")
+    assert single["n"] == 1 and math.isnan(single["ci95"][0]) and "no conclusion" in verdict(single, "m")
+
+
+def test_verdict_reads_the_interval():
+    c = {"n": 3, "mean_diff": -0.05, "ci95": [-0.08, -0.02], "p": 0.01, "seeds_better": 0}
+    assert "excludes zero: foresight is worse" in verdict(c, "probe_identity@4x")
+    c = {"n": 3, "mean_diff": 0.01, "ci95": [-0.02, 0.04], "p": 0.4, "seeds_better": 2}
+    assert "includes zero" in verdict(c, "probe_identity@4x")
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--quick", "--out", str(out), "--seeds", "0", "1", "--sampling-seeds", "0", "--samples", "2",
+            "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "verdict: " + PRIMARY_ENDPOINT in printed and "report.html" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"baseline", "foresight"} and set(results["arms"]["baseline"]) == {"0", "1"}
+    for length in ("1x", "4x", "8x"):
+        assert f"probe_identity@{length}" in results["arms"]["foresight"]["0"]
+    assert results["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"] == 2
+    page = (out / "report.html").read_text()
+    assert "Paired contrasts over training seeds" in page and PRIMARY_ENDPOINT in page
+    before = (out / "results.json").stat().st_mtime_ns
+    assert main(args) == 0  # a second run resumes: every stage and evaluation is already done
+    assert (out / "results.json").stat().st_mtime_ns >= before
