@@ -3,20 +3,10 @@
 import pytest
 import torch
 
+from tests.conftest import tiny_vae_folder
 from mirai.models.autoencoder import IdentityAutoencoder, latent_frames, load_autoencoder
 
 diffusers = pytest.importorskip("diffusers")
-
-
-def tiny_vae_folder(path):
-    """diffusers' AutoencoderKLWan at its test size, random weights and non-trivial latent statistics."""
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                     temperal_downsample=[False, True, True],
-                                     latents_mean=torch.linspace(-1, 1, 16).tolist(),
-                                     latents_std=torch.linspace(0.5, 2, 16).tolist())
-    vae.save_pretrained(path)
-    return vae.eval()
 
 
 def test_identity_is_pixels():

@@ -4,20 +4,9 @@ import pytest
 import torch
 
 from mirai.models.text import TextEncoder
+from tests.conftest import tiny_text_encoder_folder
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_text_encoder_folder(path, d_model: int = 32):
-    """UMT5 encoder of width 32 + ByT5Tokenizer (byte-level: no vocabulary files), saved to `path`."""
-    tokenizer = transformers.ByT5Tokenizer()
-    config = transformers.UMT5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2,
-                                     num_heads=4, relative_attention_num_buckets=8)
-    torch.manual_seed(0)
-    model = transformers.UMT5EncoderModel(config).eval()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return model, tokenizer
 
 
 def test_embeddings_equal_transformers_and_zero_past_the_caption(tmp_path):

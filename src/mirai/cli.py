@@ -1,5 +1,6 @@
 """The `mirai` command line: train, sample, bench.
 
+    mirai prepare DATA --out CACHE [--vae DIR] [--text-encoder DIR] [--set prepare.frames=17 ...] [--check]
     mirai train --config configs/tiny.yaml [--set train.steps=100 ...] [--dry-run]
     mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet, .npz)
     mirai eval --ckpt runs/tiny --frames 32 --samples 32 --seeds 0 1 2
@@ -22,9 +23,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import bench, wan_io
+from . import bench, prepare, wan_io
 from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
+from .data.captions import check_folder
 from .data.datasets import DataError
 from .device import pick_device
 from .diffusion.schedule import FlowSchedule
@@ -62,6 +64,17 @@ def at_least(minimum: int):
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mirai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("prepare", help="a folder of captioned videos -> cached latents and caption embeddings")
+    r.add_argument("data", help="the video folder (clip.mp4 + clip.txt, or a captions.jsonl; see the README)")
+    r.add_argument("--out", help="the cache folder to write (resumed when it exists)")
+    r.add_argument("--check", action="store_true", help="only print what the folder holds; write nothing")
+    r.add_argument("--vae", help="a local diffusers AutoencoderKLWan folder (default: identity, pixels)")
+    r.add_argument("--text-encoder", help="a local UMT5/T5 encoder folder with its tokenizer")
+    r.add_argument("--config", help="YAML whose prepare section gives frames, fps, size, ...")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a prepare.* key, e.g. --set prepare.fps=16 --set prepare.height=480")
+    r.add_argument("--device", default="auto")
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("--config", help="YAML file (configs/*.yaml); defaults are used for missing keys")
@@ -147,6 +160,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> None:
+    flags = [f"prepare.vae={args.vae}"] * bool(args.vae) + [f"prepare.text_encoder={args.text_encoder}"] * bool(args.text_encoder)
+    p = load_config(args.config, args.overrides + flags).prepare
+    if args.check:
+        print("\n".join(check_folder(args.data, p).lines()))
+        return
+    if not args.out:
+        raise ConfigError("mirai prepare needs --out CACHE (or --check)")
+    check_output(args.out, folder=True)
+    manifest = prepare.prepare(args.data, args.out, p, pick_device(args.device))
+    clips = sum(len(s["clips"]) for s in manifest["shards"])
+    for name, why in manifest["refused"].items():
+        print(f"refused {name}: {why}", file=sys.stderr)
+    print(f"wrote {args.out}: {clips} clips in {len(manifest['shards'])} shards, {len(manifest['refused'])} videos refused")
+
+
 def cmd_sample(args) -> None:
     check_output(args.out, SAMPLE_FORMATS)
     device = pick_device(args.device)
@@ -230,7 +259,7 @@ def cmd_export(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench,
+        commands = {"prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench,
                     "import": cmd_import, "export": cmd_export}
         code = commands[args.command](args)
     except USER_ERRORS as e:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import rng
 from ..config import Config, DataConfig, WorldConfig
+from .cache import LatentDataset
 from .frames import to_model_range
 from .prompt import PROMPT
 from .videos import VIDEO_SUFFIXES, DataError, read_source, resize_crop
@@ -69,10 +70,16 @@ class VideoFolderDataset:
 def build_dataset(cfg: Config):
     d: DataConfig = cfg.data
     m = cfg.model
+    if d.source == "cache":
+        data = LatentDataset(d.path, d.clip_frames)
+        if data.frame_shape != m.frame_shape:
+            raise DataError(f"{d.path} holds latent frames of shape {data.frame_shape} (channels, height, width), "
+                            f"the model takes {m.frame_shape}: set model.channels / image_size / image_width")
+        return data
     if m.frame_shape != (3, m.image_size, m.image_size):  # both sources give square RGB frames
         raise DataError(f"data.source={d.source} gives square RGB frames, but the model takes {m.frame_shape} "
-                        "(channels, height, width): set model.channels=3 and model.image_width=0 (latents and "
-                        "captions come with the real-data issue)")
+                        "(channels, height, width): set model.channels=3 and model.image_width=0 (for latents, "
+                        "`mirai prepare` the folder and train with data.source=cache)")
     if d.source == "synthetic":
         return SyntheticVideoDataset(cfg.world, d.seed, d.clip_frames)
     return VideoFolderDataset(d.path, d.clip_frames, cfg.model.image_size, d.frame_stride)
