@@ -33,7 +33,7 @@ from .diffusion.schedule import FlowSchedule
 from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.extractors import REGISTRY, ExtractorUnsupported, WeightsMismatch
 from .eval.report import load_eval, write_report
-from .sampling.inputs import rollout_inputs
+from .sampling.inputs import cache_inputs, rollout_inputs
 from .sampling.rollout import iter_rollout
 from .training.loop import TrainingInterrupted, train
 from .training.optim import NonFiniteError
@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     s.add_argument("--num", type=at_least(1), default=4, help="videos to generate (shown side by side)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prompt", help="a caption, encoded with the text encoder of the run's prepared cache")
+    s.add_argument("--context", help="an image or clip to continue from (image-to-video), encoded with the cache's "
+                                     "autoencoder")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sample.* setting, e.g. --set sample.steps=8 --set sample.window_chunks=8")
 
@@ -187,18 +190,28 @@ def cmd_sample(args) -> None:
     frames = args.frames or 4 * cfg.data.clip_frames
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
-    inputs = rollout_inputs(model, world, args.num, frames, args.seed, device)
+    context, decode = None, lambda chunk: chunk
+    if cfg.data.source == "cache":  # latents: prompt and context through the cache's encoders, decoded as they stream
+        real = cache_inputs(model, cfg, args.num, frames, args.seed, device, args.prompt, args.context)
+        inputs, context, stream = real.inputs, real.context, real.autoencoder.stream()
+        decode = stream.decode
+    elif args.prompt is not None or args.context is not None:
+        raise ConfigError("--prompt and --context need a model trained on a prepared cache (data.source=cache)")
+    else:
+        inputs = rollout_inputs(model, world, args.num, frames, args.seed, device)
     rollout = iter_rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=sample,
-                           generator=inputs.generator)
-    chunks = [c.cpu() for c in tqdm(rollout, total=frames // fpc, desc="sample", unit="chunk")]
+                           context=context, generator=inputs.generator)
+    chunks = [decode(context).cpu()] if context is not None else []  # the continued clip opens the video
+    chunks += [decode(c).cpu() for c in tqdm(rollout, total=frames // fpc, desc="sample", unit="chunk")]
     video = torch.cat(chunks, dim=1)
     if args.out.endswith(".npz"):
         out = save_npz(video, inputs.prompt, args.out)
     else:
         out = save_video(video, args.out)
     Path(str(out) + ".json").write_text(json.dumps({"ckpt": str(args.ckpt), "frames": frames, "num": args.num,
-                                                   "seed": args.seed, "sample": to_dict(sample)}, indent=2))
-    print(f"wrote {out} ({args.num} videos x {frames} frames)")
+                                                   "seed": args.seed, "prompt": args.prompt, "context": args.context,
+                                                   "sample": to_dict(sample)}, indent=2))
+    print(f"wrote {out} ({args.num} videos x {video.shape[1]} frames)")
 
 
 def cmd_eval(args) -> None:

@@ -112,6 +112,12 @@ class ModelConfig:
     rope_max_seq_len: int = 1024  # carried for export (diffusers precomputes RoPE up to it); Mirai computes it
 
     @property
+    def text_conditioned(self) -> bool:
+        """Conditioned on caption embeddings (B, L, text_dim) (a Wan model on a prepared cache with captions)
+        rather than on the world's structured prompt."""
+        return self.arch == "wan" and self.conditional and not self.prompt_vocab
+
+    @property
     def frame_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one frame."""
         return self.channels, self.image_size, self.image_width or self.image_size

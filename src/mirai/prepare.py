@@ -118,6 +118,8 @@ def prepare(root: str | Path, out: str | Path, p: PrepareConfig, device="cpu", q
     out.mkdir(parents=True, exist_ok=True)
     ckpt.remove_stale_temporaries(out)
     manifest = read_manifest(out, settings(p))
+    manifest["models"] = {"vae": str(Path(p.vae).resolve()) if p.vae else "", "text_encoder": p.text_encoder and
+                          str(Path(p.text_encoder).resolve())}  # where `mirai sample` finds them again
     ae = load_autoencoder(p.vae, device)
     if (p.frames - 1) % ae.temporal:
         raise DataError(f"prepare.frames={p.frames}: the autoencoder takes 1 + {ae.temporal}k frames")

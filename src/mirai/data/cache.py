@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import checkpoint as ckpt
+from ..models.autoencoder import load_autoencoder
 from .prompt import PROMPT
 from .videos import DataError
 
@@ -55,6 +56,13 @@ class LatentDataset:
         self.clip_frames = clip_frames
         empty = folder / EMPTY_PROMPT
         self.empty_prompt = ckpt.load(empty)[0]["prompt"].float() if empty.is_file() else None
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latent videos (B, T', C, h, w) of this cache -> pictures (B, T, 3, H, W) in [-1, 1], through the
+        autoencoder the cache was prepared with (loaded on first use)."""
+        if not hasattr(self, "autoencoder"):
+            self.autoencoder = load_autoencoder(self.manifest["models"]["vae"])
+        return self.autoencoder.decode(latents)
 
     @property
     def frame_shape(self) -> tuple[int, ...]:

@@ -75,6 +75,9 @@ def build_dataset(cfg: Config):
         if data.frame_shape != m.frame_shape:
             raise DataError(f"{d.path} holds latent frames of shape {data.frame_shape} (channels, height, width), "
                             f"the model takes {m.frame_shape}: set model.channels / image_size / image_width")
+        if m.text_conditioned and data.text_dim != m.text_dim:
+            raise DataError(f"{d.path} holds caption embeddings of width {data.text_dim}, the model reads "
+                            f"model.text_dim={m.text_dim}")
         return data
     if m.frame_shape != (3, m.image_size, m.image_size):  # both sources give square RGB frames
         raise DataError(f"data.source={d.source} gives square RGB frames, but the model takes {m.frame_shape} "
