@@ -46,6 +46,50 @@ def tiny_cfg(tmp_path, **train_kw):
     })
 
 
+def tiny_vae_folder(path):
+    """diffusers' AutoencoderKLWan at its test size (base_dim 3, z_dim 16), random weights and non-trivial latent
+    statistics, saved to `path`; returns the diffusers model."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=torch.linspace(-1, 1, 16).tolist(),
+                           latents_std=torch.linspace(0.5, 2, 16).tolist())
+    vae.save_pretrained(path)
+    return vae.eval()
+
+
+def tiny_text_encoder_folder(path, d_model: int = 32):
+    """A UMT5 encoder of width 32 + ByT5Tokenizer (byte-level: no vocabulary files), saved to `path`."""
+    import transformers
+
+    tokenizer = transformers.ByT5Tokenizer()
+    config = transformers.UMT5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2,
+                                     num_heads=4, relative_attention_num_buckets=8)
+    torch.manual_seed(0)
+    model = transformers.UMT5EncoderModel(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer
+
+
+def write_video_folder(root, names=("a", "b", "c"), frames: int = 12, size=(24, 40), fps: int = 8):
+    """Small synthetic mp4 clips of the world (resized to `size`) with a caption .txt beside each."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from mirai.config import WorldConfig
+    from mirai.data.world import make_clip
+
+    root.mkdir(parents=True, exist_ok=True)
+    world = WorldConfig(image_size=size[1], sprite_sizes=[8])
+    for i, name in enumerate(names):
+        clip = (make_clip(world, 0, i, frames).frames[:, : size[0]] * 255).astype(np.uint8)
+        iio.imwrite(root / f"{name}.mp4", clip, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=1)
+        (root / f"{name}.txt").write_text(f"clip {name} of the world")
+    return root
+
+
 @pytest.fixture
 def model():
     return make_model()

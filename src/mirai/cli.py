@@ -1,5 +1,6 @@
 """The `mirai` command line: train, sample, bench.
 
+    mirai prepare DATA --out CACHE [--vae DIR] [--text-encoder DIR] [--set prepare.frames=17 ...] [--check]
     mirai train --config configs/tiny.yaml [--set train.steps=100 ...] [--dry-run]
     mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet, .npz)
     mirai eval --ckpt runs/tiny --frames 32 --samples 32 --seeds 0 1 2
@@ -22,9 +23,10 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import bench, wan_io
+from . import bench, prepare, wan_io
 from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
+from .data.captions import check_folder
 from .data.datasets import DataError
 from .demo import DemoPlan, run_demo, verdict_lines
 from .device import pick_device
@@ -32,7 +34,7 @@ from .diffusion.schedule import FlowSchedule
 from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.extractors import REGISTRY, ExtractorUnsupported, WeightsMismatch
 from .eval.report import load_eval, write_report
-from .sampling.inputs import rollout_inputs
+from .sampling.inputs import cache_inputs, rollout_inputs
 from .sampling.rollout import iter_rollout
 from .training.loop import TrainingInterrupted, train
 from .training.optim import NonFiniteError
@@ -64,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mirai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
+    r = sub.add_parser("prepare", help="a folder of captioned videos -> cached latents and caption embeddings")
+    r.add_argument("data", help="the video folder (clip.mp4 + clip.txt, or a captions.jsonl; see the README)")
+    r.add_argument("--out", help="the cache folder to write (resumed when it exists)")
+    r.add_argument("--check", action="store_true", help="only print what the folder holds; write nothing")
+    r.add_argument("--vae", help="a local diffusers AutoencoderKLWan folder (default: identity, pixels)")
+    r.add_argument("--text-encoder", help="a local UMT5/T5 encoder folder with its tokenizer")
+    r.add_argument("--config", help="YAML whose prepare section gives frames, fps, size, ...")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a prepare.* key, e.g. --set prepare.fps=16 --set prepare.height=480")
+    r.add_argument("--device", default="auto")
+
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("--config", help="YAML file (configs/*.yaml); defaults are used for missing keys")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -79,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     s.add_argument("--num", type=at_least(1), default=4, help="videos to generate (shown side by side)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prompt", help="a caption, encoded with the text encoder of the run's prepared cache")
+    s.add_argument("--context", help="an image or clip to continue from (image-to-video), encoded with the cache's "
+                                     "autoencoder")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a sample.* setting, e.g. --set sample.steps=8 --set sample.window_chunks=8")
 
@@ -157,6 +173,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> None:
+    flags = [f"prepare.vae={args.vae}"] * bool(args.vae) + [f"prepare.text_encoder={args.text_encoder}"] * bool(args.text_encoder)
+    p = load_config(args.config, args.overrides + flags).prepare
+    if args.check:
+        print("\n".join(check_folder(args.data, p).lines()))
+        return
+    if not args.out:
+        raise ConfigError("mirai prepare needs --out CACHE (or --check)")
+    check_output(args.out, folder=True)
+    manifest = prepare.prepare(args.data, args.out, p, pick_device(args.device))
+    clips = sum(len(s["clips"]) for s in manifest["shards"])
+    for name, why in manifest["refused"].items():
+        print(f"refused {name}: {why}", file=sys.stderr)
+    print(f"wrote {args.out}: {clips} clips in {len(manifest['shards'])} shards, {len(manifest['refused'])} videos refused")
+
+
 def cmd_sample(args) -> None:
     check_output(args.out, SAMPLE_FORMATS)
     device = pick_device(args.device)
@@ -168,18 +200,28 @@ def cmd_sample(args) -> None:
     frames = args.frames or 4 * cfg.data.clip_frames
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
-    inputs = rollout_inputs(model, world, args.num, frames, args.seed, device)
+    context, decode = None, lambda chunk: chunk
+    if cfg.data.source == "cache":  # latents: prompt and context through the cache's encoders, decoded as they stream
+        real = cache_inputs(model, cfg, args.num, frames, args.seed, device, args.prompt, args.context)
+        inputs, context, stream = real.inputs, real.context, real.autoencoder.stream()
+        decode = stream.decode
+    elif args.prompt is not None or args.context is not None:
+        raise ConfigError("--prompt and --context need a model trained on a prepared cache (data.source=cache)")
+    else:
+        inputs = rollout_inputs(model, world, args.num, frames, args.seed, device)
     rollout = iter_rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=sample,
-                           generator=inputs.generator)
-    chunks = [c.cpu() for c in tqdm(rollout, total=frames // fpc, desc="sample", unit="chunk")]
+                           context=context, generator=inputs.generator)
+    chunks = [decode(context).cpu()] if context is not None else []  # the continued clip opens the video
+    chunks += [decode(c).cpu() for c in tqdm(rollout, total=frames // fpc, desc="sample", unit="chunk")]
     video = torch.cat(chunks, dim=1)
     if args.out.endswith(".npz"):
         out = save_npz(video, inputs.prompt, args.out)
     else:
         out = save_video(video, args.out)
     Path(str(out) + ".json").write_text(json.dumps({"ckpt": str(args.ckpt), "frames": frames, "num": args.num,
-                                                   "seed": args.seed, "sample": to_dict(sample)}, indent=2))
-    print(f"wrote {out} ({args.num} videos x {frames} frames)")
+                                                   "seed": args.seed, "prompt": args.prompt, "context": args.context,
+                                                   "sample": to_dict(sample)}, indent=2))
+    print(f"wrote {out} ({args.num} videos x {video.shape[1]} frames)")
 
 
 def cmd_eval(args) -> None:
@@ -249,8 +291,9 @@ def cmd_export(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "compare": cmd_compare, "bench": cmd_bench,
-                    "demo": cmd_demo, "import": cmd_import, "export": cmd_export}
+        commands = {"prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+                    "compare": cmd_compare, "bench": cmd_bench, "demo": cmd_demo, "import": cmd_import,
+                    "export": cmd_export}
         code = commands[args.command](args)
     except USER_ERRORS as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())

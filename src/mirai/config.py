@@ -52,11 +52,30 @@ class WorldConfig:
 class DataConfig:
     """Where training clips come from."""
 
-    source: str = "synthetic"  # "synthetic" (the built-in world) or "folder" (mp4/gif/frame folders)
-    path: str = ""  # the folder, for source == "folder"
+    source: str = "synthetic"  # "synthetic" (the built-in world), "folder" (mp4/gif/frame folders, pixels) or
+    #                            "cache" (latents and caption embeddings written by `mirai prepare`)
+    path: str = ""  # the folder, for source == "folder" or "cache"
     clip_frames: int = 8  # frames per training clip (must be a multiple of model.frames_per_chunk)
     seed: int = 0  # dataset seed: clip i of the synthetic world is a pure function of (seed, i)
     frame_stride: int = 1  # for folder videos: take every n-th frame
+
+
+@dataclass
+class PrepareConfig:
+    """`mirai prepare`: a folder of videos with captions -> a cache of latents and caption embeddings."""
+
+    frames: int = 17  # frames per clip after resampling (the Wan VAE takes 1 + 4k frames -> 1 + k latent frames)
+    fps: float = 0.0  # resample every video to this frame rate (0 = keep each video's own rate)
+    folder_fps: float = 16.0  # the frame rate of frame folders (and of files that declare none)
+    height: int = 32  # frames are scaled and centre-cropped to height x width pixels
+    width: int = 0  # 0 = height (square)
+    clips_per_video: int = 1  # consecutive clips cut from each video (0 = as many as fit)
+    vae: str = ""  # a local diffusers AutoencoderKLWan folder; "" = identity (the model sees pixels)
+    text_encoder: str = ""  # a local transformers UMT5/T5 encoder folder (its tokenizer inside); "" = no embeddings
+    text_len: int = 64  # caption tokens kept (padded with zeros, as Wan's pipelines pad)
+    missing_caption: str = "skip"  # a video without a caption: "skip" (reported) or "empty" (prepared unconditional)
+    batch_size: int = 4  # clips per encoder call
+    shard_size: int = 32  # clips per shard file (a killed run resumes shard by shard)
 
 
 @dataclass
@@ -91,6 +110,12 @@ class ModelConfig:
     freq_dim: int = 256  # sinusoidal timestep features
     eps: float = 1e-6  # of the layer and RMS norms
     rope_max_seq_len: int = 1024  # carried for export (diffusers precomputes RoPE up to it); Mirai computes it
+
+    @property
+    def text_conditioned(self) -> bool:
+        """Conditioned on caption embeddings (B, L, text_dim) (a Wan model on a prepared cache with captions)
+        rather than on the world's structured prompt."""
+        return self.arch == "wan" and self.conditional and not self.prompt_vocab
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -226,6 +251,7 @@ class ForesightConfig:
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -345,6 +371,8 @@ VALUE_RULES: dict[str, dict[str, tuple]] = {  # section -> key -> (test, require
                   sprite_sizes=AT_LEAST_1, num_shapes=AT_LEAST_1, num_colors=AT_LEAST_1, num_patterns=AT_LEAST_1,
                   max_speed=NON_NEGATIVE, min_speed=NON_NEGATIVE, momentum=UNIT, occluder_prob=UNIT),
     "data": dict(clip_frames=AT_LEAST_1, frame_stride=AT_LEAST_1),
+    "prepare": dict(frames=AT_LEAST_1, fps=NON_NEGATIVE, folder_fps=POSITIVE, height=AT_LEAST_1, width=NON_NEGATIVE,
+                    clips_per_video=NON_NEGATIVE, text_len=AT_LEAST_1, batch_size=AT_LEAST_1, shard_size=AT_LEAST_1),
     "model": dict(dim=AT_LEAST_1, depth=AT_LEAST_1, heads=AT_LEAST_1, mlp_ratio=POSITIVE, patch_size=AT_LEAST_1,
                   image_size=AT_LEAST_1, channels=AT_LEAST_1, frames_per_chunk=AT_LEAST_1, prompt_vocab=AT_LEAST_1,
                   rope_theta=POSITIVE, sigma_data=POSITIVE),
@@ -417,8 +445,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.clip_frames={cfg.data.clip_frames} is not a multiple of model.frames_per_chunk={m.frames_per_chunk}"
         )
-    if cfg.data.source not in ("synthetic", "folder"):
-        raise ConfigError(f"data.source must be 'synthetic' or 'folder', got '{cfg.data.source}'")
+    if cfg.data.source not in ("synthetic", "folder", "cache"):
+        raise ConfigError(f"data.source must be 'synthetic', 'folder' or 'cache', got '{cfg.data.source}'")
+    if cfg.prepare.missing_caption not in ("skip", "empty"):
+        raise ConfigError(f"prepare.missing_caption must be 'skip' or 'empty', got '{cfg.prepare.missing_caption}'")
     if cfg.data.source == "synthetic" and cfg.world.image_size != m.image_size:
         raise ConfigError(f"world.image_size={cfg.world.image_size} differs from model.image_size={m.image_size}")
     if cfg.sample.solver not in ("euler", "renoise"):

@@ -12,6 +12,11 @@ from .wan import WanVideoModel
 ARCHS = {"dit": CausalVideoDiT, "wan": WanVideoModel}
 
 
+def is_conditional(model: nn.Module) -> bool:
+    """Whether the model reads a prompt: the world's structured prompt or caption embeddings."""
+    return model.prompt_embed is not None or model.cfg.text_conditioned
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A freshly initialised model of `cfg.arch` (validated by the config)."""
     return ARCHS[cfg.arch](cfg)

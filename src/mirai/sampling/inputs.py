@@ -1,19 +1,26 @@
 """What a rollout starts from when a user asks for `num` videos with a seed (`mirai sample`, `mirai eval`):
 prompts of scenes never used in training, per-chunk initial noise and the solver's generator, all derived
-from the one seed (see `mirai.rng`)."""
+from the one seed (see `mirai.rng`). For a model trained on a prepared cache (`mirai prepare`): a caption
+encoded on the fly and a context image or clip encoded, both with the cache's own encoders, and the
+autoencoder that decodes the latents."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import rng
-from ..config import ConfigError, WorldConfig
+from ..config import Config, ConfigError, WorldConfig
+from ..data.cache import read_cache_manifest
 from ..data.prompt import PROMPT
+from ..data.videos import read_source, resize_crop
 from ..data.world import make_clip
+from ..models.autoencoder import load_autoencoder
+from ..models.text import TextEncoder
 
 
 def unseen_prompts(world: WorldConfig, num: int, seed: int) -> np.ndarray:
@@ -38,5 +45,45 @@ def rollout_inputs(model: nn.Module, world: WorldConfig, num: int, frames: int, 
                           f"{world.image_size}x{world.image_size} frames: decoding latents comes with the VAE issue")
     prompts = unseen_prompts(world, num, seed)
     noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, *c.frame_shape)).to(device)
-    prompt = torch.from_numpy(prompts).to(device) if model.prompt_embed is not None else None
+    prompt = torch.from_numpy(prompts).to(device) if model.prompt_embed is not None else None  # structured only
     return RolloutInputs(noise, prompt, prompts, rng.generator(seed, "sampler"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Models trained on a prepared cache: captions, context clips and decoding through the cache's encoders
+
+
+@dataclass
+class CacheInputs:
+    inputs: RolloutInputs
+    context: Tensor | None  # (num, Tc, C, h, w) latents of the context image / clip, or None
+    autoencoder: object  # decodes the latents (`models.autoencoder`)
+
+
+def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int, device, caption: str | None,
+                 context: str | None) -> CacheInputs:
+    """Inputs of `num` rollouts of a model trained on the cache `cfg.data.path`: the caption encoded by the cache's
+    text encoder (None: the unconditional, dropped prompt), the context file (an image or a clip) scaled, cropped
+    and encoded as the cache's clips were."""
+    manifest = read_cache_manifest(cfg.data.path)
+    models, settings = manifest["models"], manifest["settings"]
+    ae = load_autoencoder(models["vae"], device)
+    fpc, c = model.cfg.frames_per_chunk, model.cfg
+    prompt = None
+    if caption is not None:
+        if not c.text_conditioned:
+            raise ConfigError("--prompt needs a caption-conditioned model (trained on a cache with a text encoder)")
+        embedding, _ = TextEncoder(models["text_encoder"], settings["text_len"], device).encode([caption])
+        prompt = embedding.expand(num, -1, -1)
+    latents = None
+    if context is not None:
+        pictures = read_source(Path(context))
+        keep = 1 + (len(pictures) - 1) // ae.temporal * ae.temporal  # the autoencoder takes 1 + 4k frames
+        clip = resize_crop(pictures[:keep], settings["height"], settings["width"] or settings["height"])
+        latents = ae.encode(clip[None].to(device))
+        latents = latents[:, : latents.shape[1] // fpc * fpc]
+        if latents.shape[1] == 0:
+            raise ConfigError(f"--context {context} gives {keep} frames: fewer than one chunk of {fpc} latent frames")
+        latents = latents.expand(num, -1, -1, -1, -1)
+    noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, *c.frame_shape)).to(device)
+    return CacheInputs(RolloutInputs(noise, prompt, PROMPT.empty(num), rng.generator(seed, "sampler")), latents, ae)

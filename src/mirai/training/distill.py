@@ -18,7 +18,9 @@ from .. import checkpoint as ckpt, rng
 from ..config import Config, SampleConfig
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
+from ..data.datasets import build_dataset
 from ..device import pick_device
+from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
 from ..sampling.rollout import iter_rollout
 
@@ -70,19 +72,28 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     ckpt.remove_stale_temporaries(out)  # a shard a killed run was writing
     shards = -(-d.num_videos // d.shard_size)
     shape = cfg.model.frame_shape
+    captions = build_dataset(cfg).prompts if cfg.model.text_conditioned else None
     for s in tqdm(range(shards), desc="ode pairs", unit="shard", disable=quiet):
         path = out / f"shard_{s:05d}.safetensors"
         if path.exists():
             continue
         index = range(s * d.shard_size, min(d.num_videos, (s + 1) * d.shard_size))
-        scenes = rng.derive_seed(cfg.data.seed, "ode-scenes")  # prompts of scenes the other stages never train on
-        prompt = torch.stack([torch.from_numpy(PROMPT.encode(make_clip(cfg.world, scenes, i, 1).scene)) for i in index])
+        prompt = pair_prompts(cfg, index, captions)
         gen = rng.generator(cfg.train.seed, "ode-noise", s)
         noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
-        cond = prompt.to(device) if teacher.prompt_embed is not None else None
+        cond = prompt.to(device) if is_conditional(teacher) else None
         states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale)
         write_shard(path, states, clean, prompt, torch.tensor(ts))
     return out
+
+
+def pair_prompts(cfg: Config, index: range, captions: Tensor | None) -> Tensor:
+    """Prompts of the trajectories `index`: the cache's caption embeddings in turn (a text model), else the
+    structured prompts of world scenes the other stages never train on."""
+    if captions is not None:
+        return torch.stack([captions[i % len(captions)].float() for i in index])
+    scenes = rng.derive_seed(cfg.data.seed, "ode-scenes")
+    return torch.stack([torch.from_numpy(PROMPT.encode(make_clip(cfg.world, scenes, i, 1).scene)) for i in index])
 
 
 def write_shard(path: Path, states: Tensor, clean: Tensor, prompt: Tensor, timesteps: Tensor) -> None:

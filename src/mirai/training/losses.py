@@ -34,7 +34,7 @@ def drop_prompt(prompt: Tensor | None, p: float, generator: torch.Generator | No
     if prompt is None or p <= 0:
         return prompt
     keep = rand(prompt.shape[0], generator, prompt.device) >= p
-    return prompt * keep[:, None]
+    return prompt * keep.view(-1, *[1] * (prompt.dim() - 1))  # (B, P) structured or (B, L, D) caption embeddings
 
 
 def _chunk_t(schedule: FlowSchedule, B: int, K: int, fpc: int, per_chunk: bool, generator, device=None) -> Tensor:

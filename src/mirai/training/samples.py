@@ -11,6 +11,7 @@ from torch import nn
 from ..config import Config
 from .. import rng
 from ..data.datasets import SyntheticVideoDataset, get_batch
+from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
 from ..sampling.rollout import rollout, sample_whole
 from ..video import save_video
@@ -25,7 +26,7 @@ def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config
     if isinstance(dataset, SyntheticVideoDataset):  # clips of a scene space the run never trains on
         dataset = SyntheticVideoDataset(cfg.world, rng.derive_seed(cfg.data.seed, "sample-sheet"), frames)
     held_out = get_batch(dataset, list(range(num)))
-    prompt = held_out["prompt"].to(device) if model.prompt_embed is not None else None
+    prompt = held_out["prompt"].to(device) if is_conditional(model) else None
     fpc = cfg.model.frames_per_chunk
     noise = rng.chunk_noise(0, num, frames // fpc, (fpc, *held_out["video"].shape[2:])).to(device)
     gen = rng.generator(0, "sampler")
@@ -39,4 +40,6 @@ def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config
     video = video.cpu()
     real = held_out["video"][:, : min(frames, held_out["video"].shape[1])]
     both = torch.cat([video[:, : real.shape[1]], real]) if real.shape[1] == video.shape[1] else video
+    if hasattr(dataset, "decode"):  # latents of a prepared cache: pictures through its autoencoder
+        both = dataset.decode(both)
     return save_video(both, path)

@@ -19,7 +19,8 @@ from ..config import Config, ConfigError
 from ..data.prompt import PROMPT
 from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
-from ..models.build import build_model
+from ..data.cache import read_cache_manifest
+from ..models.build import build_model, is_conditional
 
 
 @dataclass
@@ -66,13 +67,21 @@ class Stage:
 
     def prompt_of(self, batch: dict[str, Tensor]) -> Tensor | None:
         """The batch's prompts for a conditional generator, None for an unconditional one."""
-        return batch["prompt"] if self.model.prompt_embed is not None else None
+        return batch["prompt"] if is_conditional(self.model) else None
 
 
 def resolve_model_config(cfg: Config) -> Config:
     """Fill derived model fields (the prompt vocabulary of the world) so the saved config is complete."""
     cfg = copy.deepcopy(cfg)
-    if cfg.model.conditional and not cfg.model.prompt_vocab:
+    if cfg.data.source == "cache" and cfg.model.conditional:  # captions: conditioned when the cache embedded them
+        if not read_cache_manifest(cfg.data.path)["settings"]["text_encoder"]:
+            raise ConfigError(f"{cfg.data.path} holds no caption embeddings (prepared without --text-encoder); "
+                              "set model.conditional=false")
+        if cfg.model.arch != "wan":
+            raise ConfigError("caption conditioning needs model.arch=wan (its text cross-attention); "
+                              "set model.conditional=false for the DiT")
+        cfg.model.prompt_vocab = []
+    elif cfg.model.conditional and not cfg.model.prompt_vocab:
         if cfg.data.source != "synthetic":
             raise ConfigError("model.conditional needs a dataset with prompts (data.source=synthetic); set model.conditional=false")
         cfg.model.prompt_vocab = PROMPT.vocab(cfg.world)
