@@ -40,8 +40,8 @@ class MetricsLog:
 
     def __init__(self, path: Path, start_step: int = 0):
         if path.exists():
-            kept = [line for line in path.read_text().splitlines() if _logged_step(line) is not None
-                    and _logged_step(line) <= start_step]
+            steps = [(line, _logged_step(line)) for line in path.read_text().splitlines()]
+            kept = [line for line, step in steps if step is not None and step <= start_step]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, path)
