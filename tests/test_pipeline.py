@@ -1,6 +1,7 @@
 """The baseline pipeline end to end at toy size: teacher, AR teacher, ODE pairs + student, DMD, resume."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -120,6 +121,27 @@ def test_the_foresight_loss_reaches_the_generator(stages):
     zero = train(foresight_cfg(root, "weight_zero_1", teacher, ode, steps=1, weight=0.0), quiet=True)
     a, b = ckpt.load(base / "ckpt.safetensors")[0], ckpt.load(zero / "ckpt.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
+
+
+def test_term_gradient_diagnostic_splits_the_generator_gradient_and_changes_nothing(stages):
+    """grad_norm[dmd_loss] and grad_norm[foresight term] are the parts of the update's gradient: with their
+    cosine they rebuild its norm (|a + b|^2 = |a|^2 + |b|^2 + 2 |a| |b| cos); logging them changes no weight."""
+    root, teacher, ar, ode = stages
+    diag = foresight_cfg(root, "tg_diag", teacher, ode, steps=3)
+    diag.dmd.term_grad_every = 1
+    diag.train.grad_clip = 1e9  # gen_grad_norm is then the norm of the summed gradient itself
+    plain_cfg = foresight_cfg(root, "tg_plain_noclip", teacher, ode, steps=3)
+    plain_cfg.train.grad_clip = 1e9
+    run, plain = train(diag, quiet=True), train(plain_cfg, quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    gen = [r for r in rows if "grad_cos" in r]
+    assert len(gen) == 2  # steps 0 and 2 update the generator (critic_updates_per_gen 2)
+    for r in gen:
+        a, b, cos = r["grad_norm[dmd_loss]"], r["grad_norm[foresight term]"], r["grad_cos"]
+        assert b > 0 and -1 <= cos <= 1
+        assert math.sqrt(a * a + b * b + 2 * a * b * cos) == pytest.approx(r["gen_grad_norm"], rel=1e-4)
+    x, y = ckpt.load(run / "ckpt.safetensors")[0], ckpt.load(plain / "ckpt.safetensors")[0]
+    assert all(torch.equal(x[k], y[k]) for k in x)
 
 
 def test_foresight_run_resumes_exactly(stages):

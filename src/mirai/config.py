@@ -228,6 +228,9 @@ class DMDConfig:
     betas: list[float] = field(default_factory=lambda: [0.0, 0.999])  # AdamW betas of the generator and the critic
     #                                                                   (DMD2: no first moment; train.betas is
     #                                                                   not used by this stage)
+    term_grad_every: int = 0  # every n-th generator update, log each loss part's own gradient norm on the generator
+    #                           and their cosine (`grad_norm[...]`, `grad_cos`): does a term reach it? (0 = never;
+    #                           costs one extra backward pass per part on those steps, changes no number)
 
 
 @dataclass

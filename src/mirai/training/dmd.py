@@ -32,7 +32,7 @@ from ..diffusion.schedule import FlowSchedule
 from ..rng import rand, randn
 from ..sampling.rollout import rollout_with_exit
 from .losses import bidirectional_loss
-from .optim import check_finite, optimize
+from .optim import check_finite, optimize, part_grad_norms
 from .stage import Stage, StepOutput, init_generator
 
 # --------------------------------------------------------------------------------------------------
@@ -214,6 +214,9 @@ class DMDStage(Stage):
             record.update(term_record)
         if not check_finite(parts, step, self.name, policy):
             return video.detach(), {**record, "skipped_nonfinite": 1.0}, False
+        every = self.cfg.dmd.term_grad_every
+        if every and (step // self.cfg.dmd.critic_updates_per_gen) % every == 0:
+            record.update(part_grad_norms(self.model, parts))
         gen_grad_norm = optimize(self.opt, self.model, loss, self.cfg.train.grad_clip, step=step, stage=self.name,
                                  what="the generator loss", policy=policy)
         if gen_grad_norm is None:

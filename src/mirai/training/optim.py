@@ -68,3 +68,20 @@ def optimize(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, c
         return None
     opt.step()
     return grad_norm.item()
+
+
+def part_grad_norms(model: nn.Module, parts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each loss part's own gradient norm on `model`'s parameters, and the cosine between the first two parts'
+    gradients (diagnostic: how much of the total gradient a term is, and whether it agrees with the main loss).
+    The graph is kept, so the caller's backward pass of the summed loss is unchanged."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = {}
+    for name, part in parts.items():
+        grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+        flat[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().float()
+                                for g, p in zip(grads, params)])
+    out = {f"grad_norm[{name}]": float(v.norm()) for name, v in flat.items()}
+    if len(flat) >= 2:
+        a, b = list(flat.values())[:2]
+        out["grad_cos"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    return out
