@@ -1,12 +1,17 @@
 """`mirai demo`: its statistics, and a --quick run that leaves a complete results.json and report."""
 
+import hashlib
 import json
 import math
 
+import imageio.v3 as iio
 import pytest
+import torch
 
+from mirai import checkpoint as ckpt
 from mirai.cli import main
-from mirai.demo import PRIMARY_ENDPOINT, contrast, length_keys, verdict
+from mirai.config import ConfigError
+from mirai.demo import PRIMARY_ENDPOINT, contrast, length_keys, load_base, verdict
 
 
 def test_lengths_are_named_as_multiples_of_the_clip():
@@ -40,9 +45,10 @@ def test_verdict_reads_the_interval():
 @pytest.mark.slow
 def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "demo"
+    base = tmp_path / "base"
     args = ["demo", "--quick", "--out", str(out), "--seeds", "0", "1", "--sampling-seeds", "0", "--samples", "2",
             "--device", "cpu"]
-    assert main(args) == 0
+    assert main(args + ["--save-base", str(base)]) == 0
     printed = capsys.readouterr().out
     assert "verdict: " + PRIMARY_ENDPOINT in printed and "report.html" in printed
     results = json.loads((out / "results.json").read_text())
@@ -52,6 +58,34 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert results["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"] == 2
     page = (out / "report.html").read_text()
     assert "Paired contrasts over training seeds" in page and PRIMARY_ENDPOINT in page
+    for figure in ("drift.png", "strip.png"):
+        assert iio.imread(out / figure).ndim == 3
     before = (out / "results.json").stat().st_mtime_ns
     assert main(args) == 0  # a second run resumes: every stage and evaluation is already done
     assert (out / "results.json").stat().st_mtime_ns >= before
+    # the shared stages as a shipped base: fp16 files with provenance; a demo started from it trains no shared stage
+    prov = json.loads((base / "provenance.json").read_text())
+    assert set(prov["files"]) == {"teacher.safetensors", "ar.safetensors", "ode.safetensors"} and prov["commit"]
+    assert all(v.dtype == torch.float16 for v in ckpt.load(base / "ode.safetensors")[0].values())
+    from_base = tmp_path / "from_base"
+    assert main(["demo", "--quick", "--out", str(from_base), "--seeds", "0", "--sampling-seeds", "0", "--samples",
+                 "2", "--device", "cpu", "--base", str(base), "--weights", "0.5"]) == 0
+    assert not (from_base / "shared").exists()
+    assert set(json.loads((from_base / "results.json").read_text())["arms"]) == {"baseline", "foresight",
+                                                                                  "foresight_w0.5"}
+
+
+def test_a_changed_base_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no provenance.json"):
+        load_base(tmp_path)
+    files = {}
+    for name in ("teacher", "ar", "ode"):
+        (tmp_path / f"{name}.safetensors").write_bytes(name.encode())
+        files[f"{name}.safetensors"] = {"sha256": hashlib.sha256(name.encode()).hexdigest()}
+    (tmp_path / "provenance.json").write_text(json.dumps({"quick": False, "files": files}))
+    assert set(load_base(tmp_path)) == {"teacher", "ar", "ode"}
+    with pytest.raises(ConfigError, match="made without --quick"):
+        load_base(tmp_path, quick=True)
+    (tmp_path / "ar.safetensors").write_bytes(b"changed")
+    with pytest.raises(ConfigError, match="does not match the sha256"):
+        load_base(tmp_path)

@@ -124,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--samples", type=at_least(1), default=16, help="videos per sampling seed")
     d.add_argument("--quick", action="store_true", help="toy sizes and a few steps: minutes, meaningless numbers")
     d.add_argument("--ablation", action="store_true", help="add the target-window and causal-encoder ablations")
+    d.add_argument("--weights", type=float, nargs="+", default=[],
+                   help="dose: one more foresight arm per foresight.weight, e.g. --weights 0.1 0.5 1.0")
+    d.add_argument("--dmd-steps", type=at_least(1), default=0, help="DMD steps per arm (default: configs/tiny_dmd.yaml's)")
+    d.add_argument("--base", default=None,
+                   help="a demo base folder (teacher, ar, ode + provenance.json) to start from instead of "
+                        "training the shared stages")
+    d.add_argument("--save-base", default=None, help="after training the shared stages, write them here as a base")
     d.add_argument("--device", default="auto")
 
     i = sub.add_parser("import", help="a local diffusers Wan2.1 transformer folder -> a Mirai run folder")
@@ -255,7 +262,9 @@ def cmd_compare(args) -> None:
 def cmd_demo(args) -> None:
     check_output(args.out, folder=True)
     pick_device(args.device)
-    plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation, args.device)
+    plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation,
+                    args.device, args.weights, args.dmd_steps, Path(args.base) if args.base else None,
+                    Path(args.save_base) if args.save_base else None)
     results = run_demo(plan)
     print("\n".join(verdict_lines(results)))
     print(f"wrote {plan.out / 'results.json'} and {plan.out / 'report.html'}")

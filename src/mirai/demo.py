@@ -15,18 +15,25 @@ Every stage is a `mirai train` run in its own folder, so an interrupted demo res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import platform
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import stats
 
-from .config import load_config
-from .eval.evaluate import Evaluator, evaluate_run
+from . import checkpoint as ckpt
+from .config import ConfigError, load_config
+from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.report import write_report
+from .video import upscale
 from .training.loop import train
 
 # Declared before any demo result was seen (README, "Does foresight help?"): the ground-truth identity of the
@@ -61,9 +68,14 @@ class DemoPlan:
     quick: bool = False
     ablation: bool = False
     device: str = "auto"
+    weights: list[float] = field(default_factory=list)  # dose: one more foresight arm per foresight.weight
+    dmd_steps: int = 0  # 0 = the DMD config's own; more measures a longer DMD stage
+    base: Path | None = None  # shipped shared stages (teacher, ar, ode model files) instead of training them
+    save_base: Path | None = None  # after the shared stages, write them here as a shippable base
 
     def arms(self) -> dict[str, list[str]]:
-        return {**ARMS, **(ABLATIONS if self.ablation else {})}
+        dose = {f"foresight_w{w:g}": ["foresight.enabled=true", f"foresight.weight={w}"] for w in self.weights}
+        return {**ARMS, **(ABLATIONS if self.ablation else {}), **dose}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,29 +180,113 @@ class Progress:
         self.done += 1
 
 
+# --------------------------------------------------------------------------------------------------
+# The shared stages: trained here, or a shipped base
+
+
+SHARED = ("teacher", "ar", "ode")  # bidirectional teacher, AR teacher (teacher forcing), ODE student
+
+
+def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
+    """Model files of the shared stages: the shipped base's (`plan.base`) or trained in `out/shared`."""
+    if plan.base is not None:
+        progress.start(f"shared stages: the base in {plan.base}")
+        runs = load_base(plan.base, plan.quick)
+        for _ in SHARED:
+            progress.finish()
+        return runs
+    shared = plan.out / "shared"
+    runs: dict[str, Path] = {}
+    progress.start("shared stage: bidirectional teacher")
+    runs["teacher"] = run_stage(plan, "tiny_teacher.yaml", "teacher", shared / "teacher", [])
+    progress.finish()
+    progress.start("shared stage: AR teacher (teacher forcing from the bidirectional teacher)")
+    runs["ar"] = run_stage(plan, "tiny_ar.yaml", "ar", shared / "ar", [f"train.init_from={runs['teacher']}"])
+    progress.finish()
+    progress.start("shared stage: ODE distillation")
+    ode_extra = [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"]
+    runs["ode"] = run_stage(plan, "tiny_ode.yaml", "ode", shared / "ode", ode_extra)
+    progress.finish()
+    if plan.save_base is not None:
+        save_base(runs, plan.save_base, plan)
+    return runs
+
+
+def load_base(folder: Path, quick: bool = False) -> dict[str, Path]:
+    """A base folder (written by `save_base`): its model file per shared stage, checked against its provenance."""
+    prov_path = Path(folder) / "provenance.json"
+    if not prov_path.is_file():
+        raise ConfigError(f"{folder} is not a demo base: no provenance.json (make one with `mirai demo --save-base`)")
+    prov = json.loads(prov_path.read_text())
+    if prov.get("quick") != quick:
+        raise ConfigError(f"the demo base {folder} was made {'with' if prov.get('quick') else 'without'} --quick; "
+                          f"this demo runs {'with' if quick else 'without'} it (the model sizes differ)")
+    runs = {}
+    for name in SHARED:
+        path = Path(folder) / f"{name}.safetensors"
+        if not path.is_file():
+            raise ConfigError(f"the demo base {folder} has no {path.name}")
+        if file_sha256(path) != prov["files"][path.name]["sha256"]:
+            raise ConfigError(f"{path} does not match the sha256 in {prov_path}: the base was changed")
+        runs[name] = path
+    return runs
+
+
+def save_base(runs: dict[str, Path], folder: Path, plan: DemoPlan) -> None:
+    """The shared stages as a shippable base: fp16 model files (half the size; the stages load them into fp32)
+    and provenance.json with the command, seeds, commit, machine and each file's steps and sha256."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in SHARED:
+        tensors, meta = ckpt.load(ckpt.resolve_model_path(runs[name]))
+        half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        path = folder / f"{name}.safetensors"
+        ckpt.atomic_save(half, path, {**meta, "dtype": "float16"})
+        files[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size, "step": meta.get("step"),
+                            "objective": meta.get("objective"), "source": str(runs[name])}
+    prov = {"command": " ".join(sys.argv), "quick": plan.quick,
+            "commit": git_commit(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpu": cpu_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "files": files}
+    (folder / "provenance.json").write_text(json.dumps(prov, indent=1))
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                flags = info.read_text()
+                return line.split(":", 1)[1].strip() + (" (AVX-512)" if "avx512f" in flags else " (AVX2)"
+                                                        if "avx2" in flags else "")
+    return platform.processor() or "unknown"
+
+
 def run_demo(plan: DemoPlan) -> dict:
     out = plan.out
     arms = plan.arms()
     # rough relative costs: a stage's training steps and an evaluation's rollouts, for the time estimate
-    costs = [3.0, 2.0, 1.5] + [2.0] * len(arms) * len(plan.seeds) + [1.0] * len(arms) * len(plan.seeds)
+    costs = [0.0 if plan.base else c for c in (3.0, 2.0, 1.5)] + [2.0] * len(arms) * len(plan.seeds) + [1.0] * len(arms) * len(plan.seeds)
     progress = Progress(costs)
-    runs: dict[str, Path] = {}
-    progress.start("shared stage: bidirectional teacher")
-    runs["teacher"] = run_stage(plan, "tiny_teacher.yaml", "teacher", out / "shared" / "teacher", [])
-    progress.finish()
-    progress.start("shared stage: AR teacher (teacher forcing from the bidirectional teacher)")
-    runs["ar"] = run_stage(plan, "tiny_ar.yaml", "ar", out / "shared" / "ar", [f"train.init_from={runs['teacher']}"])
-    progress.finish()
-    progress.start("shared stage: ODE distillation")
-    ode_extra = [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"]
-    runs["ode"] = run_stage(plan, "tiny_ode.yaml", "ode", out / "shared" / "ode", ode_extra)
-    progress.finish()
+    runs = shared_stages(plan, progress)
     dmd_runs: dict[str, dict[int, Path]] = {arm: {} for arm in arms}
     for seed in plan.seeds:
         for arm, extra in arms.items():
             progress.start(f"DMD {arm}, training seed {seed}")
             dmd_extra = [f"train.init_from={runs['ode']}", f"dmd.teacher={runs['teacher']}", f"train.seed={seed}",
-                         "foresight.enabled=false"] + extra
+                         "foresight.enabled=false"] + ([f"train.steps={plan.dmd_steps}"] if plan.dmd_steps else []) + extra
             dmd_runs[arm][seed] = run_stage(plan, "tiny_dmd.yaml", "dmd", out / arm / f"seed_{seed}", dmd_extra)
             progress.finish()
     cfg = load_config(CONFIGS / "tiny_dmd.yaml", QUICK if plan.quick else [])
@@ -205,7 +301,7 @@ def run_demo(plan: DemoPlan) -> dict:
     metrics = sorted(means["baseline"][plan.seeds[0]])
     contrasts = {arm: {m: contrast(means[arm], means["baseline"], m) for m in metrics} for arm in arms if arm != "baseline"}
     results = {
-        "plan": {**asdict(plan), "out": str(plan.out)},
+        "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()},
         "primary_endpoint": PRIMARY_ENDPOINT, "secondary_endpoints": list(SECONDARY_ENDPOINTS),
         "clip_frames": clip, "lengths": "1x, 2x, 4x from one rollout of 8x (rolling cache: sink 1 + 4x chunks)",
         "arms": {arm: {str(s): v for s, v in m.items()} for arm, m in means.items()},
@@ -218,7 +314,56 @@ def run_demo(plan: DemoPlan) -> dict:
     first = [str(dmd_runs[arm][plan.seeds[0]]) for arm in arms]
     write_report(first, out / "report.html", title=f"mirai demo: {', '.join(arms)} (training seed {plan.seeds[0]})",
                  extra_html=contrast_table(contrasts))
+    write_drift_figure({arm: [json.loads((r / "eval.json").read_text()) for r in seeds.values()]
+                        for arm, seeds in dmd_runs.items()}, clip, out / "drift.png")
+    write_strip({arm: dmd_runs[arm][plan.seeds[0]] for arm in ("baseline", "foresight")}, plan, clip, fpc,
+                out / "strip.png")
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures for the README: drift curves and a side-by-side strip
+
+
+def write_drift_figure(evals: dict[str, list[dict]], clip_frames: int, path: Path) -> None:
+    """drift.png: each probe's score against the frame, out to the evaluated length, one line per arm (mean over
+    its training seeds and their sampling seeds; band: min..max over training seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probes = ("identity", "coherence", "count", "continuity", "layout")
+    fig, axes = plt.subplots(1, len(probes), figsize=(3.2 * len(probes), 3.0), sharex=True)
+    for ax, probe in zip(axes, probes):
+        for arm, runs in evals.items():
+            per_run = np.array([np.mean([c[probe] for c in e["curves"].values()], axis=0) for e in runs])
+            x = np.arange(per_run.shape[1]) / clip_frames
+            ax.plot(x, per_run.mean(0), label=arm, lw=1.2)
+            ax.fill_between(x, per_run.min(0), per_run.max(0), alpha=0.15)
+        ax.axvline(1.0, color="gray", ls=":", lw=1)
+        ax.set_title(f"probe {probe}", fontsize=9)
+        ax.set_xlabel("time (multiples of the training clip)", fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_strip(runs: dict[str, Path], plan: DemoPlan, clip: int, fpc: int, path: Path, videos: int = 3) -> None:
+    """strip.png: the same prompts and noise rolled out by each arm to 8x the clip (rolling cache, as evaluated);
+    per video one row per arm, columns at 0, 1x, 2x, 4x, 6x and the last frame."""
+    import imageio.v3 as iio
+
+    frames = 8 * clip
+    overrides = ["sample.sink_chunks=1", f"sample.window_chunks={4 * clip // fpc}"]
+    rolled = {arm: generate(run, videos, frames, plan.sampling_seeds[0], plan.device, overrides)[0]
+              for arm, run in runs.items()}
+    columns = [0, clip - 1, 2 * clip - 1, 4 * clip - 1, 6 * clip - 1, frames - 1]
+    rows = [np.concatenate([np.pad(v[i, t], ((1, 1), (1, 1), (0, 0)), constant_values=255) for t in columns], axis=1)
+            for i in range(videos) for v in rolled.values()]
+    iio.imwrite(path, upscale(np.concatenate(rows, axis=0), 3))
 
 
 def contrast_table(contrasts: dict, endpoints: tuple[str, ...] = (PRIMARY_ENDPOINT,) + SECONDARY_ENDPOINTS) -> str:
