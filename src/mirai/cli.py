@@ -23,7 +23,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import bench, prepare, wan_io
+from . import bench, distributed as dist, prepare, wan_io
 from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
 from .data.captions import check_folder
@@ -167,9 +167,13 @@ def cmd_train(args) -> int:
     try:
         out = train(cfg, init_from=args.init_from)
     except TrainingInterrupted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        if dist.is_main():
+            print(f"stopped: {e}", file=sys.stderr)
         return 130
-    print(f"done: {out}/model.safetensors")
+    finally:
+        dist.shutdown()
+    if dist.is_main():
+        print(f"done: {out}/model.safetensors")
     return 0
 
 
