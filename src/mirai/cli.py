@@ -165,15 +165,15 @@ def cmd_train(args) -> int:
         return
     check_output(cfg.train.out_dir, folder=True)
     try:
-        out = train(cfg, init_from=args.init_from)
+        out = train(cfg, init_from=args.init_from)  # under torchrun: one process of several (mirai.distributed)
+        if dist.is_main():
+            print(f"done: {out}/model.safetensors")
     except TrainingInterrupted as e:
         if dist.is_main():
             print(f"stopped: {e}", file=sys.stderr)
         return 130
     finally:
         dist.shutdown()
-    if dist.is_main():
-        print(f"done: {out}/model.safetensors")
     return 0
 
 

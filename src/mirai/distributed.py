@@ -112,7 +112,7 @@ def mean_values(values: dict[str, float], flag: bool = False) -> tuple[dict[str,
     (a stop request: every rank must checkpoint and stop at the same step)."""
     if not is_distributed():
         return values, flag
-    keys = sorted(values)
+    keys = list(values)  # the same order on every rank (the same code made them)
     packed = torch.tensor([float(values[k]) for k in keys] + [float(flag)], dtype=torch.float64)
     dist.all_reduce(packed)
     return {k: packed[i].item() / world() for i, k in enumerate(keys)}, bool(packed[-1] > 0)
@@ -174,7 +174,7 @@ def parallelize(module: nn.Module, strategy: str, cfg: DistConfig, device: torch
         return module
     if strategy == "ddp":
         ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-        return DataParallel(module, device_ids=ids, broadcast_buffers=False)  # buffers are constants here
+        return DataParallel(module, device_ids=ids, forward_sync_buffers=False)  # buffers are constants here
     before = dict(module.named_parameters())
     shard(module, cfg, device)
     if optimizer is not None:
