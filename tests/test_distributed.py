@@ -51,6 +51,12 @@ def dmd_config(out: Path, models: Path, **sections) -> dict:
     return config(out, steps=4, **base)
 
 
+def ode_config(out: Path, models: Path) -> dict:
+    student = str(models / "student.safetensors")
+    return config(out, steps=2, train={"objective": "ode", "init_from": student},
+                  distill={"teacher": student, "num_videos": 6, "shard_size": 2, "teacher_steps": 2})
+
+
 def write_models(folder: Path) -> Path:
     """A random bidirectional teacher and causal student of the toy size (non-zero everywhere)."""
     m = resolve_model_config(config_from_dict(config(folder))).model
@@ -104,6 +110,7 @@ def runs(tmp_path_factory):
         {"config": config(root / "two_to_one", steps=4), "stop_at": 2},  # resumed by 1 process
         {"config": config(root / "one_to_two", steps=4)},
         {"config": dmd_config(root / "dmd_two_to_one", models, dist=fsdp_all), "stop_at": 3},
+        {"config": ode_config(root / "ode", models)},
     ]
     torchrun(jobs, root)
     return root
@@ -116,6 +123,7 @@ def one(runs):
     train(config_from_dict(config(ref / "tf")), quiet=True)
     train(config_from_dict(config(ref / "tf4", steps=4)), quiet=True)
     train(config_from_dict(dmd_config(ref / "dmd", runs / "models")), quiet=True)
+    train(config_from_dict(ode_config(ref / "ode", runs / "models")), quiet=True)
     return ref
 
 
@@ -146,6 +154,15 @@ def test_dmd_with_foresight_equals_one_process(runs, one, strategy):
     state = ckpt.load(run / "ckpt.safetensors")[0]
     assert any(k.startswith("predictor.") for k in state) and "extra.replay.0.hidden" in state
     assert state["extra.replay.0.hidden"].shape[0] == TOY["train"]["batch_size"]  # the ranks' rows, joined
+
+
+def test_ode_pairs_are_split_across_ranks_and_the_stage_trains_alike(runs, one):
+    shards = sorted((one / "ode" / "ode_pairs").glob("shard_*.safetensors"))
+    assert len(shards) == 3  # rank 0 wrote shards 0 and 2, rank 1 shard 1
+    for shard in shards:
+        a, b = ckpt.load(shard)[0], ckpt.load(runs / "ode" / "ode_pairs" / shard.name)[0]
+        assert all(torch.equal(a[k], b[k]) for k in a), shard.name
+    assert max_diff(runs / "ode", one / "ode") < TOL
 
 
 def test_checkpoints_resume_on_another_world_size(runs, one):
