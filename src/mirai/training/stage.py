@@ -70,10 +70,11 @@ class Stage:
         dist.checkpoint_blocks(self.model, d.activation_checkpointing)
         if not dist.is_distributed():
             return
+        compiled = self.forward_model is not self.model  # the stage compiles its generator (train.compile)
         self.forward_model = dist.parallelize(self.model, d.generator, d, self.device, self.opt)
         if d.generator == "fsdp":
             dist.shard(self.ema, d, self.device)
-        if self.cfg.train.compile:
+        if compiled:
             self.forward_model = torch.compile(self.forward_model)
 
     def extra_state(self) -> dict[str, Tensor]:
