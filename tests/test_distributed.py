@@ -225,5 +225,7 @@ def test_activation_checkpointing_recomputes_blocks_and_gives_the_same_gradients
 def test_a_global_batch_that_does_not_split_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="train.batch_size=4 .* not divisible by dist.grad_accum=3"):
         config_from_dict(config(tmp_path, dist={"grad_accum": 3}))
+    with pytest.raises(ConfigError, match="set train.precision=bf16"):
+        config_from_dict(config(tmp_path, dist={"generator": "fsdp", "param_dtype": "bf16"}))
     with pytest.raises(ConfigError, match="dist.grad_accum > 1"):
         config_from_dict(dmd_config(tmp_path, tmp_path, dist={"grad_accum": 2}))

@@ -260,8 +260,8 @@ class DistConfig:
     teacher: str = "replicate"  # the frozen DMD real score (and foresight encoder): "replicate" (a full copy per
     #                             process, no gradient to reduce) or "fsdp" (sharded, gathered block by block)
     param_dtype: str = "fp32"  # FSDP mixed precision: "bf16" computes with bf16 copies of the sharded fp32
-    #                            weights and reduces gradients in fp32; "fp32" keeps fp32 (see train.precision
-    #                            for autocast)
+    #                            weights and reduces gradients in fp32 (needs train.precision=bf16); "fp32" keeps
+    #                            fp32
     grad_accum: int = 1  # micro-batches per optimiser step (teacher, teacher forcing and ODE stages)
     activation_checkpointing: bool = False  # recompute each block's activations in backward instead of keeping
     #                                         them (less memory, one more forward); also in a single process
@@ -515,6 +515,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"dist.teacher must be 'replicate' or 'fsdp', got '{cfg.dist.teacher}'")
     if cfg.dist.param_dtype not in ("fp32", "bf16"):
         raise ConfigError(f"dist.param_dtype must be 'fp32' or 'bf16', got '{cfg.dist.param_dtype}'")
+    if cfg.dist.param_dtype == "bf16" and cfg.train.precision != "bf16":
+        raise ConfigError("dist.param_dtype=bf16 runs the model under bf16 autocast (its own fp32 tensors, such as "
+                          f"timestep features, meet bf16 weights): set train.precision=bf16, not '{cfg.train.precision}'")
     if cfg.dist.grad_accum > 1 and cfg.train.objective == "dmd":
         raise ConfigError("dist.grad_accum > 1 is for the teacher, teacher forcing and ODE stages; the DMD stage "
                           "updates with its whole batch (use more processes or a smaller train.batch_size)")
