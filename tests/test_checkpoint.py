@@ -51,7 +51,7 @@ def test_optimizer_state_roundtrip():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(1, 2, 3, 16, 16), torch.rand(1, 2)).sum().backward()
     opt.step()
-    tensors, meta = ckpt.optimizer_tensors(opt)
+    tensors, meta = ckpt.optimizer_tensors(opt.state_dict())
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
     opt2.load_state_dict(ckpt.optimizer_state(tensors, meta))
     for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):

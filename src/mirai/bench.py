@@ -9,16 +9,24 @@
 - `fps`: streaming generation speed of one model (default a random `wan-tiny`) on a chosen device, with
   what it counts stated in the result: denoising only (the cached chunk-by-chunk rollout, VAE decoding
   excluded), warm-up excluded, first-chunk latency, steps, resolution, precision and device.
+- `ddp`: training throughput (clips/s, teacher forcing) of one process with two threads against two
+  processes of one thread each under torchrun (DDP), the same global batch: `mirai train` itself, timed from
+  the steps it logs (warm-up steps excluded), the two arms alternated.
 The steps timed are the training stages' own (`mirai.training`), not copies.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -258,3 +266,49 @@ def bench_fps(model: torch.nn.Module, batch: int = 1, frames: int | None = None,
         "fps_unit": "model frames per second over the batch (latent frames for a latent model: Wan's VAE decodes "
                     "latent frame k > 0 to 4 video frames)",
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# One process against several
+
+
+def _train_run(out: Path, processes: int, threads: int, preset: str, batch: int, steps: int) -> list[float]:
+    """`mirai train` (teacher forcing, random data of the world) in `processes` processes of `threads` threads;
+    returns the logged step times."""
+    sets = [f"model.preset={preset}", "train.objective=teacher_forcing", f"train.batch_size={batch}",
+            f"train.steps={steps}", "train.sample_every=0", f"train.ckpt_every={steps}", "train.log_every=1",
+            "train.precision=fp32", f"train.threads={threads}", "train.device=cpu", f"train.out_dir={out}"]
+    args = ["train"] + [a for item in sets for a in ("--set", item)]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "mirai", *args]
+    else:
+        cmd = [sys.executable, "-m", "mirai", *args]
+    src = str(Path(__file__).resolve().parents[1])  # this copy of mirai, in the child processes too
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return [json.loads(line)["step_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def bench_ddp(preset: str = "tiny", batch: int = 8, steps: int = 15, warmup: int = 3, rounds: int = 2) -> dict:
+    """Clips/s of 1 process x 2 threads and of 2 processes x 1 thread (DDP, gloo), the same global batch."""
+    arms = {"one_process_two_threads": (1, 2), "two_processes_one_thread": (2, 1)}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    load = os.getloadavg()[0]  # other work on the machine slows the two-thread arm most (threads wait on each other)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):  # alternated, so drifts of a shared machine hit both arms
+            for name, (processes, threads) in arms.items():
+                times[name] += _train_run(Path(tmp) / f"{name}_{r}", processes, threads, preset, batch, steps)[warmup:]
+    result: dict = {"measures": "teacher-forcing training steps of `mirai train` (rank 0's logged step time, which "
+                                "includes the gradient all-reduce); warm-up steps excluded; median over the rest",
+                    "model": preset, "global_batch": batch, "steps_timed": len(times["one_process_two_threads"]),
+                    "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+                    "precision": "fp32", "load_average_before": load}
+    for name, values in times.items():
+        step_s = statistics.median(values)
+        result[name] = {"step_s": step_s, "clips_per_s": batch / step_s}
+    result["ratio"] = result["two_processes_one_thread"]["clips_per_s"] / result["one_process_two_threads"]["clips_per_s"]
+    return result

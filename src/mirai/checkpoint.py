@@ -110,9 +110,11 @@ def strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 # Generator-only files
 
 
-def save_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+def save_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None,
+               state: dict[str, Tensor] | None = None) -> None:
+    """state: the model's weights when they are not `model.state_dict()` (gathered from shards)."""
     meta = {"kind": "model", "model": to_dict(model.cfg), **(extra or {})}
-    atomic_save(model.state_dict(), path, meta)
+    atomic_save(model.state_dict() if state is None else state, path, meta)
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -172,8 +174,8 @@ def check_same_family(a: ModelConfig, b: ModelConfig, name: str, role: str) -> N
 # Optimiser state <-> flat tensors
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
+def optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimiser's state dict (`opt.state_dict()`) as flat tensors and JSON metadata."""
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for name, value in state.items():

@@ -6,6 +6,8 @@
     mirai eval --ckpt runs/tiny --frames 32 --samples 32 --seeds 0 1 2
     mirai compare runs/baseline runs/mirai --out report.html
     mirai bench sampling --json | mirai bench train --json | mirai bench foresight --json | mirai bench fps --json
+    mirai bench ddp --json      (1 process x 2 threads against 2 processes x 1 thread, the same global batch)
+    torchrun --nproc_per_node N -m mirai train ...   (several processes: see mirai.distributed and the README)
     mirai import wan --transformer DIR --out runs/wan [--config configs/wan_tiny.yaml] [--set ...]
     mirai export wan runs/wan --out DIR     (a diffusers folder: WanTransformer3DModel.from_pretrained(DIR))
 
@@ -23,7 +25,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import bench, prepare, wan_io
+from . import bench, distributed as dist, prepare, wan_io
 from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
 from .data.captions import check_folder
@@ -148,13 +150,14 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="the diffusers folder to write")
 
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
-    b.add_argument("what", choices=["sampling", "train", "foresight", "fps"])
+    b.add_argument("what", choices=["sampling", "train", "foresight", "fps", "ddp"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
     b.add_argument("--ckpt", help="sampling, fps: benchmark this model instead of a random one")
     b.add_argument("--batch", type=at_least(1), default=None,
-                   help="sampling (default 4), fps (default 1): videos rolled out together")
+                   help="sampling (default 4), fps (default 1): videos rolled out together; ddp: global batch (default 8)")
     b.add_argument("--preset", default=None, choices=list(MODEL_PRESETS),
-                   help="train: model preset (default small); fps: random model of this preset (default wan-tiny)")
+                   help="train: model preset (default small); fps: random model of this preset (default wan-tiny); "
+                        "ddp: default tiny")
     b.add_argument("--frames", type=at_least(1), default=None, help="fps: frames per video (default 4 chunks)")
     b.add_argument("--device", default="auto", help="fps: auto (cuda when available), cpu, cuda, ...")
     b.add_argument("--baseline", help="foresight: a baseline generator to time (default: random tiny)")
@@ -172,11 +175,15 @@ def cmd_train(args) -> int:
         return
     check_output(cfg.train.out_dir, folder=True)
     try:
-        out = train(cfg, init_from=args.init_from)
+        out = train(cfg, init_from=args.init_from)  # under torchrun: one process of several (mirai.distributed)
+        if dist.is_main():
+            print(f"done: {out}/model.safetensors")
     except TrainingInterrupted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        if dist.is_main():
+            print(f"stopped: {e}", file=sys.stderr)
         return 130
-    print(f"done: {out}/model.safetensors")
+    finally:
+        dist.shutdown()
     return 0
 
 
@@ -278,6 +285,8 @@ def cmd_bench(args) -> None:
         result = bench.bench_sampling(model, batch=args.batch or 4)
     elif args.what == "train":
         result = bench.bench_train(args.preset or "small")
+    elif args.what == "ddp":
+        result = bench.bench_ddp(args.preset or "tiny", batch=args.batch or 8)
     elif args.what == "fps":
         model = load_model(args.ckpt) if args.ckpt else bench.random_model(args.preset or "wan-tiny", conditional=True)
         result = bench.bench_fps(model, batch=args.batch or 1, frames=args.frames, device=args.device)

@@ -251,6 +251,29 @@ class ForesightConfig:
 
 
 @dataclass
+class DistConfig:
+    """Several processes under torchrun (see `mirai.distributed`). `train.batch_size` is the global batch:
+    world size x grad_accum x the micro-batch each process runs at once. A single process ignores the
+    strategies (it wraps nothing)."""
+
+    generator: str = "ddp"  # "ddp" (DistributedDataParallel) or "fsdp" (FSDP2 fully_shard per block; the EMA
+    #                         is sharded alike)
+    critic: str = "ddp"  # DMD's fake score: "ddp" or "fsdp"
+    predictor: str = "ddp"  # foresight's predictor: "ddp" or "fsdp"
+    teacher: str = "replicate"  # the frozen DMD real score (and foresight encoder): "replicate" (a full copy per
+    #                             process, no gradient to reduce) or "fsdp" (sharded, gathered block by block)
+    param_dtype: str = "fp32"  # FSDP mixed precision: "bf16" computes with bf16 copies of the sharded fp32
+    #                            weights and reduces gradients in fp32 (needs train.precision=bf16); "fp32" keeps
+    #                            fp32
+    grad_accum: int = 1  # micro-batches per optimiser step (teacher, teacher forcing and ODE stages)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward instead of keeping
+    #                                         them (less memory, one more forward); also in a single process
+
+
+DIST_STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -262,6 +285,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     dmd: DMDConfig = field(default_factory=DMDConfig)
     foresight: ForesightConfig = field(default_factory=ForesightConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,6 +418,7 @@ VALUE_RULES: dict[str, dict[str, tuple]] = {  # section -> key -> (test, require
     "foresight": dict(weight=NON_NEGATIVE, window=NON_NEGATIVE, student_block=NON_NEGATIVE,
                       encoder_block=NON_NEGATIVE, predictor_depth=NON_NEGATIVE, predictor_lr=POSITIVE,
                       replay_size=AT_LEAST_1),
+    "dist": dict(grad_accum=AT_LEAST_1),
 }
 
 
@@ -486,6 +511,22 @@ def validate(cfg: Config) -> None:
                           f"got {w.sprite_sizes}")
     if w.min_speed > w.max_speed:
         raise ConfigError(f"world.min_speed={w.min_speed} is larger than world.max_speed={w.max_speed}")
+    for key in ("generator", "critic", "predictor"):
+        if getattr(cfg.dist, key) not in DIST_STRATEGIES:
+            raise ConfigError(f"dist.{key} must be 'ddp' or 'fsdp', got '{getattr(cfg.dist, key)}'")
+    if cfg.dist.teacher not in ("replicate", "fsdp"):
+        raise ConfigError(f"dist.teacher must be 'replicate' or 'fsdp', got '{cfg.dist.teacher}'")
+    if cfg.dist.param_dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"dist.param_dtype must be 'fp32' or 'bf16', got '{cfg.dist.param_dtype}'")
+    if cfg.dist.param_dtype == "bf16" and cfg.train.precision != "bf16":
+        raise ConfigError("dist.param_dtype=bf16 runs the model under bf16 autocast (its own fp32 tensors, such as "
+                          f"timestep features, meet bf16 weights): set train.precision=bf16, not '{cfg.train.precision}'")
+    if cfg.dist.grad_accum > 1 and cfg.train.objective == "dmd":
+        raise ConfigError("dist.grad_accum > 1 is for the teacher, teacher forcing and ODE stages; the DMD stage "
+                          "updates with its whole batch (use more processes or a smaller train.batch_size)")
+    if cfg.train.batch_size % cfg.dist.grad_accum:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by "
+                          f"dist.grad_accum={cfg.dist.grad_accum}")
     if not cfg.dmd.t_min < cfg.dmd.t_max:
         raise ConfigError(f"dmd.t_min={cfg.dmd.t_min} must be smaller than dmd.t_max={cfg.dmd.t_max}")
 

@@ -15,6 +15,7 @@ import math
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import Attention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles, token_positions
 from ..config import ModelConfig
@@ -128,6 +129,8 @@ class FinalLayer(nn.Module):
 class CausalVideoDiT(nn.Module):
     """Flow-matching velocity model over videos; block-causal or bidirectional per `cfg.attention`."""
 
+    checkpoint_blocks = False  # activation checkpointing per block (set by `mirai.distributed.checkpoint_blocks`)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -220,7 +223,7 @@ class CausalVideoDiT(nn.Module):
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
         h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit),
-                               T, return_hidden, stop_after)
+                               T, return_hidden, stop_after, self.checkpoint_blocks and kv_cache is None)
         if h is None:
             return hidden
         if commit:
@@ -234,12 +237,14 @@ class CausalVideoDiT(nn.Module):
 
 
 def run_blocks(blocks: nn.ModuleList, h: Tensor, step, frames: int, return_hidden: int | None,
-               stop_after: int | None) -> tuple[Tensor | None, Tensor | None]:
+               stop_after: int | None, recompute: bool = False) -> tuple[Tensor | None, Tensor | None]:
     """h (B, T * N, D) through the blocks, step(block, i, h) -> h. Returns (h, hidden): hidden = the tokens after
-    block `return_hidden` or `stop_after` as (B, T, N, D); at `stop_after`, h is None and no later block runs."""
+    block `return_hidden` or `stop_after` as (B, T, N, D); at `stop_after`, h is None and no later block runs.
+    recompute: activation checkpointing, each block's activations recomputed in backward (with gradients on)."""
     hidden = None
+    recompute = recompute and torch.is_grad_enabled()
     for i, block in enumerate(blocks):
-        h = step(block, i, h)
+        h = checkpoint(step, block, i, h, use_reentrant=False) if recompute else step(block, i, h)
         if i + 1 in (return_hidden, stop_after):
             hidden = h.view(h.shape[0], frames, -1, h.shape[-1])
             if stop_after is not None:

@@ -170,6 +170,8 @@ class PromptTokens(nn.Module):
 class WanVideoModel(nn.Module):
     """Flow-matching velocity model with Wan2.1's architecture; block-causal or bidirectional per `cfg.attention`."""
 
+    checkpoint_blocks = False  # activation checkpointing per block (set by `mirai.distributed.checkpoint_blocks`)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -236,7 +238,8 @@ class WanVideoModel(nn.Module):
         context = self.condition_embedder.text_embedder(self.text(prompt, B, x.device))
         h = self.embed_patches(x)
         h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, mods, context, T, angles, mask, kv_cache, i,
-                                                                         commit), T, return_hidden, stop_after)
+                                                                         commit), T, return_hidden, stop_after,
+                               self.checkpoint_blocks and kv_cache is None)
         if h is None:
             return hidden
         if commit:

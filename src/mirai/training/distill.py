@@ -4,6 +4,8 @@ The stage-1 AR teacher samples videos chunk by chunk with many Euler steps, its 
 cache (not the bidirectional teacher's). For every chunk we keep the ODE state at each of the student's
 timesteps and the clean result. Pairs are stored in shards (safetensors, one file per `shard_size`
 videos); the writer skips shards that already exist, so an interrupted generation resumes where it was.
+Under torchrun, rank r of W writes shards r, r + W, ...; a shard depends only on its index, so the files are
+those of a single process and a restart on any world size resumes them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .. import checkpoint as ckpt, rng
+from .. import checkpoint as ckpt, distributed as dist, rng
 from ..config import Config, SampleConfig
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
@@ -68,12 +70,14 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     schedule = FlowSchedule.from_config(cfg.schedule)
     ts = student_timesteps(cfg, schedule)
     out = pairs_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temporaries(out)  # a shard a killed run was writing
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(out)  # a shard a killed run was writing
+    dist.barrier()
     shards = -(-d.num_videos // d.shard_size)
     shape = cfg.model.frame_shape
     captions = build_dataset(cfg).prompts if cfg.model.text_conditioned else None
-    for s in tqdm(range(shards), desc="ode pairs", unit="shard", disable=quiet):
+    for s in tqdm(range(dist.rank(), shards, dist.world()), desc="ode pairs", unit="shard", disable=quiet):
         path = out / f"shard_{s:05d}.safetensors"
         if path.exists():
             continue
@@ -84,6 +88,7 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         cond = prompt.to(device) if is_conditional(teacher) else None
         states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale)
         write_shard(path, states, clean, prompt, torch.tensor(ts))
+    dist.barrier()  # every shard is written before any rank reads them
     return out
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import checkpoint as ckpt
+from .. import checkpoint as ckpt, distributed as dist
 from ..config import Config, ConfigError
 from ..data.datasets import build_dataset
 from ..device import autocast_context
@@ -109,6 +109,9 @@ class GeneratorTerm:
         """The weighted loss to add to the generator's DMD loss, and what to log."""
         raise NotImplementedError
 
+    def distribute(self) -> None:
+        """Wrap the term's trained modules for a multi-process run (called once by the stage's `distribute`)."""
+
     def after_generator_step(self) -> None:
         """Called after the generator's optimiser stepped (the backward pass has filled this term's grads)."""
 
@@ -154,8 +157,23 @@ class DMDStage(Stage):
         self.optimizers = {"model": self.opt, "critic": self.opt_critic}
         self.terms: list[GeneratorTerm] = []
         self.critic_monitor = CriticMonitor()
+        self.forward_model, self.forward_critic = self.model, self.critic  # DDP wrappers in a multi-process run
+        self.quiet = False  # no warnings printed (ranks > 0)
         self.dataset = self.sample_dataset = build_dataset(cfg)
         self.step_ts = self.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps).tolist()  # once
+
+    def distribute(self) -> None:
+        """The generator (and EMA) as every stage, then the critic, the frozen teacher and the terms' modules."""
+        super().distribute()
+        d = self.cfg.dist
+        dist.checkpoint_blocks(self.critic, d.activation_checkpointing)
+        if not dist.is_distributed():
+            return
+        self.forward_critic = dist.parallelize(self.critic, d.critic, d, self.device, self.opt_critic)
+        if d.teacher == "fsdp":
+            dist.shard(self.teacher, d, self.device)
+        for term in self.terms:
+            term.distribute()
 
     def add_term(self, term: GeneratorTerm) -> None:
         """Compose an extra generator loss onto the stage; its modules and optimisers are checkpointed with it."""
@@ -188,10 +206,10 @@ class DMDStage(Stage):
         for term in self.terms:
             term.load_extra_state(tensors)
 
-    def noise(self, gen: torch.Generator) -> Tensor:
+    def noise(self, batch_size: int, gen: torch.Generator) -> Tensor:
         """Initial noise of this step's self-rollouts: (B, T, C, H, W)."""
         m = self.cfg.model
-        return randn((self.cfg.train.batch_size, self.cfg.data.clip_frames, *m.frame_shape), gen, self.device)
+        return randn((batch_size, self.cfg.data.clip_frames, *m.frame_shape), gen, self.device)
 
     def generator_step(self, noise: Tensor, prompt: Tensor | None, real: Tensor, step: int,
                        gen: torch.Generator) -> tuple[Tensor, dict[str, float], bool]:
@@ -201,9 +219,10 @@ class DMDStage(Stage):
         policy = self.cfg.train.on_nonfinite
         exit_step = int(torch.randint(0, len(self.step_ts) - 1, (1,), generator=gen))
         self.model.train()
-        video, hidden = rollout_with_exit(self.model, self.schedule, noise, prompt, exit_step, sample=self.cfg.sample,
-                                          generator=gen, return_hidden=self.student_block)
-        loss, grad_norm = generator_dmd_loss(video, self.teacher, self.critic, self.schedule, prompt, self.cfg, gen)
+        video, hidden = rollout_with_exit(self.forward_model, self.schedule, noise, prompt, exit_step,
+                                          sample=self.cfg.sample, generator=gen, return_hidden=self.student_block)
+        loss, grad_norm = generator_dmd_loss(video, self.teacher, self.forward_critic, self.schedule, prompt, self.cfg,
+                                             gen)
         parts = {"dmd_loss": loss}
         record = {"dmd_loss": loss.item(), "dmd_grad_norm": grad_norm.item()}
         rollout = GeneratorRollout(video, hidden, prompt, real, self.step_ts[exit_step])
@@ -212,7 +231,7 @@ class DMDStage(Stage):
             parts[f"{term.name} term"] = term_loss
             loss = loss + term_loss
             record.update(term_record)
-        if not check_finite(parts, step, self.name, policy):
+        if not check_finite({k: dist.mean(v) for k, v in parts.items()}, step, self.name, policy):
             return video.detach(), {**record, "skipped_nonfinite": 1.0}, False
         every = self.cfg.dmd.term_grad_every
         if every and (step // self.cfg.dmd.critic_updates_per_gen) % every == 0:
@@ -235,9 +254,10 @@ class DMDStage(Stage):
         good as the fake score."""
         tc = self.cfg.train
         with autocast_context(tc.precision, self.device):
-            critic_loss = bidirectional_loss(self.critic, self.schedule, fake, prompt, gen, per_chunk_t=False,
+            critic_loss = bidirectional_loss(self.forward_critic, self.schedule, fake, prompt, gen, per_chunk_t=False,
                                              t_floor=tc.loss_t_floor)
-        if not check_finite({"critic_loss": critic_loss}, step, self.name, tc.on_nonfinite):
+        global_loss = dist.mean(critic_loss)  # the whole batch's: the monitor and the skip decision agree on all ranks
+        if not check_finite({"critic_loss": global_loss}, step, self.name, tc.on_nonfinite):
             return {"skipped_nonfinite": 1.0}
         grad_norm = optimize(self.opt_critic, self.critic, critic_loss, tc.grad_clip, step=step, stage=self.name,
                              what="the critic loss", policy=tc.on_nonfinite)
@@ -245,14 +265,16 @@ class DMDStage(Stage):
         if grad_norm is None:
             return {**record, "skipped_nonfinite": 1.0}
         record["critic_grad_norm"] = grad_norm
-        if self.critic_monitor.update(critic_loss.item()):
+        if self.critic_monitor.update(global_loss.item()):
             record["critic_collapse"] = 1.0
-            tqdm.write(f"warning: step {step}: the DMD critic's loss {critic_loss.item():.4g} is over "
-                       f"{CriticMonitor.factor:g}x its running average: the fake score may be collapsing")
+            if not self.quiet:
+                tqdm.write(f"warning: step {step}: the DMD critic's loss {global_loss.item():.4g} is over "
+                           f"{CriticMonitor.factor:g}x its running average: the fake score may be collapsing")
         return record
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
-        noise, prompt, k = self.noise(gen), self.prompt_of(batch), self.cfg.dmd.critic_updates_per_gen
+        noise, prompt = self.noise(batch["video"].shape[0], gen), self.prompt_of(batch)
+        k = self.cfg.dmd.critic_updates_per_gen
         updated = False
         with autocast_context(self.cfg.train.precision, self.device):
             if step % k == 0:
@@ -260,7 +282,7 @@ class DMDStage(Stage):
             else:
                 with torch.no_grad():
                     exit_step = int(torch.randint(0, len(self.step_ts) - 1, (1,), generator=gen))
-                    fake, _ = rollout_with_exit(self.model, self.schedule, noise, prompt, exit_step,
+                    fake, _ = rollout_with_exit(self.forward_model, self.schedule, noise, prompt, exit_step,
                                                 sample=self.cfg.sample, generator=gen)
                 record = {}
                 for term in self.terms:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checkpoint as ckpt
+from .. import checkpoint as ckpt, distributed as dist
 from ..config import Config, ForesightConfig
 from ..models.attention import chunk_causal_mask
 from ..models.predictor import Predictor
@@ -113,18 +113,26 @@ class ForesightTerm(GeneratorTerm):
     def __init__(self, cfg: Config, teacher: nn.Module, generator: nn.Module, device):
         f: ForesightConfig = cfg.foresight
         self.cfg = cfg
+        self.device = device
         self.encoder = build_encoder(cfg, teacher).to(device)
         self.predictor = build_predictor(cfg, generator, self.encoder.dim).to(device)
         self.opt_predictor = torch.optim.AdamW(self.predictor.parameters(), lr=f.predictor_lr, betas=(0.9, 0.999))
         self.modules = {"predictor": self.predictor}
         self.optimizers = {"predictor": self.opt_predictor}
+        self.forward_predictor = self.predictor  # its DDP wrapper in a multi-process run
         self.replay: collections.deque = collections.deque(maxlen=f.replay_size)
         self.student_block = f.student_block or cfg.model.depth // 2
 
+    def distribute(self) -> None:
+        d = self.cfg.dist
+        self.forward_predictor = dist.parallelize(self.predictor, d.predictor, d, self.device, self.opt_predictor)
+
     def extra_state(self) -> dict[str, Tensor]:
-        """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs."""
+        """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs. Each rank
+        replays its own rows of the batches; the file holds them joined, as one process would have them."""
         out = {}
-        for i, (hidden, target, t) in enumerate(self.replay):
+        for i, pair in enumerate(self.replay):
+            hidden, target, t = (dist.gather_rows(x) for x in pair)
             out.update({f"replay.{i}.hidden": hidden, f"replay.{i}.target": target, f"replay.{i}.t": t})
         return out
 
@@ -133,7 +141,8 @@ class ForesightTerm(GeneratorTerm):
         device = next(self.predictor.parameters()).device
         i = 0
         while f"replay.{i}.hidden" in tensors:
-            self.replay.append(tuple(tensors[f"replay.{i}.{k}"].to(device) for k in ("hidden", "target", "t")))
+            self.replay.append(tuple(dist.own_rows(tensors[f"replay.{i}.{k}"]).to(device)
+                                     for k in ("hidden", "target", "t")))
             i += 1
 
     def targets(self, video: Tensor, prompt: Tensor | None, real: Tensor | None) -> Tensor:
@@ -145,7 +154,7 @@ class ForesightTerm(GeneratorTerm):
         video = rollout.video
         target = self.targets(video, rollout.prompt, rollout.real)
         t = torch.full((video.shape[0],), float(rollout.t_exit), device=video.device)
-        align = foresight_loss(self.predictor(rollout.hidden, t), target)
+        align = foresight_loss(self.forward_predictor(rollout.hidden, t), target)
         self.replay.append((rollout.hidden.detach(), target, t))
         self.opt_predictor.zero_grad(set_to_none=True)  # the predictor steps with the generator
         return self.cfg.foresight.weight * align, {"foresight_loss": align.item()}
@@ -159,7 +168,7 @@ class ForesightTerm(GeneratorTerm):
         if not self.replay:
             return {}
         hidden, target, t = self.replay[int(torch.randint(len(self.replay), (1,), generator=gen))]
-        loss = foresight_loss(self.predictor(hidden, t), target)
+        loss = foresight_loss(self.forward_predictor(hidden, t), target)
         self.opt_predictor.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), self.cfg.train.grad_clip)

@@ -5,6 +5,9 @@ periodic sample sheets and atomic checkpoints with exact resume. What a step doe
 Exact resume: the batch at step s is a pure function of s (`data.datasets.batch_indices`), and every random
 draw of a stage comes from one `torch.Generator` whose state is checkpointed with the weights, the EMA and
 the optimisers. A run restarted from its checkpoint therefore retraces the uninterrupted run.
+
+Under torchrun the same loop runs in every process (`mirai.distributed`): each trains on its rows of the global
+batch, the scalars of a step are averaged over ranks, and rank 0 alone logs, shows progress and writes files.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import checkpoint as ckpt
+from .. import checkpoint as ckpt, distributed as dist
+from ..rng import BatchGenerator
 from ..config import Config, save_config
 from ..data.datasets import batch_indices, get_batch, to_device
 from ..faults import fault_point
@@ -91,17 +95,20 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def start_run(cfg: Config) -> tuple[Config, Path, torch.Generator]:
-    """Resolve the config, create the run folder, save the config next to it, seed everything."""
+def start_run(cfg: Config) -> tuple[Config, Path, BatchGenerator]:
+    """Resolve the config, create the run folder, save the config next to it, seed everything (the same seed on
+    every rank: the same initial weights, the same generator state)."""
     cfg = resolve_model_config(cfg)
     out = Path(cfg.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temporaries(out)  # what a killed checkpoint write left
-    save_config(cfg, out / "config.yaml")
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(out)  # what a killed checkpoint write left
+        save_config(cfg, out / "config.yaml")
+    dist.barrier()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    return cfg, out, torch.Generator().manual_seed(cfg.train.seed)
+    return cfg, out, BatchGenerator(cfg.train.seed)
 
 
 def resume(stage: Stage, out: Path, gen: torch.Generator, cfg: Config) -> int:
@@ -117,8 +124,10 @@ def resume(stage: Stage, out: Path, gen: torch.Generator, cfg: Config) -> int:
 
 
 def export(stage: Stage, out: Path, step: int, cfg: Config) -> None:
-    """The EMA generator alone, which is what `mirai sample` reads."""
-    ckpt.save_model(stage.ema, out / "model.safetensors", {"step": step, "objective": cfg.train.objective})
+    """The EMA generator alone, which is what `mirai sample` reads (whole, from rank 0)."""
+    state = dist.full_state(stage.ema)
+    if dist.is_main():
+        ckpt.save_model(stage.ema, out / "model.safetensors", {"step": step, "objective": cfg.train.objective}, state)
 
 
 def save(stage: Stage, out: Path, gen: torch.Generator, step: int, cfg: Config) -> None:
@@ -137,9 +146,13 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
     if init_from:
         cfg = copy.deepcopy(cfg)
         cfg.train.init_from = init_from
-    cfg, out, gen = start_run(cfg)
+    dist.init(cfg.train.device)
+    quiet = quiet or not dist.is_main()
     tc = cfg.train
+    first, rows = dist.batch_share(tc.batch_size, cfg.dist.grad_accum)  # this rank's rows of every batch
+    cfg, out, gen = start_run(cfg)
     stage = build_stage(cfg, quiet)
+    stage.distribute()
     step = 0
     if (out / "ckpt.safetensors").exists():
         step = resume(stage, out, gen, cfg)
@@ -148,38 +161,45 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
     end = min(tc.steps, stop_at) if stop_at is not None else tc.steps
     if not quiet:
         print(f"model: {count_parameters(stage.model) / 1e6:.2f}M parameters, {cfg.model.attention}; "
-              f"objective {tc.objective}; steps {step}->{end}; out {out}")
+              f"objective {tc.objective}; steps {step}->{end}; out {out}"
+              + (f"; {dist.world()} processes x {rows} clips" if dist.is_distributed() else ""))
 
-    log = MetricsLog(out / "metrics.jsonl", start_step=step)
+    log = MetricsLog(out / "metrics.jsonl", start_step=step) if dist.is_main() else None
     bar = tqdm(total=end, initial=step, disable=quiet, dynamic_ncols=True, desc=tc.objective)
     with StopRequest() as stop:
         while step < end:
             t0 = time.perf_counter()
-            batch = to_device(get_batch(stage.dataset, batch_indices(step, tc.batch_size, len(stage.dataset),
-                                                                     cfg.data.seed)), stage.device)
+            indices = batch_indices(step, tc.batch_size, len(stage.dataset), cfg.data.seed)[first : first + rows]
+            batch = to_device(get_batch(stage.dataset, indices), stage.device)
             set_lr(stage.opt, lr_at(step, tc))
-            result = stage.step(batch, step, gen)
+            with gen.rows(first, tc.batch_size if dist.world() > 1 else 0):  # 0: one process draws as it always has
+                result = stage.step(batch, step, gen)
             if result.generator_update is not None:
                 ema_update(stage.ema, stage.model, ema_decay_at(result.generator_update, tc))
+            record, stopping = dist.mean_values(result.record, stop.signal is not None)  # every rank stops alike
             step += 1
             dt = time.perf_counter() - t0
             bar.update(1)
-            bar.set_postfix({k: f"{result.record[k]:.4f}" for k in stage.progress_keys if k in result.record}
+            bar.set_postfix({k: f"{record[k]:.4f}" for k in stage.progress_keys if k in record}
                             | {"clips_s": f"{tc.batch_size / dt:.1f}"})
-            if step % tc.log_every == 0 or step == end or result.log or stop.signal:
-                log.write(step=step, **result.record, lr=stage.opt.param_groups[0]["lr"], step_s=dt,
+            if log is not None and (step % tc.log_every == 0 or step == end or result.log or stopping):
+                log.write(step=step, **record, lr=stage.opt.param_groups[0]["lr"], step_s=dt,
                           clips_per_s=tc.batch_size / dt)
             if tc.sample_every and (step % tc.sample_every == 0 or step == tc.steps):
-                write_samples(stage.ema.eval(), stage.schedule, stage.sample_dataset, cfg,
-                              out / "samples" / f"step_{step:06d}.png")
-            if step % tc.ckpt_every == 0 or step == end or stop.signal:
+                model = dist.gathered_model(stage.ema)  # the EMA itself unless it is sharded
+                if dist.is_main():
+                    write_samples(model.eval(), stage.schedule, stage.sample_dataset, cfg,
+                                  out / "samples" / f"step_{step:06d}.png")
+            if step % tc.ckpt_every == 0 or step == end or stopping:
                 save(stage, out, gen, step, cfg)
-            if stop.signal:
+            if stopping:
                 bar.close()
-                log.close()
-                name = signal.Signals(stop.signal).name
+                if log is not None:
+                    log.close()
+                name = signal.Signals(stop.signal).name if stop.signal else "a stop request (another rank)"
                 raise TrainingInterrupted(f"{name} at step {step}/{end}: checkpoint written to {out / 'ckpt.safetensors'}; "
                                           "run the same command again to resume")
     bar.close()
-    log.close()
+    if log is not None:
+        log.close()
     return out

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..diffusion.schedule import FlowSchedule
 from ..models.attention import teacher_forcing_mask
-from ..rng import rand, randn
+from ..rng import rand, randint, randn
 
 
 def flow_matching_loss(v: Tensor, x_t: Tensor, x0: Tensor, t: Tensor, t_floor: float = 0.05) -> Tensor:
@@ -86,7 +86,7 @@ def ode_regression_loss(model: nn.Module, states: Tensor, clean: Tensor, timeste
     """
     B, S, T = states.shape[:3]
     fpc = model.cfg.frames_per_chunk
-    k = torch.randint(0, S, (B, T // fpc), generator=generator).repeat_interleave(fpc, dim=1).to(states.device)
+    k = randint(S, (B, T // fpc), generator).repeat_interleave(fpc, dim=1).to(states.device)
     x_t = torch.gather(states, 1, k[:, None, :, None, None, None].expand(B, 1, *states.shape[2:]))[:, 0]
     t = timesteps.to(states.device)[k]
     v = teacher_forcing_forward(model, clean[:, : T - fpc], torch.zeros(B, T - fpc, device=states.device), x_t, t, prompt)

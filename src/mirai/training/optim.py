@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from .. import distributed as dist
 from ..config import TrainConfig
 
 
@@ -34,7 +35,8 @@ def ema_decay_at(update: int, tc: TrainConfig) -> float:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    ema_p, p = list(ema.parameters()), list(model.parameters())
+    """In place; each rank averages the parameters it holds (its shards, when FSDP shards both alike)."""
+    ema_p, p = [dist.local(t) for t in ema.parameters()], [dist.local(t) for t in model.parameters()]
     torch._foreach_lerp_(ema_p, p, 1 - decay)
 
 
@@ -62,7 +64,13 @@ def optimize(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, c
     made the step be skipped (policy "skip"; "stop" raises NonFiniteError)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return clip_and_step(opt, model, clip, step=step, stage=stage, what=what, policy=policy)
+
+
+def clip_and_step(opt: torch.optim.Optimizer, model: nn.Module, clip: float, *, step: int = 0, stage: str = "",
+                  what: str = "loss", policy: str = "stop") -> float | None:
+    """`optimize` after the backward pass(es): clip the accumulated gradients, step. Same return value."""
+    grad_norm = dist.full(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))  # FSDP: the whole norm
     if not check_finite({f"gradient norm of {what}": grad_norm}, step, stage, policy):
         opt.zero_grad(set_to_none=True)
         return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint as ckpt, wan_io
+from .. import checkpoint as ckpt, distributed as dist, wan_io
 from ..config import Config, ConfigError
 from ..data.prompt import PROMPT
 from ..device import pick_device
@@ -38,8 +38,12 @@ class Stage:
 
     model (the trained generator), ema (its average, the exported model), opt (the generator's optimiser,
     whose LR the loop schedules), modules and optimizers (everything checkpointed; modules["model"] is the
-    generator), dataset (training items), sample_dataset (clips whose prompts the sample sheets use);
-    and implements `step`.
+    generator; an optimiser's name is its module's), forward_model (what the generator's forward passes
+    call: the model, or its DDP / compiled wrapper), dataset (training items), sample_dataset (clips whose
+    prompts the sample sheets use); and implements `step`.
+
+    A step gets this process's rows of the global batch, and a generator whose per-sample draws are those
+    rows' (`rng.BatchGenerator`); `distribute` wraps the modules once when several processes train.
     """
 
     name = "stage"
@@ -49,6 +53,7 @@ class Stage:
     opt: torch.optim.Optimizer
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
+    forward_model: nn.Module
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -57,6 +62,20 @@ class Stage:
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
         raise NotImplementedError
+
+    def distribute(self) -> None:
+        """Per `cfg.dist`: activation checkpointing, and in a multi-process run the generator wrapped by DDP or
+        sharded by FSDP2 (its EMA sharded alike). Called by the loop once, before a checkpoint is loaded."""
+        d = self.cfg.dist
+        dist.checkpoint_blocks(self.model, d.activation_checkpointing)
+        if not dist.is_distributed():
+            return
+        compiled = self.forward_model is not self.model  # the stage compiles its generator (train.compile)
+        self.forward_model = dist.parallelize(self.model, d.generator, d, self.device, self.opt)
+        if d.generator == "fsdp":
+            dist.shard(self.ema, d, self.device)
+        if compiled:
+            self.forward_model = torch.compile(self.forward_model)
 
     def extra_state(self) -> dict[str, Tensor]:
         """Tensors besides modules and optimisers that a resumed run needs."""

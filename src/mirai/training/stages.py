@@ -18,6 +18,7 @@ from .supervised import ODEStage, TeacherForcingStage, TeacherStage
 def build_dmd(cfg: Config, quiet: bool = False) -> DMDStage:
     """Causal-Forcing's DMD stage; with `foresight.enabled`, Video-Mirai's alignment term added to it."""
     stage = DMDStage(cfg)
+    stage.quiet = quiet
     if cfg.foresight.enabled:
         stage.add_term(ForesightTerm(cfg, teacher=stage.teacher, generator=stage.model, device=stage.device))
     return stage

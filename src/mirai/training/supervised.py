@@ -13,12 +13,13 @@ import copy
 import torch
 from torch import Tensor
 
+from .. import distributed as dist
 from ..config import Config
 from ..data.datasets import build_dataset
 from ..device import autocast_context
 from .distill import ODEPairDataset, generate_pairs
 from .losses import bidirectional_loss, drop_prompt, ode_regression_loss, teacher_forcing_loss
-from .optim import check_finite, optimize
+from .optim import check_finite, clip_and_step, optimize
 from .stage import Stage, StepOutput, init_generator
 
 
@@ -43,15 +44,48 @@ class SupervisedStage(Stage):
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
         tc = self.cfg.train
         self.model.train()
-        with autocast_context(tc.precision, self.device):
-            loss = self.loss(batch, gen)
-        if not check_finite({"loss": loss}, step, self.name, tc.on_nonfinite):
-            return StepOutput({"skipped_nonfinite": 1.0}, log=True)
-        grad_norm = optimize(self.opt, self.model, loss, tc.grad_clip, step=step, stage=self.name,
-                             policy=tc.on_nonfinite)
+        accum = self.cfg.dist.grad_accum
+        if accum == 1:
+            with autocast_context(tc.precision, self.device):
+                loss = self.loss(batch, gen)
+            if not check_finite({"loss": dist.mean(loss)}, step, self.name, tc.on_nonfinite):
+                return StepOutput({"skipped_nonfinite": 1.0}, log=True)
+            grad_norm = optimize(self.opt, self.model, loss, tc.grad_clip, step=step, stage=self.name,
+                                 policy=tc.on_nonfinite)
+        else:
+            loss, grad_norm = self.accumulated_step(batch, step, gen, accum)
+            if loss is None:
+                return StepOutput({"skipped_nonfinite": 1.0}, log=True)
         if grad_norm is None:
             return StepOutput({"loss": loss.item(), "skipped_nonfinite": 1.0}, log=True)
         return StepOutput({"loss": loss.item(), "grad_norm": grad_norm}, generator_update=step)
+
+    def accumulated_step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator,
+                         accum: int) -> tuple[Tensor | None, float | None]:
+        """One update from `accum` micro-batches: each backward adds loss / accum to the gradients (reduced
+        across ranks at the last one). Micro-batch m replays the step's draws from the same generator state and
+        keeps its own rows of them, so the update is that of the whole batch at once. Returns (the mean loss,
+        the gradient norm), or (None, None) when a non-finite loss made the step be skipped."""
+        tc = self.cfg.train
+        rows = next(iter(batch.values())).shape[0] // accum
+        first, total = getattr(gen, "first_row", 0), getattr(gen, "total_rows", 0) or rows * accum
+        start = gen.get_state()
+        self.opt.zero_grad(set_to_none=True)
+        losses = []
+        for m in range(accum):
+            micro = {k: v[m * rows : (m + 1) * rows] for k, v in batch.items()}
+            gen.set_state(start)
+            with gen.rows(first + m * rows, total), dist.gradient_sync(self.forward_model, m == accum - 1):
+                with autocast_context(tc.precision, self.device):
+                    loss = self.loss(micro, gen)
+                if not check_finite({"loss": dist.mean(loss)}, step, self.name, tc.on_nonfinite):
+                    self.opt.zero_grad(set_to_none=True)
+                    return None, None
+                (loss / accum).backward()
+            losses.append(loss.detach())
+        grad_norm = clip_and_step(self.opt, self.model, tc.grad_clip, step=step, stage=self.name,
+                                  policy=tc.on_nonfinite)
+        return torch.stack(losses).mean(), grad_norm
 
     def dropped_prompt(self, batch: dict[str, Tensor], gen: torch.Generator) -> Tensor | None:
         """The batch's prompts with a random `train.prompt_dropout` fraction zeroed (classifier-free guidance)."""

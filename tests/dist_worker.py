@@ -1,0 +1,30 @@
+"""One process of the multi-process tests (tests/test_distributed.py), started by torchrun:
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py JOBS.json
+
+JOBS.json: a list of {"config": a config dict, "stop_at": int | null, "wrong_rows": bool}. Each job is one
+`train()` call, in order, in every process. `wrong_rows` deliberately breaks the data sharding (every rank
+trains on rank 0's rows): the tests check that their comparison catches it.
+"""
+
+import json
+import sys
+
+import torch
+
+from mirai import distributed as dist
+from mirai.config import config_from_dict
+from mirai.training import loop
+
+
+def main(path: str) -> None:
+    torch.set_num_threads(1)
+    right = dist.batch_share
+    for job in json.loads(open(path).read()):
+        loop.dist.batch_share = (lambda *a: (0, right(*a)[1])) if job.get("wrong_rows") else right
+        loop.train(config_from_dict(job["config"]), stop_at=job.get("stop_at"), quiet=True)
+    dist.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
