@@ -11,7 +11,7 @@ import torch
 from mirai import checkpoint as ckpt
 from mirai.cli import main
 from mirai.config import ConfigError
-from mirai.demo import PRIMARY_ENDPOINT, contrast, length_keys, load_base, verdict
+from mirai.demo import PRIMARY_ENDPOINT, DemoPlan, contrast, length_keys, load_base, verdict
 
 
 def test_lengths_are_named_as_multiples_of_the_clip():
@@ -69,10 +69,15 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert all(v.dtype == torch.float16 for v in ckpt.load(base / "ode.safetensors")[0].values())
     from_base = tmp_path / "from_base"
     assert main(["demo", "--quick", "--out", str(from_base), "--seeds", "0", "--sampling-seeds", "0", "--samples",
-                 "2", "--device", "cpu", "--base", str(base), "--weights", "0.5"]) == 0
+                 "2", "--device", "cpu", "--base", str(base)]) == 0
     assert not (from_base / "shared").exists()
-    assert set(json.loads((from_base / "results.json").read_text())["arms"]) == {"baseline", "foresight",
-                                                                                  "foresight_w0.5"}
+    assert json.loads((from_base / "results.json").read_text())["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"] == 1
+
+
+def test_dose_arms_set_the_foresight_weight(tmp_path):
+    arms = DemoPlan(tmp_path, weights=[0.1, 1.0]).arms()
+    assert arms["foresight_w0.1"] == ["foresight.enabled=true", "foresight.weight=0.1"]
+    assert set(arms) == {"baseline", "foresight", "foresight_w0.1", "foresight_w1"}
 
 
 def test_a_changed_base_is_refused(tmp_path):

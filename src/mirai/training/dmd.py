@@ -169,6 +169,8 @@ class DMDStage(Stage):
         dist.checkpoint_blocks(self.critic, d.activation_checkpointing)
         if not dist.is_distributed():
             return
+        if self.cfg.dmd.term_grad_every:  # each rank would see only its own rows' gradients (and FSDP only shards)
+            raise ConfigError("dmd.term_grad_every is a single-process diagnostic: set it to 0 under torchrun")
         self.forward_critic = dist.parallelize(self.critic, d.critic, d, self.device, self.opt_critic)
         if d.teacher == "fsdp":
             dist.shard(self.teacher, d, self.device)
