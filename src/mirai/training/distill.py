@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt, rng
 from ..config import Config, SampleConfig
+from ..data.cache import LatentDataset
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
 from ..data.datasets import build_dataset
@@ -72,7 +73,7 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     ckpt.remove_stale_temporaries(out)  # a shard a killed run was writing
     shards = -(-d.num_videos // d.shard_size)
     shape = cfg.model.frame_shape
-    captions = build_dataset(cfg).prompts if cfg.model.text_conditioned else None
+    captions = build_dataset(cfg) if cfg.model.text_conditioned else None  # a cache: caption embeddings
     for s in tqdm(range(shards), desc="ode pairs", unit="shard", disable=quiet):
         path = out / f"shard_{s:05d}.safetensors"
         if path.exists():
@@ -87,11 +88,11 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     return out
 
 
-def pair_prompts(cfg: Config, index: range, captions: Tensor | None) -> Tensor:
+def pair_prompts(cfg: Config, index: range, captions: LatentDataset | None) -> Tensor:
     """Prompts of the trajectories `index`: the cache's caption embeddings in turn (a text model), else the
     structured prompts of world scenes the other stages never train on."""
     if captions is not None:
-        return torch.stack([captions[i % len(captions)].float() for i in index])
+        return torch.stack([captions.clip_prompt(i % captions.num_clips) for i in index])
     scenes = rng.derive_seed(cfg.data.seed, "ode-scenes")
     return torch.stack([torch.from_numpy(PROMPT.encode(make_clip(cfg.world, scenes, i, 1).scene)) for i in index])
 
