@@ -20,7 +20,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from .. import checkpoint as ckpt
-from ..models.autoencoder import load_autoencoder
+from ..models.build import load_autoencoder
 from .prompt import PROMPT
 from .videos import DataError
 

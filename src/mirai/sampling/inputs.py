@@ -19,7 +19,7 @@ from ..data.cache import read_cache_manifest
 from ..data.prompt import PROMPT
 from ..data.videos import read_source, resize_crop
 from ..data.world import make_clip
-from ..models.autoencoder import load_autoencoder
+from ..models.build import load_autoencoder
 from ..models.text import TextEncoder
 
 
