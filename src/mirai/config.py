@@ -442,6 +442,17 @@ def validate_model(m: ModelConfig) -> None:
             raise ConfigError(f"model.arch=wan needs model.ffn_dim and model.text_dim > 0, got {m.ffn_dim}, {m.text_dim}")
 
 
+def validate_world(w: WorldConfig) -> None:
+    """Cross-field checks of the world section alone (also run by `mirai world export`)."""
+    if not 1 <= w.min_sprites <= w.max_sprites <= 3:
+        raise ConfigError(f"world sprites must satisfy 1 <= min_sprites <= max_sprites <= 3, got {w.min_sprites}..{w.max_sprites}")
+    if not w.sprite_sizes or max(w.sprite_sizes) > w.image_size:
+        raise ConfigError(f"world.sprite_sizes must be a non-empty list of sizes <= world.image_size={w.image_size}, "
+                          f"got {w.sprite_sizes}")
+    if w.min_speed > w.max_speed:
+        raise ConfigError(f"world.min_speed={w.min_speed} is larger than world.max_speed={w.max_speed}")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks with messages a user can act on."""
     m = cfg.model
@@ -480,14 +491,7 @@ def validate(cfg: Config) -> None:
     for key in ("student_block", "encoder_block"):
         if not 0 <= getattr(f, key) <= m.depth:
             raise ConfigError(f"foresight.{key}={getattr(f, key)} must be within 0..model.depth={m.depth}")
-    w = cfg.world
-    if not 1 <= w.min_sprites <= w.max_sprites <= 3:
-        raise ConfigError(f"world sprites must satisfy 1 <= min_sprites <= max_sprites <= 3, got {w.min_sprites}..{w.max_sprites}")
-    if not w.sprite_sizes or max(w.sprite_sizes) > w.image_size:
-        raise ConfigError(f"world.sprite_sizes must be a non-empty list of sizes <= world.image_size={w.image_size}, "
-                          f"got {w.sprite_sizes}")
-    if w.min_speed > w.max_speed:
-        raise ConfigError(f"world.min_speed={w.min_speed} is larger than world.max_speed={w.max_speed}")
+    validate_world(cfg.world)
     if not cfg.dmd.t_min < cfg.dmd.t_max:
         raise ConfigError(f"dmd.t_min={cfg.dmd.t_min} must be smaller than dmd.t_max={cfg.dmd.t_max}")
 

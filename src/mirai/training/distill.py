@@ -19,7 +19,7 @@ from ..config import Config, SampleConfig
 from ..data.cache import LatentDataset
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
-from ..data.datasets import build_dataset
+from ..data.datasets import build_dataset, unconditional_prompt
 from ..device import pick_device
 from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
@@ -39,12 +39,15 @@ def teacher_grid(student_ts: list[float], teacher_steps: int) -> tuple[list[floa
 
 @torch.no_grad()
 def teacher_trajectories(teacher, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None,
-                         student_ts: list[float], teacher_steps: int, cfg_scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    """ODE states of the AR teacher at the student timesteps: (B, S, T, C, H, W), and the clean video (B, T, ...)."""
+                         student_ts: list[float], teacher_steps: int, cfg_scale: float = 1.0,
+                         uncond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """ODE states of the AR teacher at the student timesteps: (B, S, T, C, H, W), and the clean video (B, T, ...);
+    guided away from `uncond` (captions: the empty caption's embedding) when cfg_scale != 1."""
     grid, where = teacher_grid(student_ts, teacher_steps)
     sample = SampleConfig(solver="euler", cfg_scale=cfg_scale)
     chunks, states = [], []
-    for chunk, traj in iter_rollout(teacher, schedule, noise, prompt, sample=sample, grid=grid, return_states=True):
+    for chunk, traj in iter_rollout(teacher, schedule, noise, prompt, sample=sample, grid=grid, return_states=True,
+                                    uncond=uncond):
         chunks.append(chunk)
         states.append(torch.stack([traj[i] for i in where], dim=1))  # (B, S, fpc, C, H, W)
     return torch.cat(states, dim=2), torch.cat(chunks, dim=1)
@@ -74,6 +77,8 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     shards = -(-d.num_videos // d.shard_size)
     shape = cfg.model.frame_shape
     captions = build_dataset(cfg) if cfg.model.text_conditioned else None  # a cache: caption embeddings
+    uncond = unconditional_prompt(cfg.data, cfg.model)
+    uncond = uncond.to(device) if uncond is not None else None
     for s in tqdm(range(shards), desc="ode pairs", unit="shard", disable=quiet):
         path = out / f"shard_{s:05d}.safetensors"
         if path.exists():
@@ -83,7 +88,8 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         gen = rng.generator(cfg.train.seed, "ode-noise", s)
         noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
         cond = prompt.to(device) if is_conditional(teacher) else None
-        states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale)
+        states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale,
+                                             uncond)
         write_shard(path, states, clean, prompt, torch.tensor(ts))
     return out
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .. import checkpoint as ckpt, wan_io
 from ..config import Config, ConfigError
+from ..data.datasets import unconditional_prompt
 from ..data.prompt import PROMPT
 from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
@@ -54,6 +55,8 @@ class Stage:
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
         self.schedule = FlowSchedule.from_config(cfg.schedule)
+        uncond = unconditional_prompt(cfg.data, cfg.model)  # a caption model's "no prompt": the empty caption
+        self.uncond = uncond.to(self.device) if uncond is not None else None
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
         raise NotImplementedError
