@@ -12,6 +12,7 @@ structured prompt's zeros when the cache has no embeddings), cut as consecutive 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from .. import checkpoint as ckpt
+from ..models.autoencoder import Autoencoder
 from ..models.build import load_autoencoder
 from .prompt import PROMPT
 from .videos import DataError
@@ -100,11 +102,14 @@ class LatentDataset:
         self.clip_frames = clip_frames
         self.empty_prompt = read_empty_prompt(folder)
 
+    @functools.cached_property
+    def autoencoder(self) -> Autoencoder:
+        """The autoencoder the cache was prepared with (loaded on first use)."""
+        return load_autoencoder(self.manifest["models"]["vae"])
+
     def decode(self, latents: Tensor) -> Tensor:
         """Latent videos (B, T', C, h, w) of this cache -> pictures (B, T, 3, H, W) in [-1, 1], through the
-        autoencoder the cache was prepared with (loaded on first use)."""
-        if not hasattr(self, "autoencoder"):
-            self.autoencoder = load_autoencoder(self.manifest["models"]["vae"])
+        autoencoder the cache was prepared with."""
         return self.autoencoder.decode(latents)
 
     def clip_prompt(self, clip: int) -> Tensor:
