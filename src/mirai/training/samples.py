@@ -25,7 +25,7 @@ def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config
     device = next(model.parameters()).device
     if isinstance(dataset, SyntheticVideoDataset):  # clips of a scene space the run never trains on
         dataset = SyntheticVideoDataset(cfg.world, rng.derive_seed(cfg.data.seed, "sample-sheet"), frames)
-    held_out = get_batch(dataset, list(range(num)))
+    held_out = get_batch(dataset, [i % len(dataset) for i in range(num)])  # a small cache may hold fewer clips
     prompt = held_out["prompt"].to(device) if is_conditional(model) else None
     uncond = unconditional_prompt(cfg.data, model.cfg)  # guidance of a caption model: away from the empty caption
     fpc = cfg.model.frames_per_chunk
