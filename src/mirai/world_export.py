@@ -13,7 +13,8 @@ from .data.world import caption, make_clip
 from .video import save_video
 
 
-def export_world(world: WorldConfig, out: str | Path, clips: int, frames: int, seed: int = 0, fps: int = 8) -> list[Path]:
+def export_world(world: WorldConfig, out: str | Path, clips: int, frames: int, seed: int = 0,
+                 fps: int = 8) -> list[Path]:
     """Write `clips` clips of `frames` frames (mp4 at the world's size, `fps`) with a caption .txt each; returns
     the videos. mp4 is lossy (H.264): the prepared clips are close to, not equal to, the world's frames."""
     out = Path(out)

@@ -5,8 +5,8 @@ camera pan) and 1-3 sprites. Each sprite has an identity (shape, colour, pattern
 momentum, bouncing off the frame's walls. Every clip carries per-frame ground truth (background id,
 camera offset, sprite identities, positions, visible fraction) and a structured prompt: the scene's
 parameters as integers, usable as conditioning; `caption` says the same in words (and how each sprite
-moves), for the text path (`mirai world export`, then `mirai prepare`). Clips of any length can be rendered, so long rollouts can
-be compared with real long clips of the same scene.
+moves), for the text path (`mirai world export`, then `mirai prepare`). Clips of any length can be rendered,
+so long rollouts can be compared with real long clips of the same scene.
 """
 
 from __future__ import annotations
@@ -231,7 +231,8 @@ def direction(path: np.ndarray) -> str:
     larger = max(abs(dx), abs(dy))
     if larger < 1.0:
         return "stays in place"
-    words = [w for d, w in ((dy, "up" if dy < 0 else "down"), (dx, "left" if dx < 0 else "right")) if abs(d) >= larger / 2]
+    axes = ((dy, "up" if dy < 0 else "down"), (dx, "left" if dx < 0 else "right"))
+    words = [word for d, word in axes if abs(d) >= larger / 2]
     return "moves " + " and ".join(words)
 
 

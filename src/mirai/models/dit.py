@@ -20,7 +20,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import Attention, CrossAttention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles, token_positions
+from .attention import (Attention, CrossAttention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles,
+                        token_positions)
 from ..config import ModelConfig
 
 
@@ -246,7 +247,8 @@ class CausalVideoDiT(nn.Module):
             c_skip, c_out, c_in = (s[..., None, None, None] for s in edm_scalings(t, self.cfg.sigma_data))
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
-        h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit, context),
+        h, hidden = run_blocks(self.blocks, h,
+                               lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit, context),
                                T, return_hidden, stop_after)
         if h is None:
             return hidden

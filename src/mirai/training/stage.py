@@ -77,7 +77,8 @@ def resolve_model_config(cfg: Config) -> Config:
     """Fill derived model fields (the prompt vocabulary of the world) so the saved config is complete."""
     cfg = copy.deepcopy(cfg)
     if cfg.data.source == "cache" and cfg.model.conditional:  # captions: conditioned when the cache embedded them
-        empty = read_empty_prompt(cfg.data.path) if read_cache_manifest(cfg.data.path)["settings"]["text_encoder"] else None
+        embedded = read_cache_manifest(cfg.data.path)["settings"]["text_encoder"]
+        empty = read_empty_prompt(cfg.data.path) if embedded else None
         if empty is None:
             raise ConfigError(f"{cfg.data.path} holds no caption embeddings (prepared without --text-encoder); "
                               "set model.conditional=false")
