@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny_vae_folder
-from mirai.models.autoencoder import IdentityAutoencoder, latent_frames, load_autoencoder
+from mirai.models.autoencoder import IdentityAutoencoder, latent_frames, video_frames
+from mirai.models.build import load_autoencoder
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -13,6 +14,18 @@ def test_identity_is_pixels():
     ae, x = IdentityAutoencoder(), torch.rand(1, 3, 3, 8, 8)
     assert ae.encode(x) is x and ae.decode(x) is x and ae.stream().decode(x) is x
     assert latent_frames(17, 4) == 5 and latent_frames(5, 1) == 5
+    assert video_frames(5, 4) == 17 and video_frames(5, 1) == 5
+    assert all(video_frames(latent_frames(1 + 4 * k, 4), 4) == 1 + 4 * k for k in range(6))
+
+
+def test_a_folder_of_another_kind_is_named(tmp_path):
+    from mirai.data.videos import DataError
+
+    (tmp_path / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(DataError, match="'AutoencoderKL' autoencoder; the kinds Mirai reads: identity, AutoencoderKLWan"):
+        load_autoencoder(str(tmp_path))
+    with pytest.raises(DataError, match="no config.json"):
+        load_autoencoder(str(tmp_path / "missing"))
 
 
 def test_wan_encode_decode_equal_diffusers(tmp_path):

@@ -1,3 +1,4 @@
+import pytest
 """The training objectives: what each regresses, and what the teacher-forcing sequence lets a chunk see."""
 
 import torch
@@ -34,6 +35,16 @@ def test_drop_prompt_zeroes_whole_prompts_at_the_rate():
     assert abs(zero_rows.float().mean().item() - 0.25) < 0.03
     assert torch.equal(dropped[~zero_rows], prompt[~zero_rows])
     assert drop_prompt(prompt, 0.0, None) is prompt and drop_prompt(None, 0.5, None) is None
+
+
+def test_drop_prompt_replaces_captions_by_the_empty_caption_not_zeros():
+    captions, empty = torch.randn(400, 6, 8), torch.randn(6, 8)
+    dropped = drop_prompt(captions, 0.25, torch.Generator().manual_seed(0), empty)
+    empty_rows = (dropped == empty).all(2).all(1)
+    assert abs(empty_rows.float().mean().item() - 0.25) < 0.07 and not (dropped == 0).all(2).all(1).any()
+    assert torch.equal(dropped[~empty_rows], captions[~empty_rows])
+    with pytest.raises(ValueError, match="empty caption"):
+        drop_prompt(captions, 0.25, None)  # zeros would be a prompt the encoder never gives
 
 
 def test_teacher_forcing_noisy_chunk_sees_the_clean_past_and_not_the_clean_present():

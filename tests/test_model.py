@@ -117,3 +117,45 @@ def test_edm_model_starts_as_the_skip_and_caches_exactly():
     cache = KVCache.allocate(model.cfg, batch=2, max_chunks=3)
     outs = [model(x[:, i : i + 2], t[:, i : i + 2], kv_cache=cache, commit=True) for i in range(0, 6, 2)]
     assert (torch.cat(outs, 1) - model(x, t)).abs().max() < 1e-4
+
+
+# --------------------------------------------------------------------------------------------------
+# Caption embeddings: cross-attention to the text (model.text_dim)
+
+
+def captions(B=2, L=5, seed=3):
+    return torch.randn(B, L, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_caption_model_has_cross_attention_the_structured_one_does_not():
+    text, structured = make_model(text_dim=8), make_model(prompt_vocab=[4, 5])
+    assert text.cfg.text_conditioned and all(b.cross_attn is not None for b in text.blocks)
+    assert not any("cross" in k or "text_embed" in k for k in structured.state_dict())
+    fresh = CausalVideoDiT(ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16, text_dim=8))
+    assert all(torch.count_nonzero(b.cross_attn.proj.weight) == 0 for b in fresh.blocks)  # identity blocks at init
+
+
+def test_caption_changes_the_output_and_reaches_every_frame():
+    model, x, t = make_model(text_dim=8), video(), torch.rand(2, 6)
+    a, b = model(x, t, captions(seed=3)), model(x, t, captions(seed=4))
+    assert all(not torch.allclose(a[:, f], b[:, f]) for f in range(6))
+    mixed = torch.cat([captions(seed=3)[:1], captions(seed=4)[1:]])  # each video reads its own caption
+    assert torch.allclose(model(x, t, mixed), torch.cat([a[:1], b[1:]]), atol=1e-5)
+
+
+def test_caption_model_cached_chunks_equal_one_masked_forward_and_stay_causal():
+    model, x, t, text = make_model(text_dim=8), video(), torch.rand(2, 6), captions()
+    full = model(x, t, text)
+    cache = KVCache.allocate(model.cfg, batch=2, max_chunks=3)
+    outs = [model(x[:, i : i + 2], t[:, i : i + 2], text, kv_cache=cache, commit=True) for i in range(0, 6, 2)]
+    assert (torch.cat(outs, 1) - full).abs().max() < 1e-4
+    x2 = x.clone()
+    x2[:, 4:] += 1.0
+    assert torch.equal(model(x2, t, text)[:, :4], full[:, :4])
+
+
+def test_dit_reads_one_kind_of_prompt():
+    from mirai.config import ConfigError, validate_model
+
+    with pytest.raises(ConfigError, match="two kinds of prompt"):
+        validate_model(ModelConfig(text_dim=8, prompt_vocab=[4]))

@@ -103,3 +103,12 @@ def test_the_cache_is_written_at_context_noise(model):
             x = x + (t_next - t) * model(torch.cat([written, x], 1), t_frames)[:, 2:]
     assert (video[:, 2:] - x).abs().max() < 1e-4
     assert not torch.allclose(video[:, 2:], run(model, n, SampleConfig(steps=2), seed=7)[:, 2:])  # c matters
+
+
+def test_guided_caption_rollout_equals_uncached_and_follows_the_negative_prompt():
+    model = make_model(text_dim=8)
+    captions, empty, negative = torch.randn(2, 5, 8), torch.randn(5, 8), torch.randn(5, 8)
+    sample = SampleConfig(steps=2, cfg_scale=3.0, solver="renoise", context_noise=0.1)
+    cached = run(model, noise(), sample, captions, uncond=empty)
+    assert (cached - run(model, noise(), sample, captions, uncond=empty, use_cache=False)).abs().max() < 1e-4
+    assert not torch.allclose(cached, run(model, noise(), sample, captions, uncond=negative))

@@ -32,8 +32,9 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or of the wrong kind; the message names the file."""
 
 
-def tensors_sha256(tensors: dict[str, Tensor]) -> str:
-    """A checksum of names, dtypes, shapes and bytes, stored with the file: a bit flip on disk is caught on load."""
+def tensors_sha256(tensors) -> str:
+    """A checksum of names, dtypes, shapes and bytes, stored with the file: a bit flip on disk is caught on load.
+    `tensors`: a dict, or any mapping that yields its names and reads a tensor by name (one at a time)."""
     h = hashlib.sha256()
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
@@ -85,16 +86,47 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {e}") from None
+    return tensors, checked_meta(path, raw, tensors)
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """`load`'s checks (format, checksum) reading one tensor at a time, so memory holds the largest tensor, not the
+    file; returns the metadata. For files read lazily afterwards (`safe_open`), e.g. the shards of a cache."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(path, "pt") as f:
+            return checked_meta(path, f.metadata() or {}, LazyTensors(f))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {e}") from None
+
+
+class LazyTensors:
+    """The tensors of an open safetensors file as a read-only mapping, each read when asked for."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __iter__(self):
+        return iter(self.handle.keys())
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.handle.get_tensor(key)
+
+
+def checked_meta(path: Path, raw: dict[str, str], tensors) -> dict[str, Any]:
+    """The metadata of a Mirai file whose raw safetensors metadata is `raw`, after checking its format and the
+    checksum of `tensors` (a dict or a `LazyTensors`)."""
     if raw.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a Mirai checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
     if "sha256" in raw and raw["sha256"] != tensors_sha256(tensors):
         raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them "
                               "(a flipped bit or a damaged copy)")
     try:
-        meta = json.loads(raw["meta"])
+        return json.loads(raw["meta"])
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{path} is corrupt: its metadata is not readable") from None
-    return tensors, meta
 
 
 def prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

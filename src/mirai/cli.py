@@ -1,8 +1,10 @@
 """The `mirai` command line: train, sample, bench.
 
+    mirai world export --clips 64 --out DATA [--frames 17] [--set world.image_size=32 ...]   (mp4 + caption .txt)
     mirai prepare DATA --out CACHE [--vae DIR] [--text-encoder DIR] [--set prepare.frames=17 ...] [--check]
     mirai train --config configs/tiny.yaml [--set train.steps=100 ...] [--dry-run]
     mirai sample --ckpt runs/tiny --frames 32 --out samples.mp4   (.gif, .png contact sheet, .npz)
+    mirai sample --ckpt runs/cached --prompt "a red square moves left" [--negative-prompt "..."] [--context img.png]
     mirai eval --ckpt runs/tiny --frames 32 --samples 32 --seeds 0 1 2
     mirai compare runs/baseline runs/mirai --out report.html
     mirai bench sampling --json | mirai bench train --json | mirai bench foresight --json | mirai bench fps --json
@@ -26,8 +28,9 @@ import yaml
 from tqdm import tqdm
 
 from . import bench, distributed as dist, prepare, wan_io
+from .world_export import export_world
 from .checkpoint import CheckpointError, load_model
-from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict
+from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict, validate_world
 from .data.captions import check_folder
 from .data.datasets import DataError
 from .demo import DemoPlan, run_demo, verdict_lines
@@ -79,6 +82,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a prepare.* key, e.g. --set prepare.fps=16 --set prepare.height=480")
     r.add_argument("--device", default="auto")
 
+    w = sub.add_parser("world", help="the synthetic world as a folder of captioned videos (for `mirai prepare`)")
+    w.add_argument("action", choices=["export"])
+    w.add_argument("--out", required=True, help="the folder to write (clip_00000.mp4 + clip_00000.txt, ...)")
+    w.add_argument("--clips", type=at_least(1), default=64, help="clips to write")
+    w.add_argument("--frames", type=at_least(1), default=17, help="frames per clip")
+    w.add_argument("--seed", type=int, default=0, help="clip i is the world's clip i for this seed")
+    w.add_argument("--fps", type=at_least(1), default=8)
+    w.add_argument("--config", help="YAML whose world section sets the world")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a world.* key, e.g. --set world.image_size=32 --set world.max_sprites=1")
+
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("--config", help="YAML file (configs/*.yaml); defaults are used for missing keys")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -95,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--num", type=at_least(1), default=4, help="videos to generate (shown side by side)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--prompt", help="a caption, encoded with the text encoder of the run's prepared cache")
+    s.add_argument("--negative-prompt", help="a caption to guide away from (sample.cfg_scale > 1), encoded as --prompt "
+                                             "(default: the empty caption)")
     s.add_argument("--context", help="an image or clip to continue from (image-to-video), encoded with the cache's "
                                      "autoencoder")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -203,6 +219,14 @@ def cmd_prepare(args) -> None:
     print(f"wrote {args.out}: {clips} clips in {len(manifest['shards'])} shards, {len(manifest['refused'])} videos refused")
 
 
+def cmd_world(args) -> None:
+    world = load_config(args.config, args.overrides, model_only=True).world  # the world alone: no model to match
+    validate_world(world)
+    check_output(args.out, folder=True)
+    videos = export_world(world, args.out, args.clips, args.frames, args.seed, args.fps)
+    print(f"wrote {args.out}: {len(videos)} clips of {args.frames} frames with captions (next: mirai prepare {args.out} ...)")
+
+
 def cmd_sample(args) -> None:
     check_output(args.out, SAMPLE_FORMATS)
     device = pick_device(args.device)
@@ -216,15 +240,17 @@ def cmd_sample(args) -> None:
     frames = -(-frames // fpc) * fpc
     context, decode = None, lambda chunk: chunk
     if cfg.data.source == "cache":  # latents: prompt and context through the cache's encoders, decoded as they stream
-        real = cache_inputs(model, cfg, args.num, frames, args.seed, device, args.prompt, args.context)
+        real = cache_inputs(model, cfg, args.num, frames, args.seed, device, args.prompt, args.context,
+                            args.negative_prompt)
         inputs, context, stream = real.inputs, real.context, real.autoencoder.stream()
         decode = stream.decode
-    elif args.prompt is not None or args.context is not None:
-        raise ConfigError("--prompt and --context need a model trained on a prepared cache (data.source=cache)")
+    elif args.prompt is not None or args.context is not None or args.negative_prompt is not None:
+        raise ConfigError("--prompt, --negative-prompt and --context need a model trained on a prepared cache "
+                          "(data.source=cache)")
     else:
         inputs = rollout_inputs(model, world, args.num, frames, args.seed, device)
     rollout = iter_rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=sample,
-                           context=context, generator=inputs.generator)
+                           context=context, generator=inputs.generator, uncond=inputs.uncond)
     chunks = [decode(context).cpu()] if context is not None else []  # the continued clip opens the video
     chunks += [decode(c).cpu() for c in tqdm(rollout, total=frames // fpc, desc="sample", unit="chunk")]
     video = torch.cat(chunks, dim=1)
@@ -234,6 +260,7 @@ def cmd_sample(args) -> None:
         out = save_video(video, args.out)
     Path(str(out) + ".json").write_text(json.dumps({"ckpt": str(args.ckpt), "frames": frames, "num": args.num,
                                                    "seed": args.seed, "prompt": args.prompt, "context": args.context,
+                                                   "negative_prompt": args.negative_prompt,
                                                    "sample": to_dict(sample)}, indent=2))
     print(f"wrote {out} ({args.num} videos x {video.shape[1]} frames)")
 
@@ -309,7 +336,7 @@ def cmd_export(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
+        commands = {"world": cmd_world, "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
                     "compare": cmd_compare, "bench": cmd_bench, "demo": cmd_demo, "import": cmd_import,
                     "export": cmd_export}
         code = commands[args.command](args)

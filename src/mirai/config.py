@@ -102,20 +102,22 @@ class ModelConfig:
     #                         a velocity/noise output must reproduce 192-d patch noise through the network;
     #                         "edm" is x0 at t = 1 but only a residual at low noise (sharp details learn fast).
     sigma_data: float = 0.5  # "edm": RMS of the training frames (EDM's default; the world's is about 0.6)
-    conditional: bool = True  # condition on the dataset's structured prompt (prompt_vocab filled from the world)
+    conditional: bool = True  # condition on the dataset's prompt: the world's structured prompt (prompt_vocab filled
+    #                           from the world) or a cache's caption embeddings (cross-attention, text_dim)
+    text_dim: int = 0  # width of the caption embeddings the cross-attention reads (UMT5-XXL: 4096; "dit": 0 = no
+    #                    cross-attention, filled from a cache with captions). "wan" on the synthetic world: the
+    #                    structured prompt becomes one text_dim embedding per field
     # "wan" only (diffusers' WanTransformer3DModel config, same names):
     ffn_dim: int = 0  # feed-forward width
-    text_dim: int = 0  # width of the text embeddings the cross-attention reads (UMT5-XXL: 4096); the structured
-    #                    prompt becomes one text_dim embedding per field until real captions arrive
     freq_dim: int = 256  # sinusoidal timestep features
     eps: float = 1e-6  # of the layer and RMS norms
     rope_max_seq_len: int = 1024  # carried for export (diffusers precomputes RoPE up to it); Mirai computes it
 
     @property
     def text_conditioned(self) -> bool:
-        """Conditioned on caption embeddings (B, L, text_dim) (a Wan model on a prepared cache with captions)
-        rather than on the world's structured prompt."""
-        return self.arch == "wan" and self.conditional and not self.prompt_vocab
+        """Conditioned on caption embeddings (B, L, text_dim) through cross-attention (a model trained on a prepared
+        cache with captions) rather than on the world's structured prompt."""
+        return self.conditional and not self.prompt_vocab and self.text_dim > 0
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -402,7 +404,7 @@ VALUE_RULES: dict[str, dict[str, tuple]] = {  # section -> key -> (test, require
                     clips_per_video=NON_NEGATIVE, text_len=AT_LEAST_1, batch_size=AT_LEAST_1, shard_size=AT_LEAST_1),
     "model": dict(dim=AT_LEAST_1, depth=AT_LEAST_1, heads=AT_LEAST_1, mlp_ratio=POSITIVE, patch_size=AT_LEAST_1,
                   image_size=AT_LEAST_1, channels=AT_LEAST_1, frames_per_chunk=AT_LEAST_1, prompt_vocab=AT_LEAST_1,
-                  rope_theta=POSITIVE, sigma_data=POSITIVE),
+                  rope_theta=POSITIVE, sigma_data=POSITIVE, text_dim=NON_NEGATIVE),
     "schedule": dict(shift=POSITIVE, logit_std=POSITIVE),
     "sample": dict(steps=AT_LEAST_1, timesteps=TIMESTEP, context_noise=UNIT_BELOW_1, cfg_scale=NON_NEGATIVE,
                    sink_chunks=NON_NEGATIVE, window_chunks=NON_NEGATIVE),
@@ -456,6 +458,9 @@ def validate_model(m: ModelConfig) -> None:
         raise ConfigError(f"model.prediction must be 'x0', 'velocity' or 'edm', got '{m.prediction}'")
     if m.attention not in ("causal", "bidirectional"):
         raise ConfigError(f"model.attention must be 'causal' or 'bidirectional', got '{m.attention}'")
+    if m.arch == "dit" and m.text_dim > 0 and m.prompt_vocab:
+        raise ConfigError("model.text_dim (captions, cross-attention) and model.prompt_vocab (the world's structured "
+                          "prompt) are two kinds of prompt: the DiT reads one; set one of them to 0 / []")
     if m.arch == "dit" and m.image_width not in (0, m.image_size):
         raise ConfigError("model.image_width (non-square frames) needs model.arch=wan; the DiT's positions are square")
     if m.arch == "wan":
@@ -463,6 +468,17 @@ def validate_model(m: ModelConfig) -> None:
             raise ConfigError(f"model.arch=wan predicts the flow velocity: set model.prediction=velocity, not '{m.prediction}'")
         if m.ffn_dim <= 0 or m.text_dim <= 0:
             raise ConfigError(f"model.arch=wan needs model.ffn_dim and model.text_dim > 0, got {m.ffn_dim}, {m.text_dim}")
+
+
+def validate_world(w: WorldConfig) -> None:
+    """Cross-field checks of the world section alone (also run by `mirai world export`)."""
+    if not 1 <= w.min_sprites <= w.max_sprites <= 3:
+        raise ConfigError(f"world sprites must satisfy 1 <= min_sprites <= max_sprites <= 3, got {w.min_sprites}..{w.max_sprites}")
+    if not w.sprite_sizes or max(w.sprite_sizes) > w.image_size:
+        raise ConfigError(f"world.sprite_sizes must be a non-empty list of sizes <= world.image_size={w.image_size}, "
+                          f"got {w.sprite_sizes}")
+    if w.min_speed > w.max_speed:
+        raise ConfigError(f"world.min_speed={w.min_speed} is larger than world.max_speed={w.max_speed}")
 
 
 def validate(cfg: Config) -> None:
@@ -503,14 +519,7 @@ def validate(cfg: Config) -> None:
     for key in ("student_block", "encoder_block"):
         if not 0 <= getattr(f, key) <= m.depth:
             raise ConfigError(f"foresight.{key}={getattr(f, key)} must be within 0..model.depth={m.depth}")
-    w = cfg.world
-    if not 1 <= w.min_sprites <= w.max_sprites <= 3:
-        raise ConfigError(f"world sprites must satisfy 1 <= min_sprites <= max_sprites <= 3, got {w.min_sprites}..{w.max_sprites}")
-    if not w.sprite_sizes or max(w.sprite_sizes) > w.image_size:
-        raise ConfigError(f"world.sprite_sizes must be a non-empty list of sizes <= world.image_size={w.image_size}, "
-                          f"got {w.sprite_sizes}")
-    if w.min_speed > w.max_speed:
-        raise ConfigError(f"world.min_speed={w.min_speed} is larger than world.max_speed={w.max_speed}")
+    validate_world(cfg.world)
     for key in ("generator", "critic", "predictor"):
         if getattr(cfg.dist, key) not in DIST_STRATEGIES:
             raise ConfigError(f"dist.{key} must be 'ddp' or 'fsdp', got '{getattr(cfg.dist, key)}'")

@@ -26,7 +26,8 @@ from .config import PrepareConfig, to_dict
 from .data.cache import EMPTY_PROMPT, MANIFEST, shard_name
 from .data.captions import VideoEntry, scan_folder
 from .data.videos import DataError, read_source, resize_crop, sample_clips, source_fps, source_sha256
-from .models.autoencoder import folder_id, load_autoencoder
+from .models.autoencoder import folder_id
+from .models.build import load_autoencoder
 from .models.text import TextEncoder
 
 LATENT_DTYPE = torch.float16  # half the disk; far below the models' error (as the ODE pairs)

@@ -11,14 +11,18 @@ structured prompt's zeros when the cache has no embeddings), cut as consecutive 
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from .. import checkpoint as ckpt
-from ..models.autoencoder import load_autoencoder
+from ..models.autoencoder import Autoencoder
+from ..models.build import load_autoencoder
 from .prompt import PROMPT
 from .videos import DataError
 
@@ -37,47 +41,98 @@ def read_cache_manifest(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-class LatentDataset:
-    """All shards of a cache in memory (float16 on disk, float32 items)."""
+OPEN_SHARDS = 4  # shards a dataset keeps open (memory-mapped) at once; the least recently used closes first
 
-    def __init__(self, folder: str | Path, clip_frames: int):
+
+class ShardReader:
+    """Rows of a cache's shards, read lazily: a row costs the bytes of that row, whatever the cache's size.
+
+    At most `max_open` shards are open at once (`safe_open` maps a file; nothing is read until a row is asked
+    for). A shard's checksum is verified the first time it is opened, one tensor at a time (so a bit flip is
+    still named, as `checkpoint.load` names it), and not again when it is reopened."""
+
+    def __init__(self, files: list[Path], max_open: int = OPEN_SHARDS):
+        self.files, self.max_open = files, max_open
+        self.open: collections.OrderedDict[int, object] = collections.OrderedDict()  # shard -> safe_open handle
+        self.verified: set[int] = set()
+
+    def handle(self, shard: int):
+        if shard in self.open:
+            self.open.move_to_end(shard)
+            return self.open[shard]
+        if shard not in self.verified:
+            ckpt.verify(self.files[shard])
+            self.verified.add(shard)
+        self.open[shard] = safe_open(self.files[shard], "pt")
+        while len(self.open) > self.max_open:
+            self.open.popitem(last=False)  # dropping the handle unmaps the file
+        return self.open[shard]
+
+    def shape(self, shard: int, key: str) -> tuple[int, ...] | None:
+        """Shape of tensor `key` of a shard read from its header (None when the shard has no such tensor)."""
+        with safe_open(self.files[shard], "pt") as f:
+            return tuple(f.get_slice(key).get_shape()) if key in f.keys() else None
+
+    def read(self, shard: int, key: str, row: int, frames: slice = slice(None)) -> Tensor:
+        """Row `row` of tensor `key` of a shard (frames `frames` of it), as stored (float16 latents)."""
+        return self.handle(shard).get_slice(key)[row, frames]
+
+
+class LatentDataset:
+    """The clips of a cache, read from its shards on demand (float16 on disk, float32 items): memory holds the
+    manifest, an index of (shard, row, first frame) windows and at most `max_open` open shards."""
+
+    def __init__(self, folder: str | Path, clip_frames: int, max_open: int = OPEN_SHARDS):
         folder = Path(folder)
         self.manifest = read_cache_manifest(folder)
-        parts = [ckpt.load(folder / s["file"])[0] for s in self.manifest["shards"]]
-        if not parts:
+        shards = self.manifest["shards"]
+        if not shards:
             raise DataError(f"{folder} holds no prepared clips (see 'refused' in its {MANIFEST})")
-        tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        self.captions = [c["caption"] for s in self.manifest["shards"] for c in s["clips"]]
-        frames = tensors["latents"].shape[1]
+        self.reader = ShardReader([folder / s["file"] for s in shards], max_open)
+        self.clips = [(k, row) for k, s in enumerate(shards) for row in range(len(s["clips"]))]  # clip -> (shard, row)
+        self.captions = [c["caption"] for s in shards for c in s["clips"]]
+        shape = self.reader.shape(0, "latents")  # (rows, T', C, h, w): every shard holds clips of one shape
+        frames = shape[1]
         if frames < clip_frames:
             raise DataError(f"{folder} holds clips of {frames} latent frames, fewer than data.clip_frames={clip_frames}")
-        self.latents, self.prompts = tensors["latents"], tensors.get("prompt")
-        self.windows = [(i, s) for i in range(len(self.latents)) for s in range(0, frames - clip_frames + 1, clip_frames)]
+        self.frame_shape: tuple[int, ...] = tuple(shape[2:])
+        prompt_shape = self.reader.shape(0, "prompt")  # (rows, L, D) or None (no text encoder)
+        self.text_dim = prompt_shape[-1] if prompt_shape else 0  # width of the caption embeddings (0: none)
+        self.windows = [(c, s) for c in range(len(self.clips)) for s in range(0, frames - clip_frames + 1, clip_frames)]
         self.clip_frames = clip_frames
-        empty = folder / EMPTY_PROMPT
-        self.empty_prompt = ckpt.load(empty)[0]["prompt"].float() if empty.is_file() else None
+        self.empty_prompt = read_empty_prompt(folder)
+
+    @functools.cached_property
+    def autoencoder(self) -> Autoencoder:
+        """The autoencoder the cache was prepared with (loaded on first use)."""
+        return load_autoencoder(self.manifest["models"]["vae"])
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latent videos (B, T', C, h, w) of this cache -> pictures (B, T, 3, H, W) in [-1, 1], through the
-        autoencoder the cache was prepared with (loaded on first use)."""
-        if not hasattr(self, "autoencoder"):
-            self.autoencoder = load_autoencoder(self.manifest["models"]["vae"])
+        autoencoder the cache was prepared with."""
         return self.autoencoder.decode(latents)
 
-    @property
-    def frame_shape(self) -> tuple[int, ...]:
-        return tuple(self.latents.shape[2:])
+    def clip_prompt(self, clip: int) -> Tensor:
+        """The caption embedding (L, D) of clip `clip` (in manifest order), float32."""
+        shard, row = self.clips[clip]
+        return self.reader.read(shard, "prompt", row).float()
 
     @property
-    def text_dim(self) -> int:
-        """Width of the caption embeddings (0: the cache has none)."""
-        return 0 if self.prompts is None else self.prompts.shape[-1]
+    def num_clips(self) -> int:
+        return len(self.clips)
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        i, start = self.windows[index]
-        video = self.latents[i, start : start + self.clip_frames].float()
-        prompt = self.prompts[i].float() if self.prompts is not None else torch.from_numpy(PROMPT.empty(1)[0])
+        clip, start = self.windows[index]
+        shard, row = self.clips[clip]
+        video = self.reader.read(shard, "latents", row, slice(start, start + self.clip_frames)).float()
+        prompt = self.clip_prompt(clip) if self.text_dim else torch.from_numpy(PROMPT.empty(1)[0])
         return {"video": video, "prompt": prompt}
+
+
+def read_empty_prompt(folder: str | Path) -> Tensor | None:
+    """The empty caption's embedding (L, D) float32 that `mirai prepare` wrote, or None (no text encoder)."""
+    path = Path(folder) / EMPTY_PROMPT
+    return ckpt.load(path)[0]["prompt"].float() if path.is_file() else None

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .. import rng
-from ..config import Config, DataConfig, WorldConfig
-from .cache import LatentDataset
+from ..config import Config, DataConfig, ModelConfig, WorldConfig
+from .cache import LatentDataset, read_empty_prompt
 from .frames import to_model_range
 from .prompt import PROMPT
 from .videos import VIDEO_SUFFIXES, DataError, read_source, resize_crop
@@ -86,6 +86,18 @@ def build_dataset(cfg: Config):
     if d.source == "synthetic":
         return SyntheticVideoDataset(cfg.world, d.seed, d.clip_frames)
     return VideoFolderDataset(d.path, d.clip_frames, cfg.model.image_size, d.frame_stride)
+
+
+def unconditional_prompt(data: DataConfig, model: ModelConfig) -> Tensor | None:
+    """The "no prompt" of a caption model trained on the cache `data.path`: the empty caption's embedding (L, D)
+    that `mirai prepare` wrote (caption dropout, guidance's unconditional branch); None for every other model
+    (the structured prompt's "no prompt" is all zeros, see `data.prompt.unconditional`)."""
+    if data.source != "cache" or not model.text_conditioned:
+        return None
+    empty = read_empty_prompt(data.path)
+    if empty is None:
+        raise DataError(f"{data.path} has no empty_prompt.safetensors: prepare it again with --text-encoder")
+    return empty
 
 
 def batch_indices(step: int, batch_size: int, size: int, seed: int) -> list[int]:

@@ -1,10 +1,17 @@
-"""The structured prompt of the synthetic world: the one place that knows its layout.
+"""What a prompt is: the one place that knows the prompts' layouts and what stands for "no prompt".
 
-A prompt is a vector of small integers, 0 meaning absent (or dropped, for classifier-free guidance):
+Two kinds of prompt reach a model:
+- the synthetic world's structured prompt, a vector (P,) of small integers, 0 meaning absent (or dropped):
 
-    [background + 1,  shape + 1, colour + 1, pattern + 1  (sprite slot 1),  ... (slots 2, 3)]
+      [background + 1,  shape + 1, colour + 1, pattern + 1  (sprite slot 1),  ... (slots 2, 3)]
 
-so 1 + 3 * 3 = 10 fields. Every reader and writer of prompts goes through `PROMPT`.
+  so 1 + 3 * 3 = 10 fields. Every reader and writer of structured prompts goes through `PROMPT`;
+- caption embeddings (L, D) float, a text encoder's output for a caption (`mirai prepare`), read through
+  cross-attention.
+
+"No prompt" (caption dropout in training, the unconditional branch of classifier-free guidance) is
+`unconditional(prompt, uncond)`: all fields absent for the structured prompt; for captions the embedding of the
+empty caption (what the encoder gives for "", not zeros), or of a negative prompt at sampling.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from ..config import WorldConfig
 from .world import MAX_SPRITES, Scene
@@ -64,3 +73,26 @@ class PromptLayout:
 
 
 PROMPT = PromptLayout()
+
+
+# --------------------------------------------------------------------------------------------------
+# Caption embeddings and "no prompt"
+
+
+def is_caption(prompt: Tensor) -> bool:
+    """Caption embeddings (B, L, D) float, rather than structured prompts (B, P) of integers."""
+    return prompt.is_floating_point()
+
+
+def unconditional(prompt: Tensor, uncond: Tensor | None = None) -> Tensor:
+    """What stands for "no prompt" in a batch shaped like `prompt`: all zeros for structured prompts (every field
+    absent); for caption embeddings (B, L, D), `uncond` broadcast to the batch: the empty caption's embedding (L, D)
+    (dropout, guidance) or a negative prompt's ((L, D) or (B, L, D)). Captions without `uncond` are an error, not
+    zeros: a zero embedding is not what the text encoder makes of the empty caption, so a model trained with the
+    empty caption would be guided away from something it never saw."""
+    if not is_caption(prompt):
+        return torch.zeros_like(prompt)
+    if uncond is None:
+        raise ValueError("caption embeddings need an unconditional prompt: the empty caption's embedding (the "
+                         "cache's empty_prompt) or a negative prompt's")
+    return uncond.to(prompt.device, prompt.dtype).expand_as(prompt)

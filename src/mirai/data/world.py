@@ -4,8 +4,9 @@ A scene is a textured background (the "layout", optionally with a pillar that oc
 camera pan) and 1-3 sprites. Each sprite has an identity (shape, colour, pattern, size) and moves with
 momentum, bouncing off the frame's walls. Every clip carries per-frame ground truth (background id,
 camera offset, sprite identities, positions, visible fraction) and a structured prompt: the scene's
-parameters as integers, usable as conditioning. Clips of any length can be rendered, so long rollouts can
-be compared with real long clips of the same scene.
+parameters as integers, usable as conditioning; `caption` says the same in words (and how each sprite
+moves), for the text path (`mirai world export`, then `mirai prepare`). Clips of any length can be rendered,
+so long rollouts can be compared with real long clips of the same scene.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ COLORS = np.array(
     ],
     dtype=np.float32,
 )
+COLOR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")  # of COLORS, in order
 PATTERNS = ("solid", "striped")
 MAX_SPRITES = 3  # sprite slots of a scene (and of its prompt)
 # Backgrounds are muted so sprites stand out: two low-saturation colours and a texture.
 BG_TEXTURES = ("hstripes", "vstripes", "checker", "diagonal")
+TEXTURE_WORDS = {"hstripes": "horizontally striped", "vstripes": "vertically striped", "checker": "checkered",
+                 "diagonal": "diagonally striped"}
 
 
 @dataclass(frozen=True)
@@ -213,3 +217,46 @@ def make_clip(world: WorldConfig, seed: int, index: int, num_frames: int) -> Cli
     """Clip `index` of the world with dataset seed `seed`: a pure function of its arguments."""
     rng = np.random.default_rng([seed, index])
     return render(world, sample_scene(world, rng), num_frames)
+
+
+# --------------------------------------------------------------------------------------------------
+# Captions: the ground truth in words
+
+
+def direction(path: np.ndarray) -> str:
+    """How a centre path (T, 2) of (x, y) pixels moves overall (y grows downwards): 'moves left', 'moves up and
+    right', ... from its net displacement (an axis counts when it is at least half the larger one), or 'stays in
+    place' when the displacement is under one pixel."""
+    dx, dy = (path[-1] - path[0]).tolist()
+    larger = max(abs(dx), abs(dy))
+    if larger < 1.0:
+        return "stays in place"
+    axes = ((dy, "up" if dy < 0 else "down"), (dx, "left" if dx < 0 else "right"))
+    words = [word for d, word in axes if abs(d) >= larger / 2]
+    return "moves " + " and ".join(words)
+
+
+def passes_behind_pillar(world: WorldConfig, clip: Clip, i: int) -> bool:
+    """Whether a pixel of sprite i is ever in the pillar's columns (the pillar spans the frame's height and is
+    drawn in front of the sprites)."""
+    pillar = occluder_mask(world, clip.scene.background).any(0)  # (W,) columns of the pillar
+    if not pillar.any():
+        return False
+    sprite = clip.scene.sprites[i]
+    columns = np.flatnonzero(sprite_mask(sprite.shape, sprite.size).any(0))  # columns of the shape in its box
+    left = np.round(clip.positions[:, i, 0] - (sprite.size - 1) / 2).astype(int)  # box's left column per frame
+    covered = (left[:, None] + columns[None]).clip(0, len(pillar) - 1)
+    return bool(pillar[covered].any())
+
+
+def caption(world: WorldConfig, clip: Clip) -> str:
+    """One sentence of a clip's ground truth: each sprite's colour, pattern (when striped), shape, direction of
+    motion and whether it passes behind the pillar, then the background's texture, e.g.
+    'a red striped square moves left behind a pillar on a checkered background'."""
+    parts = []
+    for i, s in enumerate(clip.scene.sprites):
+        words = [COLOR_NAMES[s.color], *(["striped"] if PATTERNS[s.pattern] == "striped" else []), SHAPES[s.shape]]
+        behind = " behind a pillar" if passes_behind_pillar(world, clip, i) else ""
+        parts.append(f"a {' '.join(words)} {direction(clip.positions[:, i])}{behind}")
+    texture = TEXTURE_WORDS[BG_TEXTURES[clip.scene.background % len(BG_TEXTURES)]]
+    return f"{' and '.join(parts)} on a {texture} background"

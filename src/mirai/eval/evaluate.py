@@ -2,10 +2,15 @@
 distribution distances, at several multiples of the training length, per seed.
 
 `evaluate_run` generates (or reads) rollouts of a run for every seed and writes `eval.json` + `eval.csv`;
-`summarize` gives mean and a 95% confidence interval over seeds. Substitute extractors are labelled in
-every metric name (e.g. `subject_consistency@effnet_lite0`): these are never VBench numbers. So are metrics with
-VBench's formula but not its protocol (`temporal_flickering@raw`) and the aggregate built from them
-(`quality_score_partial@<tags>`); eval.json's `protocols` says what each label means.
+`summarize` gives mean and a 95% confidence interval over seeds. A run trained on a prepared cache
+(`data.source: cache`) rolls out for the cache's captions in turn, and its rollouts, like the cache's real
+clips it is compared with, are decoded through the cache's autoencoder before anything is measured (lengths
+are then counted in decoded frames); the world's ground-truth probes are left out (no ground truth).
+
+Substitute extractors are labelled in every metric name (e.g. `subject_consistency@effnet_lite0`): these are
+never VBench numbers. So are metrics with VBench's formula but not its protocol (`temporal_flickering@raw`) and
+the aggregate built from them (`quality_score_partial@<tags>`); eval.json's `protocols` says what each label
+means.
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt, rng
 from ..config import Config, WorldConfig, run_config
+from ..data.cache import LatentDataset
+from ..data.datasets import get_batch
 from ..data.frames import to_model_range, to_uint8
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
 from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
-from ..sampling.inputs import rollout_inputs
+from ..models.autoencoder import video_frames
+from ..sampling.inputs import cache_inputs, rollout_inputs
 from ..sampling.rollout import rollout
 from . import metrics
 from .extractors import load_extractor
@@ -40,17 +48,34 @@ from .probes import train_probe
 
 @torch.no_grad()
 def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "cpu",
-             overrides: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Roll out `num` videos of `frames` frames from a run (prompts of unseen scenes): uint8 (B, T, H, W, 3), prompts."""
+             overrides: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Roll out `num` videos of `frames` frames from a run: uint8 (B, T, H, W, 3) and their structured prompts
+    (prompts of unseen scenes of the world). A run on a cache: videos for the cache's captions in turn, decoded
+    through its autoencoder (T decoded frames), and no structured prompts (None)."""
     dev = pick_device(device)
     model = ckpt.load_model(run).eval().to(dev)
     cfg = run_config(run, overrides or [])
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
-    inputs = rollout_inputs(model, cfg.world, num, frames, seed, dev)  # the same videos as `mirai sample --seed`
-    video = rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=cfg.sample,
-                    generator=inputs.generator)
-    return to_uint8(video.cpu()), inputs.prompts
+    schedule = FlowSchedule.from_config(cfg.schedule)
+    if cfg.data.source != "cache":
+        inputs = rollout_inputs(model, cfg.world, num, frames, seed, dev)  # the same videos as `mirai sample --seed`
+        video = rollout(model, schedule, inputs.noise, inputs.prompt, sample=cfg.sample, generator=inputs.generator)
+        return to_uint8(video.cpu()), inputs.prompts
+    real = cache_inputs(model, cfg, num, frames, seed, dev, caption=None, context=None)
+    inputs, prompt = real.inputs, real.inputs.prompt
+    if model.cfg.text_conditioned:  # the captions of the cache's clips, in turn
+        data = LatentDataset(cfg.data.path, cfg.data.clip_frames)
+        prompt = torch.stack([data.clip_prompt(i % data.num_clips) for i in range(num)]).to(dev)
+    video = rollout(model, schedule, inputs.noise, prompt, sample=cfg.sample, generator=inputs.generator,
+                    uncond=inputs.uncond)
+    return to_uint8(real.autoencoder.decode(video).cpu()), None
+
+
+def real_cache_clips(data: LatentDataset, num: int) -> np.ndarray:
+    """`num` clips of a prepared cache (its windows in turn), decoded through its autoencoder: uint8 (B, T, H, W, 3)."""
+    video = get_batch(data, [i % len(data) for i in range(num)])["video"]
+    return to_uint8(data.decode(video))
 
 
 def real_clips(world: WorldConfig, num: int, frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -127,14 +152,15 @@ class Evaluator:
     def features(self, frames: np.ndarray) -> np.ndarray:
         return self.extractor.frames_batch(frames)
 
-    def score(self, frames: np.ndarray, prompts: np.ndarray, lengths: list[int],
+    def score(self, frames: np.ndarray, prompts: np.ndarray | None, lengths: list[int],
               real_features: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
-        """Metrics of videos uint8 (B, T, H, W, 3) over their first L frames for each L; drift curves over T."""
+        """Metrics of videos uint8 (B, T, H, W, 3) over their first L frames for each L; drift curves over T.
+        prompts: the videos' structured prompts, for the world's ground-truth probes (None: no probes)."""
         feats = self.features(frames)  # (B, T, D)
         role_feats = [(ext.label(dim), feats if ext is self.extractor else ext.frames_batch(frames))
                       for dim, ext in self.consistency_roles()]
-        probe = self.probe.score(to_model_range(frames), prompts)
-        curves = {k: v.tolist() for k, v in probe.curves().items()}  # (T,) batch means
+        probe = self.probe.score(to_model_range(frames), prompts) if prompts is not None else None
+        curves = {k: v.tolist() for k, v in probe.curves().items()} if probe else {}  # (T,) batch means
         out: dict[str, float] = {}
         for L in lengths:
             v = frames[:, :L]
@@ -147,7 +173,7 @@ class Evaluator:
             sub = {k[: -len(sfx)]: val for k, val in out.items() if k.endswith(sfx)}
             q = metrics.quality_score_partial(sub)  # named with its proxy tags, e.g. `...partial@effnet_lite0+...`
             out[q.name + sfx] = q.value
-            for name in probe.NAMES:  # (B, T) per-frame scores
+            for name in probe.NAMES if probe else ():  # (B, T) per-frame scores
                 out[f"probe_{name}" + sfx] = float(getattr(probe, name)[:, :L].mean())
         if real_features is not None:  # distribution distance, frame level, at the shortest length
             L = min(lengths)
@@ -190,9 +216,11 @@ def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], o
     training length. Writes eval.json and eval.csv into `out` (default: the run folder)."""
     cfg: Config = run_config(run, overrides or [])
     clip = clip_frames or cfg.data.clip_frames
-    lengths = sorted({L for L in (clip, 2 * clip, 4 * clip, 8 * clip, frames) if L <= frames})
+    data = LatentDataset(cfg.data.path, clip) if cfg.data.source == "cache" else None
+    decoded = (lambda L: video_frames(L, data.autoencoder.temporal)) if data else (lambda L: L)  # model -> frames
+    lengths = sorted({decoded(L) for L in (clip, 2 * clip, 4 * clip, 8 * clip, frames) if L <= frames})
     ev = evaluator or Evaluator(cfg.world)
-    real, _ = real_clips(cfg.world, samples, clip)
+    real = real_cache_clips(data, samples) if data else real_clips(cfg.world, samples, clip)[0]
     real_feats = ev.features(real)
     per_seed, curves = {}, {}
     for seed in tqdm(seeds, desc=f"eval {Path(run).name}", unit="seed"):
@@ -200,8 +228,9 @@ def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], o
         per_seed[seed], curves[seed] = ev.score(videos, prompts, lengths, real_feats)
     result = {"run": str(run), "sample": dataclasses.asdict(cfg.sample), "frames": frames, "samples": samples,
               "seeds": seeds, "lengths": lengths,
-              "clip_frames": clip, "extractor": ev.extractor.provenance(), **ev.metadata(),
-              "probe": ev.probe.provenance(),
+              "clip_frames": decoded(clip), "extractor": ev.extractor.provenance(), **ev.metadata(),
+              "probe": ev.probe.provenance() if data is None else None,
+              "decoded_by": data.autoencoder.name if data else None,  # the cache's autoencoder (frames measured)
               "per_seed": per_seed, "summary": summarize(per_seed), "curves": curves}
     write_results(result, Path(out or run))
     return result

@@ -258,7 +258,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None = No
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention layer of the DiT
+# Attention layers of the DiT
 
 
 class Attention(nn.Module):
@@ -278,4 +278,26 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
         q, k = apply_rope(self.q_norm(q), angles), apply_rope(self.k_norm(k), angles)
         out = attend(q, k, v, mask, cache, layer, commit)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of video tokens (queries) to a text context (keys, values): no positions and no mask,
+    every caption token is attended to, its zero padding included (as Wan attends to its zero-padded UMT5
+    embeddings). Keys and values are computed from the context at every call (nothing is cached)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        """x (B, L, D) video tokens, context (B, S, D) embedded text -> (B, L, D)."""
+        q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.heads)
+        k, v = rearrange(self.kv(context), "b s (two h d) -> two b h s d", two=2, h=self.heads)
+        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k).to(q.dtype), v.to(q.dtype))
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))

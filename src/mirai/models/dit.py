@@ -4,7 +4,11 @@
 Frames (B, T, C, H, W) are patchified into (B, T * N, D) tokens. Each block is an adaLN-Zero DiT block
 whose modulation comes from the noise level of the token's own frame (so every chunk carries its own
 timestep, diffusion-forcing style) plus an optional prompt embedding. Positions are 3-D rotary
-(time, height, width). The model never loops: the sampler owns the rollout and the training objectives
+(time, height, width). Conditioned on captions (`cfg.text_conditioned`: caption embeddings (B, L, text_dim)
+of a prepared cache), each block also cross-attends to the embedded caption after its self-attention, as
+Wan's blocks do: x += CrossAttn(LN_affine(x), text), the caption projected to the model's width by two
+layers (PixArt's / Wan's text embedder); the cross-attention's output starts at zero, so every block is
+still the identity at initialisation. The model never loops: the sampler owns the rollout and the training objectives
 own the sequences they build.
 """
 
@@ -17,7 +21,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import Attention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles, token_positions
+from .attention import (Attention, CrossAttention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles,
+                        token_positions)
 from ..config import ModelConfig
 
 
@@ -89,9 +94,10 @@ class PromptEmbedder(nn.Module):
 
 
 class Block(nn.Module):
-    """adaLN-Zero DiT block: attention and MLP gated by the conditioning, identity at initialisation."""
+    """adaLN-Zero DiT block: attention and MLP gated by the conditioning, identity at initialisation; with
+    `cross`, a cross-attention to the text between them (its output projection zero at initialisation)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
@@ -99,16 +105,22 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        # Created last, and only for a caption model: the structured-prompt model's modules and initial draws
+        # are the same as without cross-attention.
+        self.norm_cross = nn.LayerNorm(dim, eps=1e-6) if cross else None  # affine, as Wan's norm2
+        self.cross_attn = CrossAttention(dim, heads) if cross else None
 
     def forward(self, x: Tensor, c: Tensor, frames: int, angles: Tensor, mask: Tensor | None,
-                cache: KVCache | None, layer: int, commit: bool) -> Tensor:
-        """x (B, T*N, D), c (B, T, D) per-frame conditioning."""
+                cache: KVCache | None, layer: int, commit: bool, context: Tensor | None = None) -> Tensor:
+        """x (B, T*N, D), c (B, T, D) per-frame conditioning, context (B, S, D) the embedded text (cross only)."""
         B, L, D = x.shape
         mods = self.ada(c)[:, :, None]  # (B, T, 1, 6D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mods.chunk(6, dim=-1)
         h = modulate(self.norm1(x).view(B, frames, -1, D), shift1, scale1).view(B, L, D)
         h = self.attn(h, angles, mask, cache, layer, commit)
         x = x + (gate1 * h.view(B, frames, -1, D)).view(B, L, D)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.norm_cross(x), context)
         h = modulate(self.norm2(x).view(B, frames, -1, D), shift2, scale2).view(B, L, D)
         return x + (gate2 * self.mlp(h).view(B, frames, -1, D)).view(B, L, D)
 
@@ -144,7 +156,10 @@ class CausalVideoDiT(nn.Module):
         self.register_buffer("spatial_pos", sincos_2d(cfg.dim, self.grid), persistent=False)
         self.t_embed = TimestepEmbedder(cfg.dim)
         self.prompt_embed = PromptEmbedder(cfg.prompt_vocab, cfg.dim) if cfg.prompt_vocab else None
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        text = cfg.text_conditioned
+        self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                        nn.Linear(cfg.dim, cfg.dim)) if text else None  # Wan's / PixArt's projection
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cross=text) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg.dim, patch_dim)
         self.initialize()
 
@@ -162,6 +177,9 @@ class CausalVideoDiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.ada[-1].weight)
             nn.init.zeros_(block.ada[-1].bias)
+            if block.cross_attn is not None:  # PixArt-alpha: a zero cross-attention output keeps the block the identity
+                nn.init.zeros_(block.cross_attn.proj.weight)
+                nn.init.zeros_(block.cross_attn.proj.bias)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
         nn.init.zeros_(self.final.linear.weight)
@@ -184,6 +202,14 @@ class CausalVideoDiT(nn.Module):
         """Block-causal mask over chunks of `frames_per_chunk` frames, or None (bidirectional)."""
         return default_mask(self.cfg, frames, self.tokens_per_frame, device)
 
+    def text_context(self, prompt: Tensor | None, batch: int, device) -> Tensor:
+        """Caption embeddings (B, L, text_dim) -> the context (B, L, D) every block's cross-attention reads. No
+        prompt (None) reads one zero token, as the Wan model; a caption model is trained and guided with the
+        empty caption's embedding instead (`data.prompt.unconditional`)."""
+        if prompt is None:
+            prompt = torch.zeros(batch, 1, self.cfg.text_dim, device=device)
+        return self.text_embed(prompt)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -201,7 +227,8 @@ class CausalVideoDiT(nn.Module):
         """Velocity prediction (from an x0 or velocity output, per cfg.prediction).
 
         x: (B, T, C, H, W) noisy frames; t: (B, T) per-frame noise level in [0, 1];
-        prompt: (B, P) ints or None (= dropped); mask: "default" (from cfg.attention), None (full) or a
+        prompt: (B, P) ints (the structured prompt), (B, L, text_dim) caption embeddings (a caption model) or None
+        (= dropped); mask: "default" (from cfg.attention), None (full) or a
         bool (L, L) tensor; frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
         kv_cache: attend to cached chunks too (x is then one chunk); commit: also write this chunk's keys;
         return_hidden=k: also return the tokens after block k as (B, T, N, D);
@@ -217,12 +244,14 @@ class CausalVideoDiT(nn.Module):
             if prompt is None:
                 prompt = torch.zeros(B, len(self.cfg.prompt_vocab), dtype=torch.long, device=x.device)
             c = c + self.prompt_embed(prompt)[:, None]
+        context = self.text_context(prompt, B, x.device) if self.text_embed is not None else None
         x_in = x
         if self.cfg.prediction == "edm":
             c_skip, c_out, c_in = (s[..., None, None, None] for s in edm_scalings(t, self.cfg.sigma_data))
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
-        h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit),
+        h, hidden = run_blocks(self.blocks, h,
+                               lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit, context),
                                T, return_hidden, stop_after, self.checkpoint_blocks and kv_cache is None)
         if h is None:
             return hidden

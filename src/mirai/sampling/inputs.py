@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from .. import rng
 from ..config import Config, ConfigError, WorldConfig
 from ..data.cache import read_cache_manifest
+from ..data.datasets import unconditional_prompt
 from ..data.prompt import PROMPT
 from ..data.videos import read_source, resize_crop
 from ..data.world import make_clip
-from ..models.autoencoder import load_autoencoder
+from ..models.build import load_autoencoder
 from ..models.text import TextEncoder
 
 
@@ -32,9 +33,11 @@ def unseen_prompts(world: WorldConfig, num: int, seed: int) -> np.ndarray:
 @dataclass
 class RolloutInputs:
     noise: Tensor  # (num, frames, C, H, W) on the model's device; chunk k of video v from seed (seed, v, k)
-    prompt: Tensor | None  # (num, P) for a conditional model, else None
+    prompt: Tensor | None  # (num, P) for a conditional model, (num, L, D) caption embeddings, else None
     prompts: np.ndarray  # (num, P) the prompts asked for (recorded with the videos)
     generator: torch.Generator  # the solver's own draws (renoise steps, context noise)
+    uncond: Tensor | None = None  # guidance's unconditional prompt of a caption model: the empty or a negative
+    #                               prompt's embedding (L, D); None for structured prompts (zeros)
 
 
 def rollout_inputs(model: nn.Module, world: WorldConfig, num: int, frames: int, seed: int, device) -> RolloutInputs:
@@ -61,20 +64,25 @@ class CacheInputs:
 
 
 def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int, device, caption: str | None,
-                 context: str | None) -> CacheInputs:
+                 context: str | None, negative: str | None = None) -> CacheInputs:
     """Inputs of `num` rollouts of a model trained on the cache `cfg.data.path`: the caption encoded by the cache's
-    text encoder (None: the unconditional, dropped prompt), the context file (an image or a clip) scaled, cropped
-    and encoded as the cache's clips were."""
+    text encoder (None: the empty caption, unconditional), guidance's unconditional branch (the negative caption
+    encoded the same way, or the empty caption's embedding the model was trained with), the context file (an image
+    or a clip) scaled, cropped and encoded as the cache's clips were."""
     manifest = read_cache_manifest(cfg.data.path)
     models, settings = manifest["models"], manifest["settings"]
     ae = load_autoencoder(models["vae"], device)
     fpc, c = model.cfg.frames_per_chunk, model.cfg
-    prompt = None
-    if caption is not None:
-        if not c.text_conditioned:
-            raise ConfigError("--prompt needs a caption-conditioned model (trained on a cache with a text encoder)")
-        embedding, _ = TextEncoder(models["text_encoder"], settings["text_len"], device).encode([caption])
-        prompt = embedding.expand(num, -1, -1)
+    prompt = uncond = None
+    if c.text_conditioned:
+        uncond = unconditional_prompt(cfg.data, c).to(device)[None]  # (1, L, D)
+        asked = caption is not None or negative is not None
+        encoder = TextEncoder(models["text_encoder"], settings["text_len"], device) if asked else None
+        prompt = (encoder.encode([caption])[0] if caption is not None else uncond).expand(num, -1, -1)
+        uncond = encoder.encode([negative])[0] if negative is not None else uncond
+    elif caption is not None or negative is not None:
+        raise ConfigError("--prompt and --negative-prompt need a caption-conditioned model (trained on a cache with "
+                          "a text encoder)")
     latents = None
     if context is not None:
         pictures = read_source(Path(context))
@@ -86,4 +94,5 @@ def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int
             raise ConfigError(f"--context {context} gives {keep} frames: fewer than one chunk of {fpc} latent frames")
         latents = latents.expand(num, -1, -1, -1, -1)
     noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, *c.frame_shape)).to(device)
-    return CacheInputs(RolloutInputs(noise, prompt, PROMPT.empty(num), rng.generator(seed, "sampler")), latents, ae)
+    inputs = RolloutInputs(noise, prompt, PROMPT.empty(num), rng.generator(seed, "sampler"), uncond)
+    return CacheInputs(inputs, latents, ae)

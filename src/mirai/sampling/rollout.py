@@ -49,9 +49,9 @@ def context_input(schedule: FlowSchedule, x0: Tensor, context_noise: float,
 
 
 def commit_chunk(model: nn.Module, cache: KVCache, x_ctx: Tensor, context_noise: float, prompt: Tensor | None,
-                 cfg_scale: float) -> None:
+                 cfg_scale: float, uncond: Tensor | None = None) -> None:
     """Write the keys/values of one chunk (at noise level `context_noise`) into the cache."""
-    inputs = guidance_batch(x_ctx, frame_times(x_ctx, context_noise), prompt, cfg_scale)
+    inputs = guidance_batch(x_ctx, frame_times(x_ctx, context_noise), prompt, cfg_scale, uncond)
     model(*inputs, kv_cache=cache, commit=True)
 
 
@@ -73,13 +73,15 @@ def iter_rollout(
     use_cache: bool = True,
     grid: list[float] | None = None,
     return_states: bool = False,
+    uncond: Tensor | None = None,
 ) -> Iterator[Tensor] | Iterator[tuple[Tensor, list[Tensor]]]:
     """Yield clean chunks (B, frames_per_chunk, C, H, W) one at a time.
 
     noise: (B, T, C, H, W) initial noise of the frames to generate (T a multiple of frames_per_chunk);
     context: optional (B, Tc, C, H, W) clean frames to continue from (prefilled into the cache);
     grid: explicit descending noise levels ending at 0 (overrides sample.steps/timesteps);
-    return_states: yield (chunk, [state at grid[0], grid[1], ...]) (the ODE trajectory of the chunk).
+    return_states: yield (chunk, [state at grid[0], grid[1], ...]) (the ODE trajectory of the chunk);
+    uncond: guidance's unconditional prompt for caption embeddings (the empty or a negative prompt's, (L, D)).
     """
     sample = sample or SampleConfig()
     fpc = model.cfg.frames_per_chunk
@@ -103,19 +105,19 @@ def iter_rollout(
         x_ctx = context_input(schedule, x0, sample.context_noise, generator)
         if use_cache:
             cache.make_room()
-            commit_chunk(model, cache, x_ctx, sample.context_noise, prompt, sample.cfg_scale)
+            commit_chunk(model, cache, x_ctx, sample.context_noise, prompt, sample.cfg_scale, uncond)
         else:
             history.append(x_ctx)
 
     def velocity(x: Tensor, t: float) -> Tensor:
         if use_cache:
-            return guided_velocity(model, x, frame_times(x, t), prompt, sample.cfg_scale, kv_cache=cache)
+            return guided_velocity(model, x, frame_times(x, t), prompt, sample.cfg_scale, uncond, kv_cache=cache)
         # Recompute the prefix: [context chunks at context_noise][this chunk at t], block-causal.
         seq = torch.cat(history + [x], dim=1)
         n_ctx = seq.shape[1] - x.shape[1]
         t_frames = frame_times(seq, t)
         t_frames[:, :n_ctx] = sample.context_noise
-        return guided_velocity(model, seq, t_frames, prompt, sample.cfg_scale)[:, n_ctx:]
+        return guided_velocity(model, seq, t_frames, prompt, sample.cfg_scale, uncond)[:, n_ctx:]
 
     for chunk in context_chunks:
         write(chunk)
@@ -189,12 +191,13 @@ def rollout_with_exit(
 
 @torch.no_grad()
 def sample_whole(model: nn.Module, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None = None, *,
-                 sample: SampleConfig | None = None, generator: torch.Generator | None = None) -> Tensor:
+                 sample: SampleConfig | None = None, generator: torch.Generator | None = None,
+                 uncond: Tensor | None = None) -> Tensor:
     """All frames at once with the model's own mask (the bidirectional teacher): (B, T, C, H, W)."""
     sample = sample or SampleConfig()
     ts = schedule.inference_steps(sample.steps, sample.timesteps).tolist()
 
     def velocity(x: Tensor, t: float) -> Tensor:
-        return guided_velocity(model, x, frame_times(x, t), prompt, sample.cfg_scale)
+        return guided_velocity(model, x, frame_times(x, t), prompt, sample.cfg_scale, uncond)
 
     return denoise(velocity, schedule, noise, ts, sample.solver, generator)[-1]

@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt, distributed as dist, rng
 from ..config import Config, SampleConfig
+from ..data.cache import LatentDataset
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
-from ..data.datasets import build_dataset
+from ..data.datasets import build_dataset, unconditional_prompt
 from ..device import pick_device
 from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
@@ -40,12 +41,15 @@ def teacher_grid(student_ts: list[float], teacher_steps: int) -> tuple[list[floa
 
 @torch.no_grad()
 def teacher_trajectories(teacher, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None,
-                         student_ts: list[float], teacher_steps: int, cfg_scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    """ODE states of the AR teacher at the student timesteps: (B, S, T, C, H, W), and the clean video (B, T, ...)."""
+                         student_ts: list[float], teacher_steps: int, cfg_scale: float = 1.0,
+                         uncond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """ODE states of the AR teacher at the student timesteps: (B, S, T, C, H, W), and the clean video (B, T, ...);
+    guided away from `uncond` (captions: the empty caption's embedding) when cfg_scale != 1."""
     grid, where = teacher_grid(student_ts, teacher_steps)
     sample = SampleConfig(solver="euler", cfg_scale=cfg_scale)
     chunks, states = [], []
-    for chunk, traj in iter_rollout(teacher, schedule, noise, prompt, sample=sample, grid=grid, return_states=True):
+    for chunk, traj in iter_rollout(teacher, schedule, noise, prompt, sample=sample, grid=grid, return_states=True,
+                                    uncond=uncond):
         chunks.append(chunk)
         states.append(torch.stack([traj[i] for i in where], dim=1))  # (B, S, fpc, C, H, W)
     return torch.cat(states, dim=2), torch.cat(chunks, dim=1)
@@ -76,7 +80,9 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     dist.barrier()
     shards = -(-d.num_videos // d.shard_size)
     shape = cfg.model.frame_shape
-    captions = build_dataset(cfg).prompts if cfg.model.text_conditioned else None
+    captions = build_dataset(cfg) if cfg.model.text_conditioned else None  # a cache: caption embeddings
+    uncond = unconditional_prompt(cfg.data, cfg.model)
+    uncond = uncond.to(device) if uncond is not None else None
     for s in tqdm(range(dist.rank(), shards, dist.world()), desc="ode pairs", unit="shard", disable=quiet):
         path = out / f"shard_{s:05d}.safetensors"
         if path.exists():
@@ -86,17 +92,18 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         gen = rng.generator(cfg.train.seed, "ode-noise", s)
         noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
         cond = prompt.to(device) if is_conditional(teacher) else None
-        states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale)
+        states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale,
+                                             uncond)
         write_shard(path, states, clean, prompt, torch.tensor(ts))
     dist.barrier()  # every shard is written before any rank reads them
     return out
 
 
-def pair_prompts(cfg: Config, index: range, captions: Tensor | None) -> Tensor:
+def pair_prompts(cfg: Config, index: range, captions: LatentDataset | None) -> Tensor:
     """Prompts of the trajectories `index`: the cache's caption embeddings in turn (a text model), else the
     structured prompts of world scenes the other stages never train on."""
     if captions is not None:
-        return torch.stack([captions[i % len(captions)].float() for i in index])
+        return torch.stack([captions.clip_prompt(i % captions.num_clips) for i in index])
     scenes = rng.derive_seed(cfg.data.seed, "ode-scenes")
     return torch.stack([torch.from_numpy(PROMPT.encode(make_clip(cfg.world, scenes, i, 1).scene)) for i in index])
 

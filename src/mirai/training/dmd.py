@@ -55,9 +55,10 @@ def dmd_loss(x: Tensor, real_x0: Tensor, fake_x0: Tensor) -> tuple[Tensor, Tenso
 
 @torch.no_grad()
 def predict_x0(model: nn.Module, schedule: FlowSchedule, x_t: Tensor, t: Tensor, prompt: Tensor | None,
-               cfg_scale: float = 1.0) -> Tensor:
-    """Clean estimate of a score model at per-frame noise t (B, T), with optional classifier-free guidance."""
-    v = guided_velocity(model, x_t, t, prompt, cfg_scale)
+               cfg_scale: float = 1.0, uncond: Tensor | None = None) -> Tensor:
+    """Clean estimate of a score model at per-frame noise t (B, T), with optional classifier-free guidance (away
+    from `uncond`, the empty caption's embedding, for captions)."""
+    v = guided_velocity(model, x_t, t, prompt, cfg_scale, uncond)
     return schedule.x0_from_velocity(x_t, v.float(), t)
 
 
@@ -67,13 +68,15 @@ def sample_dmd_t(B: int, T: int, cfg, generator: torch.Generator | None, device=
     return t.expand(B, T)
 
 
-def generator_dmd_loss(video: Tensor, teacher, critic, schedule, prompt, cfg, generator) -> tuple[Tensor, Tensor]:
-    """DMD loss of a generated video (B, T, C, H, W) that carries the exit-step gradient."""
+def generator_dmd_loss(video: Tensor, teacher, critic, schedule, prompt, cfg, generator,
+                       uncond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """DMD loss of a generated video (B, T, C, H, W) that carries the exit-step gradient; the real score is guided
+    away from `uncond` (captions: the empty caption's embedding)."""
     B, T = video.shape[:2]
     t = sample_dmd_t(B, T, cfg.dmd, generator, video.device)
     noise = randn(video.shape, generator, video.device)
     x_t = schedule.add_noise(video.detach(), noise, t)
-    real = predict_x0(teacher, schedule, x_t, t, prompt, cfg.dmd.real_cfg_scale)
+    real = predict_x0(teacher, schedule, x_t, t, prompt, cfg.dmd.real_cfg_scale, uncond)
     fake = predict_x0(critic, schedule, x_t, t, prompt)
     return dmd_loss(video, real, fake)
 
@@ -224,7 +227,7 @@ class DMDStage(Stage):
         video, hidden = rollout_with_exit(self.forward_model, self.schedule, noise, prompt, exit_step,
                                           sample=self.cfg.sample, generator=gen, return_hidden=self.student_block)
         loss, grad_norm = generator_dmd_loss(video, self.teacher, self.forward_critic, self.schedule, prompt, self.cfg,
-                                             gen)
+                                             gen, self.uncond)
         parts = {"dmd_loss": loss}
         record = {"dmd_loss": loss.item(), "dmd_grad_norm": grad_norm.item()}
         rollout = GeneratorRollout(video, hidden, prompt, real, self.step_ts[exit_step])

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.prompt import unconditional
 from ..diffusion.schedule import FlowSchedule
 from ..models.attention import teacher_forcing_mask
 from ..rng import rand, randint, randn
@@ -29,12 +30,14 @@ def flow_matching_loss(v: Tensor, x_t: Tensor, x0: Tensor, t: Tensor, t_floor: f
     return (((x0_hat - x0.float()) / t.clamp_min(t_floor)) ** 2).mean()
 
 
-def drop_prompt(prompt: Tensor | None, p: float, generator: torch.Generator | None) -> Tensor | None:
-    """Zero the prompt of a random fraction p of the batch (classifier-free guidance training)."""
+def drop_prompt(prompt: Tensor | None, p: float, generator: torch.Generator | None,
+                uncond: Tensor | None = None) -> Tensor | None:
+    """Replace the prompt of a random fraction p of the batch by "no prompt" (classifier-free guidance training):
+    zeros for structured prompts (B, P), the empty caption's embedding `uncond` (L, D) for captions (B, L, D)."""
     if prompt is None or p <= 0:
         return prompt
     keep = rand(prompt.shape[0], generator, prompt.device) >= p
-    return prompt * keep.view(-1, *[1] * (prompt.dim() - 1))  # (B, P) structured or (B, L, D) caption embeddings
+    return torch.where(keep.view(-1, *[1] * (prompt.dim() - 1)), prompt, unconditional(prompt, uncond))
 
 
 def _chunk_t(schedule: FlowSchedule, B: int, K: int, fpc: int, per_chunk: bool, generator, device=None) -> Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import Config
 from .. import rng
-from ..data.datasets import SyntheticVideoDataset, get_batch
+from ..data.datasets import SyntheticVideoDataset, get_batch, unconditional_prompt
 from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
 from ..sampling.rollout import rollout, sample_whole
@@ -25,8 +25,9 @@ def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config
     device = next(model.parameters()).device
     if isinstance(dataset, SyntheticVideoDataset):  # clips of a scene space the run never trains on
         dataset = SyntheticVideoDataset(cfg.world, rng.derive_seed(cfg.data.seed, "sample-sheet"), frames)
-    held_out = get_batch(dataset, list(range(num)))
+    held_out = get_batch(dataset, [i % len(dataset) for i in range(num)])  # a small cache may hold fewer clips
     prompt = held_out["prompt"].to(device) if is_conditional(model) else None
+    uncond = unconditional_prompt(cfg.data, model.cfg)  # guidance of a caption model: away from the empty caption
     fpc = cfg.model.frames_per_chunk
     noise = rng.chunk_noise(0, num, frames // fpc, (fpc, *held_out["video"].shape[2:])).to(device)
     gen = rng.generator(0, "sampler")
@@ -34,9 +35,9 @@ def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config
     if cfg.train.objective in ("teacher_forcing", "bidirectional"):
         sample = dataclasses.replace(cfg.sample, steps=cfg.train.sample_steps, timesteps=[], solver="euler")
     if model.cfg.attention == "bidirectional":  # the teacher samples the whole clip at once
-        video = sample_whole(model, schedule, noise, prompt, sample=sample, generator=gen)
+        video = sample_whole(model, schedule, noise, prompt, sample=sample, generator=gen, uncond=uncond)
     else:
-        video = rollout(model, schedule, noise, prompt, sample=sample, generator=gen)
+        video = rollout(model, schedule, noise, prompt, sample=sample, generator=gen, uncond=uncond)
     video = video.cpu()
     real = held_out["video"][:, : min(frames, held_out["video"].shape[1])]
     both = torch.cat([video[:, : real.shape[1]], real]) if real.shape[1] == video.shape[1] else video

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from .. import checkpoint as ckpt, distributed as dist, wan_io
 from ..config import Config, ConfigError
+from ..data.datasets import unconditional_prompt
 from ..data.prompt import PROMPT
 from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
-from ..data.cache import read_cache_manifest
+from ..data.cache import read_cache_manifest, read_empty_prompt
 from ..models.build import build_model, is_conditional
 
 
@@ -59,6 +60,8 @@ class Stage:
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
         self.schedule = FlowSchedule.from_config(cfg.schedule)
+        uncond = unconditional_prompt(cfg.data, cfg.model)  # a caption model's "no prompt": the empty caption
+        self.uncond = uncond.to(self.device) if uncond is not None else None
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
         raise NotImplementedError
@@ -93,16 +96,21 @@ def resolve_model_config(cfg: Config) -> Config:
     """Fill derived model fields (the prompt vocabulary of the world) so the saved config is complete."""
     cfg = copy.deepcopy(cfg)
     if cfg.data.source == "cache" and cfg.model.conditional:  # captions: conditioned when the cache embedded them
-        if not read_cache_manifest(cfg.data.path)["settings"]["text_encoder"]:
+        embedded = read_cache_manifest(cfg.data.path)["settings"]["text_encoder"]
+        empty = read_empty_prompt(cfg.data.path) if embedded else None
+        if empty is None:
             raise ConfigError(f"{cfg.data.path} holds no caption embeddings (prepared without --text-encoder); "
                               "set model.conditional=false")
-        if cfg.model.arch != "wan":
-            raise ConfigError("caption conditioning needs model.arch=wan (its text cross-attention); "
-                              "set model.conditional=false for the DiT")
+        if cfg.model.text_dim == 0:  # the DiT's cross-attention reads embeddings of the cache's width
+            cfg.model.text_dim = empty.shape[-1]
         cfg.model.prompt_vocab = []
     elif cfg.model.conditional and not cfg.model.prompt_vocab:
         if cfg.data.source != "synthetic":
             raise ConfigError("model.conditional needs a dataset with prompts (data.source=synthetic); set model.conditional=false")
+        if cfg.model.arch == "dit" and cfg.model.text_dim:
+            raise ConfigError("model.text_dim: the DiT reads captions from a prepared cache (data.source=cache); the "
+                              "world gives structured prompts (for captions of the world: `mirai world export`, then "
+                              "`mirai prepare`)")
         cfg.model.prompt_vocab = PROMPT.vocab(cfg.world)
     if not cfg.model.conditional:
         cfg.model.prompt_vocab = []

@@ -88,8 +88,9 @@ class SupervisedStage(Stage):
         return torch.stack(losses).mean(), grad_norm
 
     def dropped_prompt(self, batch: dict[str, Tensor], gen: torch.Generator) -> Tensor | None:
-        """The batch's prompts with a random `train.prompt_dropout` fraction zeroed (classifier-free guidance)."""
-        return drop_prompt(self.prompt_of(batch), self.cfg.train.prompt_dropout, gen)
+        """The batch's prompts, a random `train.prompt_dropout` fraction replaced by "no prompt" (classifier-free
+        guidance): zeros for the structured prompt, the empty caption's embedding for captions."""
+        return drop_prompt(self.prompt_of(batch), self.cfg.train.prompt_dropout, gen, self.uncond)
 
 
 class TeacherStage(SupervisedStage):
