@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
@@ -94,3 +95,15 @@ def test_a_changed_base_is_refused(tmp_path):
     (tmp_path / "ar.safetensors").write_bytes(b"changed")
     with pytest.raises(ConfigError, match="does not match the sha256"):
         load_base(tmp_path)
+
+
+def test_the_demo_starts_from_a_shipped_base_unless_told_otherwise(tmp_path, monkeypatch):
+    import mirai.demo as demo
+
+    monkeypatch.setattr(demo, "SHIPPED_BASE", tmp_path / "absent")
+    assert demo.default_base(None, from_scratch=False, quick=False) is None
+    monkeypatch.setattr(demo, "SHIPPED_BASE", tmp_path)
+    assert demo.default_base(None, from_scratch=False, quick=False) == tmp_path
+    assert demo.default_base(None, from_scratch=True, quick=False) is None
+    assert demo.default_base(None, from_scratch=False, quick=True) is None
+    assert demo.default_base("other", from_scratch=True, quick=False) == Path("other")

@@ -33,7 +33,7 @@ from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict, validate_world
 from .data.captions import check_folder
 from .data.datasets import DataError
-from .demo import DemoPlan, run_demo, verdict_lines
+from .demo import DemoPlan, default_base, run_demo, verdict_lines
 from .device import pick_device
 from .diffusion.schedule import FlowSchedule
 from .eval.evaluate import Evaluator, evaluate_run, generate
@@ -148,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--base", default=None,
                    help="a demo base folder (teacher, ar, ode + provenance.json) to start from instead of "
                         "training the shared stages")
+    d.add_argument("--from-scratch", action="store_true", help="train the shared stages even if a base is shipped")
     d.add_argument("--save-base", default=None, help="after training the shared stages, write them here as a base")
     d.add_argument("--device", default="auto")
 
@@ -297,7 +298,7 @@ def cmd_demo(args) -> None:
     check_output(args.out, folder=True)
     pick_device(args.device)
     plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation,
-                    args.device, args.weights, args.dmd_steps, Path(args.base) if args.base else None,
+                    args.device, args.weights, args.dmd_steps, default_base(args.base, args.from_scratch, args.quick),
                     Path(args.save_base) if args.save_base else None)
     results = run_demo(plan)
     print("\n".join(verdict_lines(results)))

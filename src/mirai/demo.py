@@ -49,6 +49,9 @@ ABLATIONS = {
     "causal_encoder": ["foresight.enabled=true", "foresight.encoder_mask=causal"],
 }
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# Where a shipped base lives (`mirai demo --save-base checkpoints/world`, then commit it): the demo starts from it
+# when it exists, unless --from-scratch or --base says otherwise. None is shipped yet (see the README).
+SHIPPED_BASE = CONFIGS.parent / "checkpoints" / "world"
 # --quick: toy sizes and a few steps, to check in minutes that every piece runs (its numbers mean nothing)
 QUICK = ["world.image_size=16", "world.sprite_sizes=[5]", "model.dim=32", "model.depth=2", "model.heads=2",
          "model.patch_size=4", "model.image_size=16", "data.clip_frames=4", "train.batch_size=2",
@@ -272,6 +275,13 @@ def cpu_name() -> str:
                 return line.split(":", 1)[1].strip() + (" (AVX-512)" if "avx512f" in flags else " (AVX2)"
                                                         if "avx2" in flags else "")
     return platform.processor() or "unknown"
+
+
+def default_base(base: str | None, from_scratch: bool, quick: bool) -> Path | None:
+    """--base, else the shipped base when there is one (never for --quick or --from-scratch)."""
+    if base:
+        return Path(base)
+    return SHIPPED_BASE if SHIPPED_BASE.is_dir() and not (from_scratch or quick) else None
 
 
 def run_demo(plan: DemoPlan) -> dict:
