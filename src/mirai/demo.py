@@ -15,7 +15,6 @@ Every stage is a `mirai train` run in its own folder, so an interrupted demo res
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -31,6 +30,7 @@ from scipy import stats
 
 from . import checkpoint as ckpt
 from .config import ConfigError, load_config
+from .data.videos import source_sha256
 from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.report import write_report
 from .video import upscale
@@ -229,7 +229,7 @@ def load_base(folder: Path, quick: bool = False) -> dict[str, Path]:
         path = Path(folder) / f"{name}.safetensors"
         if not path.is_file():
             raise ConfigError(f"the demo base {folder} has no {path.name}")
-        if file_sha256(path) != prov["files"][path.name]["sha256"]:
+        if source_sha256(path) != prov["files"][path.name]["sha256"]:
             raise ConfigError(f"{path} does not match the sha256 in {prov_path}: the base was changed")
         runs[name] = path
     return runs
@@ -245,17 +245,13 @@ def save_base(runs: dict[str, Path], folder: Path, plan: DemoPlan) -> None:
         half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         path = folder / f"{name}.safetensors"
         ckpt.atomic_save(half, path, {**meta, "dtype": "float16"})
-        files[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size, "step": meta.get("step"),
+        files[path.name] = {"sha256": source_sha256(path), "bytes": path.stat().st_size, "step": meta.get("step"),
                             "objective": meta.get("objective"), "source": str(runs[name])}
     prov = {"command": " ".join(sys.argv), "quick": plan.quick,
             "commit": git_commit(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpu": cpu_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "files": files}
     (folder / "provenance.json").write_text(json.dumps(prov, indent=1))
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def git_commit() -> str:
@@ -268,13 +264,10 @@ def git_commit() -> str:
 
 def cpu_name() -> str:
     info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                flags = info.read_text()
-                return line.split(":", 1)[1].strip() + (" (AVX-512)" if "avx512f" in flags else " (AVX2)"
-                                                        if "avx2" in flags else "")
-    return platform.processor() or "unknown"
+    text = info.read_text() if info.is_file() else ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    kind = " (AVX-512)" if "avx512f" in text else " (AVX2)" if "avx2" in text else ""
+    return names[0] + kind if names else platform.processor() or "unknown"
 
 
 def default_base(base: str | None, from_scratch: bool, quick: bool) -> Path | None:
