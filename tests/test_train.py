@@ -112,3 +112,15 @@ def test_lr_schedule_warms_up_then_decays():
     cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr_ratio = 100, 10, 1.0, 0.1
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(55, cfg) < 1.0 and lr_at(100, cfg) == pytest.approx(0.1)
+
+
+def test_batch_workers_give_the_same_run_and_resume(tmp_path):
+    """data.num_workers builds batches in spawned processes ahead of the step: the same batches, so the same
+    weights, also across an interruption (the workers start again at the resumed step)."""
+    here = train(tiny_cfg(tmp_path / "here"), quiet=True)
+    ahead = tiny_cfg(tmp_path / "ahead")
+    ahead.data.num_workers = 2
+    train(ahead, stop_at=2, quiet=True)
+    train(ahead, quiet=True)
+    a, b = weights(here), weights(tmp_path / "ahead")
+    assert all(torch.equal(a[k], b[k]) for k in a)

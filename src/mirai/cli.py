@@ -33,7 +33,7 @@ from .checkpoint import CheckpointError, load_model
 from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict, validate_world
 from .data.captions import check_folder
 from .data.datasets import DataError
-from .demo import DemoPlan, default_base, run_demo, verdict_lines
+from .demo import BASE_RECIPE, DemoPlan, default_base, run_demo, verdict_lines
 from .device import pick_device
 from .diffusion.schedule import FlowSchedule
 from .eval.evaluate import Evaluator, evaluate_run, generate
@@ -150,6 +150,11 @@ def _parser() -> argparse.ArgumentParser:
                         "training the shared stages")
     d.add_argument("--from-scratch", action="store_true", help="train the shared stages even if a base is shipped")
     d.add_argument("--save-base", default=None, help="after training the shared stages, write them here as a base")
+    d.add_argument("--recipe", default=None, help="the shared stages' overrides (default: configs/demo_base.yaml)")
+    d.add_argument("--workers", type=at_least(0), default=0,
+                   help="batch-building processes of the shared stages (data.num_workers; results are the same)")
+    d.add_argument("--shared-only", action="store_true",
+                   help="stop after the shared stages (with --save-base: make a base, e.g. on a GPU)")
     d.add_argument("--device", default="auto")
 
     i = sub.add_parser("import", help="a local diffusers Wan2.1 transformer folder -> a Mirai run folder")
@@ -299,8 +304,12 @@ def cmd_demo(args) -> None:
     pick_device(args.device)
     plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation,
                     args.device, args.weights, args.dmd_steps, default_base(args.base, args.from_scratch, args.quick),
-                    Path(args.save_base) if args.save_base else None)
+                    Path(args.save_base) if args.save_base else None, recipe=Path(args.recipe or BASE_RECIPE),
+                    workers=args.workers, shared_only=args.shared_only)
     results = run_demo(plan)
+    if args.shared_only:
+        print(f"shared stages: {results['shared']}" + (f"; base written to {args.save_base}" if args.save_base else ""))
+        return
     print("\n".join(verdict_lines(results)))
     print(f"wrote {plan.out / 'results.json'} and {plan.out / 'report.html'}")
 

@@ -58,6 +58,8 @@ class DataConfig:
     clip_frames: int = 8  # frames per training clip (must be a multiple of model.frames_per_chunk)
     seed: int = 0  # dataset seed: clip i of the synthetic world is a pure function of (seed, i)
     frame_stride: int = 1  # for folder videos: take every n-th frame
+    num_workers: int = 0  # processes that build the next batches ahead of the step (0: in the training process;
+    #                       a GPU run on the synthetic world needs several, rendering is the CPU's work)
 
 
 @dataclass
@@ -199,6 +201,8 @@ class TrainConfig:
     ckpt_every: int = 250
     sample_steps: int = 16  # Euler steps for the periodic samples
     compile: bool = False  # torch.compile the model (optional; see README for the caveats)
+    flex_attention: bool = True  # masked attention on CUDA through compiled FlexAttention (skips masked blocks);
+    #                              false: SDPA with the boolean mask, as on the CPU (no compile: small models)
     threads: int = 0  # torch threads (0 = leave the default)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     on_nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" (an error naming step, stage and term; the
@@ -399,7 +403,7 @@ VALUE_RULES: dict[str, dict[str, tuple]] = {  # section -> key -> (test, require
     "world": dict(image_size=AT_LEAST_1, num_backgrounds=AT_LEAST_1, min_sprites=AT_LEAST_1, max_sprites=AT_LEAST_1,
                   sprite_sizes=AT_LEAST_1, num_shapes=AT_LEAST_1, num_colors=AT_LEAST_1, num_patterns=AT_LEAST_1,
                   max_speed=NON_NEGATIVE, min_speed=NON_NEGATIVE, momentum=UNIT, occluder_prob=UNIT),
-    "data": dict(clip_frames=AT_LEAST_1, frame_stride=AT_LEAST_1),
+    "data": dict(clip_frames=AT_LEAST_1, frame_stride=AT_LEAST_1, num_workers=NON_NEGATIVE),
     "prepare": dict(frames=AT_LEAST_1, fps=NON_NEGATIVE, folder_fps=POSITIVE, height=AT_LEAST_1, width=NON_NEGATIVE,
                     clips_per_video=NON_NEGATIVE, text_len=AT_LEAST_1, batch_size=AT_LEAST_1, shard_size=AT_LEAST_1),
     "model": dict(dim=AT_LEAST_1, depth=AT_LEAST_1, heads=AT_LEAST_1, mlp_ratio=POSITIVE, patch_size=AT_LEAST_1,

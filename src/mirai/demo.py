@@ -33,6 +33,7 @@ from .config import ConfigError, load_config
 from .data.videos import source_sha256
 from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.report import write_report
+from .data.frames import to_model_range
 from .video import upscale
 from .training.loop import train
 
@@ -56,6 +57,10 @@ SHIPPED_BASE = CONFIGS.parent / "checkpoints" / "world"
 QUICK = ["world.image_size=16", "world.sprite_sizes=[5]", "model.dim=32", "model.depth=2", "model.heads=2",
          "model.patch_size=4", "model.image_size=16", "data.clip_frames=4", "train.batch_size=2",
          "train.sample_every=0", "train.log_every=1", "train.warmup_steps=2"]
+# The recipe of the shared stages outside --quick (the shipped base was made with it): per stage, overrides of its
+# config above. A demo run with another recipe (--recipe) records it in its base's provenance.json.
+BASE_RECIPE = CONFIGS / "demo_base.yaml"
+TEACHER_SAMPLING = ["sample.steps=32", "sample.solver=euler", "sample.cfg_scale=3.0"]  # how the base's teacher is probed
 QUICK_STEPS = {"teacher": ["train.steps=20", "train.ckpt_every=20"], "ar": ["train.steps=20", "train.ckpt_every=20"],
                "ode": ["train.steps=6", "train.ckpt_every=6", "distill.num_videos=4", "distill.shard_size=4",
                        "distill.teacher_steps=4"],
@@ -75,6 +80,9 @@ class DemoPlan:
     dmd_steps: int = 0  # 0 = the DMD config's own; more measures a longer DMD stage
     base: Path | None = None  # shipped shared stages (teacher, ar, ode model files) instead of training them
     save_base: Path | None = None  # after the shared stages, write them here as a shippable base
+    recipe: Path = BASE_RECIPE  # the shared stages' overrides (not used with --quick)
+    workers: int = 0  # data.num_workers of the shared stages (batch-building processes; results are the same)
+    shared_only: bool = False  # stop after the shared stages (and --save-base): make a base, e.g. on a GPU
 
     def arms(self) -> dict[str, list[str]]:
         dose = {f"foresight_w{w:g}": ["foresight.enabled=true", f"foresight.weight={w}"] for w in self.weights}
@@ -85,9 +93,26 @@ class DemoPlan:
 # Steps
 
 
+def read_recipe(path: Path) -> dict[str, list[str]]:
+    """A recipe file: per shared stage, a list of `key=value` overrides of its config."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise ConfigError(f"no demo recipe at {path}")
+    recipe = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(recipe, dict) or set(recipe) - set(SHARED) or \
+            not all(isinstance(v, list) and all(isinstance(o, str) and "=" in o for o in v) for v in recipe.values()):
+        raise ConfigError(f"{path}: a demo recipe maps {', '.join(SHARED)} to lists of 'key=value' overrides")
+    return {name: list(recipe.get(name) or []) for name in SHARED}
+
+
 def stage_overrides(plan: DemoPlan, name: str, folder: Path, extra: list[str]) -> list[str]:
-    quick = QUICK + QUICK_STEPS[name] if plan.quick else []
-    return quick + [f"train.out_dir={folder}", f"train.device={plan.device}"] + extra
+    if plan.quick:
+        preset = QUICK + QUICK_STEPS[name]
+    else:
+        preset = read_recipe(plan.recipe)[name] if name in SHARED else []
+    workers = [f"data.num_workers={plan.workers}"] if name in SHARED else []
+    return preset + workers + [f"train.out_dir={folder}", f"train.device={plan.device}"] + extra
 
 
 def run_stage(plan: DemoPlan, config: str, name: str, folder: Path, extra: list[str]) -> Path:
@@ -211,8 +236,28 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
     runs["ode"] = run_stage(plan, "tiny_ode.yaml", "ode", shared / "ode", ode_extra)
     progress.finish()
     if plan.save_base is not None:
-        save_base(runs, plan.save_base, plan)
+        print("the base's probes at 1x (teacher, AR teacher, ODE student)", flush=True)
+        save_base(runs, plan.save_base, plan, base_probes(runs, plan))
     return runs
+
+
+def base_probes(runs: dict[str, Path], plan: DemoPlan, samples: int = 64) -> dict[str, dict[str, float]]:
+    """The ground-truth probes of each shared stage's samples at 1x (the clip length), as each is sampled in the
+    pipeline (teacher: whole clip, 32 Euler steps with CFG 3 as DMD's real score guides; AR teacher and ODE
+    student: chunk by chunk with their configs' solvers), mean
+    over the plan's first two sampling seeds. The base is good enough when teacher and AR teacher score identity
+    and coherence >= 0.8 (real clips: about 0.97 and 0.99)."""
+    cfg = load_config(CONFIGS / "tiny_teacher.yaml", QUICK if plan.quick else [])
+    probe = Evaluator(cfg.world).probe
+    out = {}
+    for name, run in runs.items():
+        scores = []
+        for seed in plan.sampling_seeds[:2]:
+            overrides = TEACHER_SAMPLING if name == "teacher" else []
+            videos, prompts = generate(run, samples, cfg.data.clip_frames, seed, plan.device, overrides)
+            scores.append(probe.score(to_model_range(videos), prompts).summary())
+        out[name] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    return out
 
 
 def load_base(folder: Path, quick: bool = False) -> dict[str, Path]:
@@ -235,9 +280,10 @@ def load_base(folder: Path, quick: bool = False) -> dict[str, Path]:
     return runs
 
 
-def save_base(runs: dict[str, Path], folder: Path, plan: DemoPlan) -> None:
+def save_base(runs: dict[str, Path], folder: Path, plan: DemoPlan, probes: dict | None = None) -> None:
     """The shared stages as a shippable base: fp16 model files (half the size; the stages load them into fp32)
-    and provenance.json with the command, seeds, commit, machine and each file's steps and sha256."""
+    and provenance.json with the command, recipe, commit, machine, each file's steps and sha256, and the
+    probes at 1x of each stage."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in SHARED:
@@ -249,8 +295,9 @@ def save_base(runs: dict[str, Path], folder: Path, plan: DemoPlan) -> None:
                             "objective": meta.get("objective"), "source": str(runs[name])}
     prov = {"command": " ".join(sys.argv), "quick": plan.quick,
             "commit": git_commit(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpu": cpu_name(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "files": files}
+            "cpu": cpu_name(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "recipe": None if plan.quick else read_recipe(plan.recipe), "files": files, "probes_1x": probes}
     (folder / "provenance.json").write_text(json.dumps(prov, indent=1))
 
 
@@ -284,6 +331,8 @@ def run_demo(plan: DemoPlan) -> dict:
     costs = [0.0 if plan.base else c for c in (3.0, 2.0, 1.5)] + [2.0] * len(arms) * len(plan.seeds) + [1.0] * len(arms) * len(plan.seeds)
     progress = Progress(costs)
     runs = shared_stages(plan, progress)
+    if plan.shared_only:
+        return {"shared": {k: str(v) for k, v in runs.items()}}
     dmd_runs: dict[str, dict[int, Path]] = {arm: {} for arm in arms}
     for seed in plan.seeds:
         for arm, extra in arms.items():

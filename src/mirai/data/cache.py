@@ -68,6 +68,10 @@ class ShardReader:
             self.open.popitem(last=False)  # dropping the handle unmaps the file
         return self.open[shard]
 
+    def __getstate__(self) -> dict:
+        """Pickled for a batch worker without its open handles (a mapped file does not travel; it reopens)."""
+        return {**self.__dict__, "open": collections.OrderedDict()}
+
     def shape(self, shard: int, key: str) -> tuple[int, ...] | None:
         """Shape of tensor `key` of a shard read from its header (None when the shard has no such tensor)."""
         with safe_open(self.files[shard], "pt") as f:

@@ -112,6 +112,34 @@ def batch_indices(step: int, batch_size: int, size: int, seed: int) -> list[int]
     return out
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item k is the batch of step `start + k` (this process's rows of it), so worker processes can build the
+    next batches while the model trains on this one, and a resumed run still sees exactly the batches of its steps."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, start: int, end: int, rows: slice):
+        self.dataset, self.batch_size, self.seed, self.start, self.end, self.rows = dataset, batch_size, seed, start, end, rows
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start)
+
+    def __getitem__(self, k: int) -> dict[str, Tensor]:
+        return get_batch(self.dataset, batch_indices(self.start + k, self.batch_size, len(self.dataset), self.seed)[self.rows])
+
+
+def step_batches(dataset, data: DataConfig, batch_size: int, start: int, end: int, rows: slice,
+                 pin_memory: bool = False):
+    """The batches of steps start..end-1 in order: built in this process (`data.num_workers == 0`) or by that
+    many spawned workers, each a few steps ahead (spawned, not forked: a forked child of a process that has run
+    torch ops can hang)."""
+    steps = StepBatches(dataset, batch_size, data.seed, start, end, rows)
+    workers = dict(num_workers=data.num_workers, prefetch_factor=4, multiprocessing_context="spawn",
+                   persistent_workers=False) if data.num_workers else {}
+    # its own generator: a loader draws a worker seed when iterated, which must not move the global torch RNG
+    # (a checkpoint holds that state, and batches do not need the seed: they are pure functions of the step)
+    return torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False, pin_memory=pin_memory,
+                                       generator=torch.Generator(), **workers)
+
+
 def to_device(batch: dict[str, Tensor], device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 

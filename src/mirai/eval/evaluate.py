@@ -37,7 +37,7 @@ from ..device import pick_device
 from ..diffusion.schedule import FlowSchedule
 from ..models.autoencoder import video_frames
 from ..sampling.inputs import cache_inputs, rollout_inputs
-from ..sampling.rollout import rollout
+from ..sampling.rollout import rollout, sample_whole
 from . import metrics
 from .extractors import load_extractor
 from .probes import train_probe
@@ -51,7 +51,8 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
              overrides: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Roll out `num` videos of `frames` frames from a run: uint8 (B, T, H, W, 3) and their structured prompts
     (prompts of unseen scenes of the world). A run on a cache: videos for the cache's captions in turn, decoded
-    through its autoencoder (T decoded frames), and no structured prompts (None)."""
+    through its autoencoder (T decoded frames), and no structured prompts (None). A bidirectional model (the
+    teacher) denoises all `frames` at once; a causal one rolls out chunk by chunk."""
     dev = pick_device(device)
     model = ckpt.load_model(run).eval().to(dev)
     cfg = run_config(run, overrides or [])
@@ -60,7 +61,8 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
     schedule = FlowSchedule.from_config(cfg.schedule)
     if cfg.data.source != "cache":
         inputs = rollout_inputs(model, cfg.world, num, frames, seed, dev)  # the same videos as `mirai sample --seed`
-        video = rollout(model, schedule, inputs.noise, inputs.prompt, sample=cfg.sample, generator=inputs.generator)
+        sampler = sample_whole if model.cfg.attention == "bidirectional" else rollout
+        video = sampler(model, schedule, inputs.noise, inputs.prompt, sample=cfg.sample, generator=inputs.generator)
         return to_uint8(video.cpu()), inputs.prompts
     real = cache_inputs(model, cfg, num, frames, seed, dev, caption=None, context=None)
     inputs, prompt = real.inputs, real.inputs.prompt

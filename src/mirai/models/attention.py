@@ -99,9 +99,16 @@ def block_mask(mask: Tensor) -> BlockMask:
     return create_block_mask(lambda b, h, q, k: mask[q, k], None, None, L, L, device=mask.device)
 
 
+FLEX = {"enabled": True}  # `use_flex(False)`: SDPA with the boolean mask on CUDA too (train.flex_attention)
+
+
+def use_flex(enabled: bool) -> None:
+    FLEX["enabled"] = bool(enabled)
+
+
 def flex_mask(mask: Tensor | None) -> Tensor | BlockMask | None:
     """The mask attention runs with: a block mask on CUDA (FlexAttention), the boolean mask elsewhere (SDPA)."""
-    return block_mask(mask) if mask is not None and mask.is_cuda else mask
+    return block_mask(mask) if mask is not None and mask.is_cuda and FLEX["enabled"] else mask
 
 
 _compiled_flex = None

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .. import checkpoint as ckpt, distributed as dist
 from ..rng import BatchGenerator
 from ..config import Config, save_config
-from ..data.datasets import batch_indices, get_batch, to_device
+from ..data.datasets import step_batches, to_device
 from ..faults import fault_point
 from ..models.dit import count_parameters
 from .optim import ema_decay_at, ema_update, lr_at, set_lr
@@ -166,11 +166,12 @@ def train(cfg: Config, stop_at: int | None = None, init_from: str | None = None,
 
     log = MetricsLog(out / "metrics.jsonl", start_step=step) if dist.is_main() else None
     bar = tqdm(total=end, initial=step, disable=quiet, dynamic_ncols=True, desc=tc.objective)
+    batches = iter(step_batches(stage.dataset, cfg.data, tc.batch_size, step, end, slice(first, first + rows),
+                                pin_memory=stage.device.type == "cuda"))
     with StopRequest() as stop:
         while step < end:
             t0 = time.perf_counter()
-            indices = batch_indices(step, tc.batch_size, len(stage.dataset), cfg.data.seed)[first : first + rows]
-            batch = to_device(get_batch(stage.dataset, indices), stage.device)
+            batch = to_device(next(batches), stage.device)
             set_lr(stage.opt, lr_at(step, tc))
             with gen.rows(first, tc.batch_size if dist.world() > 1 else 0):  # 0: one process draws as it always has
                 result = stage.step(batch, step, gen)

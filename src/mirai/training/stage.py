@@ -19,6 +19,7 @@ from ..config import Config, ConfigError
 from ..data.datasets import unconditional_prompt
 from ..data.prompt import PROMPT
 from ..device import pick_device
+from ..models.attention import use_flex
 from ..diffusion.schedule import FlowSchedule
 from ..data.cache import read_cache_manifest, read_empty_prompt
 from ..models.build import build_model, is_conditional
@@ -59,6 +60,7 @@ class Stage:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
+        use_flex(cfg.train.flex_attention)
         self.schedule = FlowSchedule.from_config(cfg.schedule)
         uncond = unconditional_prompt(cfg.data, cfg.model)  # a caption model's "no prompt": the empty caption
         self.uncond = uncond.to(self.device) if uncond is not None else None
