@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from mirai import checkpoint as ckpt
+from mirai import checkpoint as ckpt, demo
 from mirai.cli import main
 from mirai.config import ConfigError
 from mirai.demo import PRIMARY_ENDPOINT, DemoPlan, contrast, length_keys, load_base, verdict
@@ -67,6 +67,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     # the shared stages as a shipped base: fp16 files with provenance; a demo started from it trains no shared stage
     prov = json.loads((base / "provenance.json").read_text())
     assert set(prov["files"]) == {"teacher.safetensors", "ar.safetensors", "ode.safetensors"} and prov["commit"]
+    assert set(prov["probes_1x"]) == {"teacher", "ar", "ode"}  # each stage's samples scored by the world's probes
+    assert all(0 <= p["identity"] <= 1 and 0 <= p["coherence"] <= 1 for p in prov["probes_1x"].values())
     assert all(v.dtype == torch.float16 for v in ckpt.load(base / "ode.safetensors")[0].values())
     from_base = tmp_path / "from_base"
     assert main(["demo", "--quick", "--out", str(from_base), "--seeds", "0", "--sampling-seeds", "0", "--samples",
@@ -107,3 +109,30 @@ def test_the_demo_starts_from_a_shipped_base_unless_told_otherwise(tmp_path, mon
     assert demo.default_base(None, from_scratch=True, quick=False) is None
     assert demo.default_base(None, from_scratch=False, quick=True) is None
     assert demo.default_base("other", from_scratch=True, quick=False) == Path("other")
+
+
+def test_the_recipe_sets_the_shared_stages_outside_quick(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("teacher: [train.steps=7, train.batch_size=4]\node: [distill.num_videos=8]\n")
+    plan = DemoPlan(tmp_path, recipe=recipe, workers=3)
+    teacher = demo.stage_overrides(plan, "teacher", tmp_path / "t", ["train.seed=1"])
+    assert teacher[:3] == ["train.steps=7", "train.batch_size=4", "data.num_workers=3"] and teacher[-1] == "train.seed=1"
+    assert demo.stage_overrides(plan, "ar", tmp_path / "a", [])[0] == "data.num_workers=3"  # no overrides for ar
+    assert not any("num_workers" in o or "steps=7" in o for o in demo.stage_overrides(plan, "dmd", tmp_path, []))
+    quick = DemoPlan(tmp_path, quick=True, recipe=recipe)
+    assert "train.steps=7" not in demo.stage_overrides(quick, "teacher", tmp_path, [])
+    for bad in ("critic: [train.steps=1]\n", "teacher: train.steps=1\n", "teacher: [steps]\n"):
+        recipe.write_text(bad)
+        with pytest.raises(ConfigError, match="demo recipe"):
+            demo.read_recipe(recipe)
+    with pytest.raises(ConfigError, match="no demo recipe"):
+        demo.read_recipe(tmp_path / "missing.yaml")
+    assert set(demo.read_recipe(demo.BASE_RECIPE)) == {"teacher", "ar", "ode"}
+
+
+@pytest.mark.skipif(not demo.SHIPPED_BASE.is_dir(), reason="no base shipped")
+def test_the_shipped_base_matches_its_provenance_and_recipe():
+    """The files in checkpoints/world are the ones its provenance.json hashed, made with configs/demo_base.yaml."""
+    assert set(load_base(demo.SHIPPED_BASE)) == {"teacher", "ar", "ode"}
+    prov = json.loads((demo.SHIPPED_BASE / "provenance.json").read_text())
+    assert prov["recipe"] == demo.read_recipe(demo.BASE_RECIPE)

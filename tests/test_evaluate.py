@@ -120,3 +120,31 @@ def test_compare_without_eval_is_a_clear_error(two_runs, tmp_path, capsys):
     a, _ = two_runs
     assert main(["compare", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
     assert "mirai eval" in capsys.readouterr().err
+
+
+def test_a_bidirectional_run_is_sampled_whole(tmp_path):
+    """`generate` denoises a teacher's frames all at once (its own mask), as DMD's real score sees them,
+    not chunk by chunk with a cache (which would hide the future from the teacher's early frames)."""
+    import torch
+
+    from mirai import checkpoint as ckpt
+    from mirai.config import run_config
+    from mirai.data.frames import to_uint8
+    from mirai.diffusion.schedule import FlowSchedule
+    from mirai.eval.evaluate import generate
+    from mirai.sampling.inputs import rollout_inputs
+    from mirai.sampling.rollout import rollout, sample_whole
+
+    run = train(tiny_cfg(tmp_path / "teacher", objective="bidirectional", steps=2), quiet=True)
+    model, cfg = ckpt.load_model(run).eval(), run_config(run, ["sample.steps=3"])
+    inputs = rollout_inputs(model, cfg.world, 2, 4, 0, "cpu")
+    args = dict(sample=cfg.sample, generator=inputs.generator)
+    with torch.no_grad():
+        whole = to_uint8(sample_whole(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, **args))
+    videos, _ = generate(run, 2, 4, 0, overrides=["sample.steps=3"])
+    assert np.array_equal(videos, whole)
+    inputs = rollout_inputs(model, cfg.world, 2, 4, 0, "cpu")
+    with torch.no_grad():
+        chunked = to_uint8(rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt,
+                                   sample=cfg.sample, generator=inputs.generator))
+    assert not np.array_equal(videos, chunked)

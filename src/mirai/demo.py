@@ -70,7 +70,7 @@ QUICK_STEPS = {"teacher": ["train.steps=20", "train.ckpt_every=20"], "ar": ["tra
 @dataclass
 class DemoPlan:
     out: Path
-    seeds: list[int] = field(default_factory=lambda: [0, 1])  # training seeds of the DMD arms
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds of the DMD arms (3+ for an interval)
     sampling_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     samples: int = 16  # videos per sampling seed
     quick: bool = False
