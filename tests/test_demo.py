@@ -57,6 +57,8 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     for length in ("1x", "4x", "8x"):
         assert f"probe_identity@{length}" in results["arms"]["foresight"]["0"]
     assert results["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"] == 2
+    table = (out / "results.md").read_text()
+    assert f"| {PRIMARY_ENDPOINT} |" in table and "verdict" not in table.split("\n")[0]
     page = (out / "report.html").read_text()
     assert "Paired contrasts over training seeds" in page and PRIMARY_ENDPOINT in page
     for figure in ("drift.png", "strip.png"):

@@ -363,6 +363,7 @@ def run_demo(plan: DemoPlan) -> dict:
         "runs": {arm: {str(s): str(r) for s, r in seeds.items()} for arm, seeds in dmd_runs.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown_table(results))
     first = [str(dmd_runs[arm][plan.seeds[0]]) for arm in arms]
     write_report(first, out / "report.html", title=f"mirai demo: {', '.join(arms)} (training seed {plan.seeds[0]})",
                  extra_html=contrast_table(contrasts))
@@ -431,6 +432,24 @@ def contrast_table(contrasts: dict, endpoints: tuple[str, ...] = (PRIMARY_ENDPOI
                         f"<td>{c['p']:.3g}</td><td>{c['seeds_better']} of {c['n']}</td></tr>")
     return ("<h2>Paired contrasts over training seeds (arm &minus; baseline)</h2><table><tr><th>arm</th><th>metric</th>"
             "<th>mean diff</th><th>95% CI</th><th>p</th><th>seeds better</th></tr>" + "".join(rows) + "</table>")
+
+
+def markdown_table(results: dict, arm: str = "foresight") -> str:
+    """results.md: the endpoints of one arm against the baseline as a Markdown table (means over training seeds,
+    each the mean over its sampling seeds), for a README or an issue."""
+    arms, rows = results["arms"], []
+    for m in (PRIMARY_ENDPOINT,) + SECONDARY_ENDPOINTS:
+        c = results["contrasts"].get(arm, {}).get(m)
+        if c is None:
+            continue
+        base = np.mean([v[m] for v in arms["baseline"].values()])
+        other = np.mean([v[m] for v in arms[arm].values()])
+        lo, hi = c["ci95"]
+        rows.append(f"| {m} | {base:.3f} | {other:.3f} | {c['mean_diff']:+.3f} ({lo:+.3f}, {hi:+.3f}) | {c['p']:.2g} "
+                    f"| {c['seeds_better']} of {c['n']} |")
+    head = (f"| metric | baseline | {arm} | difference (95% CI) | p | seeds better |\n"
+            "|---|---|---|---|---|---|\n")
+    return head + "\n".join(rows) + f"\n\n{results['verdict']}\n"
 
 
 def verdict_lines(results: dict) -> list[str]:
