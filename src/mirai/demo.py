@@ -31,9 +31,10 @@ from scipy import stats
 from . import checkpoint as ckpt
 from .config import ConfigError, load_config
 from .data.videos import source_sha256
-from .eval.evaluate import Evaluator, evaluate_run, generate
-from .eval.report import write_report
 from .data.frames import to_model_range
+from .eval.evaluate import Evaluator, evaluate_run, generate
+from .eval.probes import train_probe
+from .eval.report import write_report
 from .video import upscale
 from .training.loop import train
 
@@ -244,11 +245,10 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
 def base_probes(runs: dict[str, Path], plan: DemoPlan, samples: int = 64) -> dict[str, dict[str, float]]:
     """The ground-truth probes of each shared stage's samples at 1x (the clip length), as each is sampled in the
     pipeline (teacher: whole clip, 32 Euler steps with CFG 3 as DMD's real score guides; AR teacher and ODE
-    student: chunk by chunk with their configs' solvers), mean
-    over the plan's first two sampling seeds. The base is good enough when teacher and AR teacher score identity
+    student: chunk by chunk with their configs' solvers), mean over the plan's first two sampling seeds. The base is good enough when teacher and AR teacher score identity
     and coherence >= 0.8 (real clips: about 0.97 and 0.99)."""
     cfg = load_config(CONFIGS / "tiny_teacher.yaml", QUICK if plan.quick else [])
-    probe = Evaluator(cfg.world).probe
+    probe = train_probe(cfg.world)  # the probe alone: no feature extractor is needed here
     out = {}
     for name, run in runs.items():
         scores = []
