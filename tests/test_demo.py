@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import operator
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -76,7 +77,34 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(from_base), "--seeds", "0", "--sampling-seeds", "0", "--samples",
                  "2", "--device", "cpu", "--base", str(base)]) == 0
     assert not (from_base / "shared").exists()
-    assert json.loads((from_base / "results.json").read_text())["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"] == 1
+    results = json.loads((from_base / "results.json").read_text())
+    assert results["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"] == 1
+    # the arms side by side in two processes (--jobs 2): the same numbers (up to the threads' float rounding)
+    side = tmp_path / "side_by_side"
+    assert main(["demo", "--quick", "--out", str(side), "--seeds", "0", "--sampling-seeds", "0", "--samples", "2",
+                 "--device", "cpu", "--base", str(base), "--jobs", "2"]) == 0
+    assert "steps side by side in 2 processes" in capsys.readouterr().out
+    parallel = json.loads((side / "results.json").read_text())["arms"]
+    for arm, seeds in results["arms"].items():
+        assert parallel[arm]["0"] == pytest.approx(seeds["0"], abs=1e-5)
+
+
+def test_steps_return_in_order_and_a_failure_side_by_side_stops_the_demo():
+    tasks = [demo.Task(f"add {i}", operator.add, (i, 10), already_done=False) for i in range(3)]
+    assert demo.run_tasks(tasks, 1, demo.Progress([1.0] * 3)) == [10, 11, 12]
+    bad = tasks + [demo.Task("fails", operator.truediv, (1, 0), already_done=False)]
+    with pytest.raises(ZeroDivisionError):  # (the quick demo's test checks --jobs 2 against one process)
+        demo.run_tasks(bad, 2, demo.Progress([1.0] * 4))
+
+
+def test_the_time_left_ignores_steps_already_done(capsys):
+    progress = demo.Progress([2.0, 2.0, 1.0, 1.0])
+    progress.finish(0.0, already_done=True)  # resumed: it took no time and must not make the rest look free
+    progress.start("next")
+    assert "min left" not in capsys.readouterr().out  # nothing measured yet: no estimate
+    progress.finish(120.0)  # 2 cost units in 2 minutes
+    progress.start("third")
+    assert "~2.0 min left" in capsys.readouterr().out  # 2 units remain at a minute each
 
 
 def test_dose_arms_set_the_foresight_weight(tmp_path):

@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="batch-building processes of the shared stages (data.num_workers; results are the same)")
     d.add_argument("--shared-only", action="store_true",
                    help="stop after the shared stages (with --save-base: make a base, e.g. on a GPU)")
+    d.add_argument("--jobs", type=at_least(1), default=1,
+                   help="run the DMD arms and their evaluations side by side in this many processes (results are "
+                        "the same; on a GPU several small runs share it)")
     d.add_argument("--device", default="auto")
 
     i = sub.add_parser("import", help="a local diffusers Wan2.1 transformer folder -> a Mirai run folder")
@@ -307,7 +310,7 @@ def cmd_demo(args) -> None:
     plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation,
                     args.device, args.weights, args.dmd_steps, default_base(args.base, args.from_scratch, args.quick),
                     Path(args.save_base) if args.save_base else None, recipe=Path(args.recipe or BASE_RECIPE),
-                    workers=args.workers, shared_only=args.shared_only)
+                    workers=args.workers, shared_only=args.shared_only, jobs=args.jobs)
     results = run_demo(plan)
     if args.shared_only:
         print(f"shared stages: {results['shared']}" + (f"; base written to {args.save_base}" if args.save_base else ""))

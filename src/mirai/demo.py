@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +88,7 @@ class DemoPlan:
     recipe: Path = BASE_RECIPE  # the shared stages' overrides (not used with --quick)
     workers: int = 0  # data.num_workers of the shared stages (batch-building processes; results are the same)
     shared_only: bool = False  # stop after the shared stages (and --save-base): make a base, e.g. on a GPU
+    jobs: int = 1  # DMD arms and evaluations side by side in this many processes (results are the same)
 
     def arms(self) -> dict[str, list[str]]:
         dose = {f"foresight_w{w:g}": ["foresight.enabled=true", f"foresight.weight={w}"] for w in self.weights}
@@ -116,24 +121,51 @@ def stage_overrides(plan: DemoPlan, name: str, folder: Path, extra: list[str]) -
     return preset + workers + [f"train.out_dir={folder}", f"train.device={plan.device}"] + extra
 
 
-def run_stage(plan: DemoPlan, config: str, name: str, folder: Path, extra: list[str]) -> Path:
+def stage_config(plan: DemoPlan, config: str, name: str, folder: Path, extra: list[str]):
+    return load_config(CONFIGS / config, stage_overrides(plan, name, folder, extra))
+
+
+def run_stage(cfg) -> Path:
     """One `mirai train` run (resumes if its folder holds a checkpoint; a finished run returns at once)."""
-    cfg = load_config(CONFIGS / config, stage_overrides(plan, name, folder, extra))
     return train(cfg, quiet=True)
 
 
-def evaluate(plan: DemoPlan, run: Path, clip_frames: int, frames_per_chunk: int, evaluator: Evaluator) -> dict:
-    """eval.json of a run at 8x its clip length (skipped when one with the same plan exists)."""
-    frames = 8 * clip_frames
-    window = 4 * clip_frames // frames_per_chunk  # 8x rolls past the cache; 1x and 4x fit inside it
-    overrides = ["sample.sink_chunks=1", f"sample.window_chunks={window}"]
+def stage_done(cfg) -> bool:
+    """Whether the run's folder already holds its last step's checkpoint (an earlier invocation finished it)."""
+    path = Path(cfg.train.out_dir) / "ckpt.safetensors"
+    return path.is_file() and ckpt.verify(path).get("step", 0) >= cfg.train.steps
+
+
+EVAL_LENGTH = 8  # every arm is rolled out to 8x its clip and scored at 1x, 4x and 8x
+
+
+def eval_overrides(clip_frames: int, frames_per_chunk: int) -> list[str]:
+    """The rolling cache of the evaluation: sink 1 + a window of 4x the clip (8x rolls past it; 1x and 4x fit)."""
+    return ["sample.sink_chunks=1", f"sample.window_chunks={4 * clip_frames // frames_per_chunk}"]
+
+
+def eval_done(plan: DemoPlan, run: Path, clip_frames: int) -> dict | None:
+    """The run's eval.json if one with this plan's length, samples and seeds exists."""
     path = run / "eval.json"
     if path.is_file():
         done = json.loads(path.read_text())
-        if (done.get("frames"), done.get("samples"), done.get("seeds")) == (frames, plan.samples, plan.sampling_seeds):
+        if (done.get("frames"), done.get("samples"), done.get("seeds")) == \
+                (EVAL_LENGTH * clip_frames, plan.samples, plan.sampling_seeds):
             return done
-    return evaluate_run(run, frames, plan.samples, plan.sampling_seeds, run, evaluator=evaluator,
-                        device=plan.device, overrides=overrides)
+    return None
+
+
+_EVALUATORS: dict[str, Evaluator] = {}  # per process: extractors and the probe are built once per world
+
+
+def evaluate(plan: DemoPlan, run: Path, clip_frames: int, frames_per_chunk: int, world) -> dict:
+    """eval.json of a run at 8x its clip length (skipped when one with the same plan exists)."""
+    done = eval_done(plan, run, clip_frames)
+    if done is not None:
+        return done
+    evaluator = _EVALUATORS.setdefault(repr(world), Evaluator(world))
+    return evaluate_run(run, EVAL_LENGTH * clip_frames, plan.samples, plan.sampling_seeds, run, evaluator=evaluator,
+                        device=plan.device, overrides=eval_overrides(clip_frames, frames_per_chunk))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,20 +225,81 @@ def verdict(c: dict, metric: str) -> str:
 
 
 class Progress:
-    """Prints each step with the time so far and an estimate of the time left (from the steps done)."""
+    """Prints each step with the time so far and an estimate of the time left. The estimate comes from the steps
+    that did work in this invocation: a step already done on entry (a resumed demo) costs nothing and says so."""
 
     def __init__(self, costs: list[float]):
-        self.costs, self.done, self.t0, self.spent = costs, 0, time.perf_counter(), 0.0
+        self.costs, self.done, self.t0 = costs, 0, time.perf_counter()
+        self.worked_cost, self.worked_s = 0.0, 0.0  # cost and wall time of the steps that did work
+
+    def eta(self) -> str:
+        if not self.worked_cost:
+            return ""
+        return f", ~{self.worked_s / self.worked_cost * sum(self.costs[self.done:]) / 60:.1f} min left"
 
     def start(self, name: str) -> None:
-        elapsed = time.perf_counter() - self.t0
-        left = sum(self.costs[self.done:])
-        eta = f", ~{elapsed / self.spent * left / 60:.1f} min left" if self.spent else ""
-        print(f"[{self.done + 1}/{len(self.costs)}] {name} ({elapsed / 60:.1f} min so far{eta})", flush=True)
+        print(f"[{self.done + 1}/{len(self.costs)}] {name} ({(time.perf_counter() - self.t0) / 60:.1f} min so far"
+              f"{self.eta()})", flush=True)
 
-    def finish(self) -> None:
-        self.spent += self.costs[self.done]
+    def finish(self, wall_s: float, already_done: bool = False, report: str | None = None) -> None:
+        """One step ended; `wall_s` of the demo's wall time went to it (for steps side by side: since the previous
+        one ended). `report`: a line to print (side by side, where `start` cannot say when a step starts)."""
+        cost = self.costs[self.done]
         self.done += 1
+        if already_done:
+            self.costs[self.done - 1] = 0.0
+        else:
+            self.worked_cost, self.worked_s = self.worked_cost + cost, self.worked_s + wall_s
+        if report is not None:
+            print(f"[{self.done}/{len(self.costs)}] {report} ({(time.perf_counter() - self.t0) / 60:.1f} min so far"
+                  f"{self.eta()})", flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps run one after another, or side by side in worker processes (--jobs)
+
+
+@dataclass
+class Task:
+    name: str
+    fn: Callable  # a module-level function (it is sent to a worker process by name)
+    args: tuple
+    already_done: bool  # finished by an earlier invocation: the call returns at once
+
+
+def run_tasks(tasks: list[Task], jobs: int, progress: Progress) -> list:
+    """Each task's result, in order. jobs > 1: side by side in that many spawned processes, each with its share of
+    the CPU threads (a tiny model's step uses two threads poorly; on a GPU, one process leaves it mostly idle).
+    Every task is a pure function of its arguments (seeded), so the results do not depend on `jobs`."""
+    if jobs <= 1 or sum(not t.already_done for t in tasks) <= 1:
+        results = []
+        for t in tasks:
+            progress.start(t.name)
+            result, took = timed(t.fn, *t.args)
+            results.append(result)
+            progress.finish(took, t.already_done)
+        return results
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(f"{len(tasks)} steps side by side in {jobs} processes of {threads} thread(s)", flush=True)
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(threads,))
+    try:
+        futures = {pool.submit(timed, t.fn, *t.args): t for t in tasks}
+        last = time.perf_counter()
+        for future in as_completed(futures):
+            _, took = future.result()  # a failed or interrupted step stops the demo here
+            t, now = futures[future], time.perf_counter()
+            progress.finish(now - last, t.already_done,
+                            f"{t.name}: {'already done' if t.already_done else f'{took / 60:.1f} min'}")
+            last = last if t.already_done else now
+        return [f.result()[0] for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def timed(fn: Callable, *args) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,20 +315,18 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
         progress.start(f"shared stages: the base in {plan.base}")
         runs = load_base(plan.base, plan.quick)
         for _ in SHARED:
-            progress.finish()
+            progress.finish(0.0, already_done=True)
         return runs
     shared = plan.out / "shared"
     runs: dict[str, Path] = {}
-    progress.start("shared stage: bidirectional teacher")
-    runs["teacher"] = run_stage(plan, "tiny_teacher.yaml", "teacher", shared / "teacher", [])
-    progress.finish()
-    progress.start("shared stage: AR teacher (teacher forcing from the bidirectional teacher)")
-    runs["ar"] = run_stage(plan, "tiny_ar.yaml", "ar", shared / "ar", [f"train.init_from={runs['teacher']}"])
-    progress.finish()
-    progress.start("shared stage: ODE distillation")
-    ode_extra = [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"]
-    runs["ode"] = run_stage(plan, "tiny_ode.yaml", "ode", shared / "ode", ode_extra)
-    progress.finish()
+    stages = [("teacher", "tiny_teacher.yaml", "bidirectional teacher", lambda: []),
+              ("ar", "tiny_ar.yaml", "AR teacher (teacher forcing from the bidirectional teacher)",
+               lambda: [f"train.init_from={runs['teacher']}"]),
+              ("ode", "tiny_ode.yaml", "ODE distillation",
+               lambda: [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"])]
+    for name, config, title, extra in stages:  # one after another: each starts from the one before
+        cfg = stage_config(plan, config, name, shared / name, extra())
+        runs[name] = run_tasks([Task(f"shared stage: {title}", run_stage, (cfg,), stage_done(cfg))], 1, progress)[0]
     if plan.save_base is not None:
         print("the base's probes at 1x (teacher, AR teacher, ODE student)", flush=True)
         save_base(runs, plan.save_base, plan, base_probes(runs, plan))
@@ -333,23 +424,24 @@ def run_demo(plan: DemoPlan) -> dict:
     runs = shared_stages(plan, progress)
     if plan.shared_only:
         return {"shared": {k: str(v) for k, v in runs.items()}}
+    dmd_cfgs = {(arm, seed): stage_config(plan, "tiny_dmd.yaml", "dmd", out / arm / f"seed_{seed}", [
+        f"train.init_from={runs['ode']}", f"dmd.teacher={runs['teacher']}", f"train.seed={seed}",
+        "foresight.enabled=false"] + ([f"train.steps={plan.dmd_steps}"] if plan.dmd_steps else []) + extra)
+        for seed in plan.seeds for arm, extra in arms.items()}
+    trained = run_tasks([Task(f"DMD {arm}, training seed {seed}", run_stage, (cfg,), stage_done(cfg))
+                         for (arm, seed), cfg in dmd_cfgs.items()], plan.jobs, progress)
     dmd_runs: dict[str, dict[int, Path]] = {arm: {} for arm in arms}
-    for seed in plan.seeds:
-        for arm, extra in arms.items():
-            progress.start(f"DMD {arm}, training seed {seed}")
-            dmd_extra = [f"train.init_from={runs['ode']}", f"dmd.teacher={runs['teacher']}", f"train.seed={seed}",
-                         "foresight.enabled=false"] + ([f"train.steps={plan.dmd_steps}"] if plan.dmd_steps else []) + extra
-            dmd_runs[arm][seed] = run_stage(plan, "tiny_dmd.yaml", "dmd", out / arm / f"seed_{seed}", dmd_extra)
-            progress.finish()
+    for (arm, seed), run in zip(dmd_cfgs, trained):
+        dmd_runs[arm][seed] = run
     cfg = load_config(CONFIGS / "tiny_dmd.yaml", QUICK if plan.quick else [])
     clip, fpc = cfg.data.clip_frames, cfg.model.frames_per_chunk
-    evaluator = Evaluator(cfg.world)
+    evals = run_tasks([Task(f"evaluate {arm}, training seed {seed}", evaluate, (plan, dmd_runs[arm][seed], clip, fpc,
+                                                                                 cfg.world),
+                            eval_done(plan, dmd_runs[arm][seed], clip) is not None) for arm, seed in dmd_cfgs],
+                      plan.jobs, progress)
     means: dict[str, dict[int, dict[str, float]]] = {arm: {} for arm in arms}
-    for arm, seeds in dmd_runs.items():
-        for seed, run in seeds.items():
-            progress.start(f"evaluate {arm}, training seed {seed}")
-            means[arm][seed] = seed_means(evaluate(plan, run, clip, fpc, evaluator), clip)
-            progress.finish()
+    for (arm, seed), result in zip(dmd_cfgs, evals):
+        means[arm][seed] = seed_means(result, clip)
     metrics = sorted(means["baseline"][plan.seeds[0]])
     contrasts = {arm: {m: contrast(means[arm], means["baseline"], m) for m in metrics} for arm in arms if arm != "baseline"}
     results = {
@@ -409,9 +501,8 @@ def write_strip(runs: dict[str, Path], plan: DemoPlan, clip: int, fpc: int, path
     per video one row per arm, columns at 0, 1x, 2x, 4x, 6x and the last frame."""
     import imageio.v3 as iio
 
-    frames = 8 * clip
-    overrides = ["sample.sink_chunks=1", f"sample.window_chunks={4 * clip // fpc}"]
-    rolled = {arm: generate(run, videos, frames, plan.sampling_seeds[0], plan.device, overrides)[0]
+    frames = EVAL_LENGTH * clip
+    rolled = {arm: generate(run, videos, frames, plan.sampling_seeds[0], plan.device, eval_overrides(clip, fpc))[0]
               for arm, run in runs.items()}
     columns = [0, clip - 1, 2 * clip - 1, 4 * clip - 1, 6 * clip - 1, frames - 1]
     rows = [np.concatenate([np.pad(v[i, t], ((1, 1), (1, 1), (0, 0)), constant_values=255) for t in columns], axis=1)
