@@ -107,6 +107,15 @@ def test_the_time_left_ignores_steps_already_done(capsys):
     assert "~2.0 min left" in capsys.readouterr().out  # 2 units remain at a minute each
 
 
+def test_results_md_lists_every_arm_when_there_are_more_than_two():
+    c = {"n": 2, "mean_diff": 0.02, "ci95": [-0.01, 0.05], "p": 0.2, "seeds_better": 2}
+    results = {"contrasts": {"foresight": {PRIMARY_ENDPOINT: c}, "window_0": {PRIMARY_ENDPOINT: {**c, "mean_diff": -0.03}}}}
+    table = demo.arms_table(results)
+    assert "| window_0 | -0.030 (-0.010, +0.050) |" in table and "| foresight | +0.020" in table
+    assert "2 training seed(s) (95% CI)" in table
+    assert demo.arms_table({"contrasts": {"foresight": {PRIMARY_ENDPOINT: c}}}) == ""  # two arms: the main table says it
+
+
 def test_dose_arms_set_the_foresight_weight(tmp_path):
     arms = DemoPlan(tmp_path, weights=[0.1, 1.0]).arms()
     assert arms["foresight_w0.1"] == ["foresight.enabled=true", "foresight.weight=0.1"]

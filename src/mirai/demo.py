@@ -455,7 +455,7 @@ def run_demo(plan: DemoPlan) -> dict:
         "runs": {arm: {str(s): str(r) for s, r in seeds.items()} for arm, seeds in dmd_runs.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown_table(results))
+    (out / "results.md").write_text(markdown_table(results) + arms_table(results))
     first = [str(dmd_runs[arm][plan.seeds[0]]) for arm in arms]
     write_report(first, out / "report.html", title=f"mirai demo: {', '.join(arms)} (training seed {plan.seeds[0]})",
                  extra_html=contrast_table(contrasts))
@@ -541,6 +541,27 @@ def markdown_table(results: dict, arm: str = "foresight") -> str:
     head = (f"| metric | baseline | {arm} | difference (95% CI) | p | seeds better |\n"
             "|---|---|---|---|---|---|\n")
     return head + "\n".join(rows) + f"\n\n{results['verdict']}\n"
+
+
+def arms_table(results: dict) -> str:
+    """With arms beyond the two (--ablation, --weights): every arm's paired difference from the baseline on each
+    endpoint, with its 95% CI when there are 2 or more training seeds (Markdown; empty for two arms)."""
+    arms = [a for a in results["contrasts"] if a != "foresight"]
+    if not arms:
+        return ""
+    endpoints = (PRIMARY_ENDPOINT,) + SECONDARY_ENDPOINTS
+    rows = []
+    for arm in ["foresight"] + arms:
+        cells = []
+        for m in endpoints:
+            c = results["contrasts"][arm].get(m)
+            lo, hi = c["ci95"] if c else (math.nan, math.nan)
+            cells.append("" if c is None else f"{c['mean_diff']:+.3f}" + ("" if math.isnan(lo) else f" ({lo:+.3f}, {hi:+.3f})"))
+        rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+    n = results["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"]
+    return (f"\nEvery arm minus the baseline, paired over {n} training seed(s)"
+            f"{' (95% CI)' if n >= 2 else ' (one seed: no interval)'}:\n\n"
+            f"| arm | {' | '.join(endpoints)} |\n|---|{'---|' * len(endpoints)}\n" + "\n".join(rows) + "\n")
 
 
 def verdict_lines(results: dict) -> list[str]:
