@@ -244,12 +244,11 @@ class Progress:
     def finish(self, wall_s: float, already_done: bool = False, report: str | None = None) -> None:
         """One step ended; `wall_s` of the demo's wall time went to it (for steps side by side: since the previous
         one ended). `report`: a line to print (side by side, where `start` cannot say when a step starts)."""
-        cost = self.costs[self.done]
-        self.done += 1
         if already_done:
-            self.costs[self.done - 1] = 0.0
+            self.costs[self.done] = 0.0
         else:
-            self.worked_cost, self.worked_s = self.worked_cost + cost, self.worked_s + wall_s
+            self.worked_cost, self.worked_s = self.worked_cost + self.costs[self.done], self.worked_s + wall_s
+        self.done += 1
         if report is not None:
             print(f"[{self.done}/{len(self.costs)}] {report} ({(time.perf_counter() - self.t0) / 60:.1f} min so far"
                   f"{self.eta()})", flush=True)
@@ -319,14 +318,16 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
         return runs
     shared = plan.out / "shared"
     runs: dict[str, Path] = {}
-    stages = [("teacher", "tiny_teacher.yaml", "bidirectional teacher", lambda: []),
-              ("ar", "tiny_ar.yaml", "AR teacher (teacher forcing from the bidirectional teacher)",
-               lambda: [f"train.init_from={runs['teacher']}"]),
-              ("ode", "tiny_ode.yaml", "ODE distillation",
-               lambda: [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"])]
-    for name, config, title, extra in stages:  # one after another: each starts from the one before
-        cfg = stage_config(plan, config, name, shared / name, extra())
-        runs[name] = run_tasks([Task(f"shared stage: {title}", run_stage, (cfg,), stage_done(cfg))], 1, progress)[0]
+
+    def stage(name: str, config: str, title: str, extra: list[str]) -> Path:  # each starts from the one before
+        cfg = stage_config(plan, config, name, shared / name, extra)
+        return run_tasks([Task(f"shared stage: {title}", run_stage, (cfg,), stage_done(cfg))], 1, progress)[0]
+
+    runs["teacher"] = stage("teacher", "tiny_teacher.yaml", "bidirectional teacher", [])
+    runs["ar"] = stage("ar", "tiny_ar.yaml", "AR teacher (teacher forcing from the bidirectional teacher)",
+                       [f"train.init_from={runs['teacher']}"])
+    runs["ode"] = stage("ode", "tiny_ode.yaml", "ODE distillation",
+                        [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"])
     if plan.save_base is not None:
         print("the base's probes at 1x (teacher, AR teacher, ODE student)", flush=True)
         save_base(runs, plan.save_base, plan, base_probes(runs, plan))
@@ -336,8 +337,9 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
 def base_probes(runs: dict[str, Path], plan: DemoPlan, samples: int = 64) -> dict[str, dict[str, float]]:
     """The ground-truth probes of each shared stage's samples at 1x (the clip length), as each is sampled in the
     pipeline (teacher: whole clip, 32 Euler steps with CFG 3 as DMD's real score guides; AR teacher and ODE
-    student: chunk by chunk with their configs' solvers), mean over the plan's first two sampling seeds. The base is good enough when teacher and AR teacher score identity
-    and coherence >= 0.8 (real clips: about 0.97 and 0.99)."""
+    student: chunk by chunk with their configs' solvers), mean over the plan's first two sampling seeds. The base
+    is good enough when teacher and AR teacher score identity and coherence >= 0.8 (real clips: about 0.97 and
+    0.99)."""
     cfg = load_config(CONFIGS / "tiny_teacher.yaml", QUICK if plan.quick else [])
     probe = train_probe(cfg.world)  # the probe alone: no feature extractor is needed here
     out = {}
