@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import operator
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -14,6 +15,7 @@ from mirai import checkpoint as ckpt, demo
 from mirai.cli import main
 from mirai.config import ConfigError
 from mirai.demo import PRIMARY_ENDPOINT, DemoPlan, contrast, length_keys, load_base, verdict
+from mirai.training.loop import TrainingInterrupted
 
 
 def test_lengths_are_named_as_multiples_of_the_clip():
@@ -95,6 +97,24 @@ def test_steps_return_in_order_and_a_failure_side_by_side_stops_the_demo():
     bad = tasks + [demo.Task("fails", operator.truediv, (1, 0), already_done=False)]
     with pytest.raises(ZeroDivisionError):  # (the quick demo's test checks --jobs 2 against one process)
         demo.run_tasks(bad, 2, demo.Progress([1.0] * 4))
+
+
+def interrupted_together(folder: str, name: str) -> None:
+    """A step that waits until its partner runs too (one per worker), then is interrupted, as by a SIGINT to both."""
+    (Path(folder) / name).touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(folder).glob("started_*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise TrainingInterrupted(f"{name}: interrupted")
+
+
+def test_an_interrupt_side_by_side_starts_no_queued_step(tmp_path):
+    tasks = [demo.Task(f"arm {i}", interrupted_together, (str(tmp_path), f"started_{i}"), already_done=False)
+             for i in range(2)]
+    queued = demo.Task("queued", interrupted_together, (str(tmp_path), "queued_ran"), already_done=False)
+    with pytest.raises(TrainingInterrupted):
+        demo.run_tasks(tasks + [queued], 2, demo.Progress([1.0] * 3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["started_0", "started_1"]  # the third never started
 
 
 def test_the_time_left_ignores_steps_already_done(capsys):

@@ -40,7 +40,7 @@ from .eval.evaluate import Evaluator, evaluate_run, generate
 from .eval.probes import train_probe
 from .eval.report import write_report
 from .video import upscale
-from .training.loop import train
+from .training.loop import TrainingInterrupted, train
 
 # Declared before any demo result was seen (README, "Does foresight help?"): the ground-truth identity of the
 # objects at 4x the training length; consistency and the other probes are secondary endpoints.
@@ -283,7 +283,7 @@ def run_tasks(tasks: list[Task], jobs: int, progress: Progress) -> list:
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
                                initargs=(threads,))
     try:
-        futures = {pool.submit(timed, t.fn, *t.args): t for t in tasks}
+        futures = {pool.submit(worker_step, t.fn, *t.args): t for t in tasks}
         last = time.perf_counter()
         for future in as_completed(futures):
             _, took = future.result()  # a failed or interrupted step stops the demo here
@@ -299,6 +299,23 @@ def run_tasks(tasks: list[Task], jobs: int, progress: Progress) -> list:
 def timed(fn: Callable, *args) -> tuple[object, float]:
     t0 = time.perf_counter()
     return fn(*args), time.perf_counter() - t0
+
+
+_WORKER_INTERRUPTED = False  # in a worker process: one of its steps was interrupted (Ctrl-C, SIGTERM, a budget)
+
+
+def worker_step(fn: Callable, *args) -> tuple[object, float]:
+    """`timed` in a worker process. Once a step there was interrupted, no later step starts: the pool hands a free
+    worker the next queued step before the main process can cancel it, so without this an interrupted demo went
+    on training the queued arms."""
+    global _WORKER_INTERRUPTED
+    if _WORKER_INTERRUPTED:
+        raise TrainingInterrupted("not started: the demo was interrupted; run the same command again to resume")
+    try:
+        return timed(fn, *args)
+    except (KeyboardInterrupt, TrainingInterrupted):
+        _WORKER_INTERRUPTED = True
+        raise
 
 
 # --------------------------------------------------------------------------------------------------
