@@ -56,3 +56,40 @@ def test_optimizer_state_roundtrip():
     opt2.load_state_dict(ckpt.optimizer_state(tensors, meta))
     for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_model_file_copied_out_of_its_run_samples_with_its_own_world(tmp_path):
+    """A model file carries the world and sampler it was trained with: copied away from its run folder (no
+    config.yaml beside it) it gets them back, not the defaults, whose prompt fields differ."""
+    import shutil
+
+    from mirai.config import ConfigError
+    from mirai.data.prompt import PROMPT
+    from mirai.sampling.inputs import rollout_inputs
+    from mirai.training.loop import train
+    from tests.conftest import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path / "run", steps=1)
+    cfg.world.num_patterns, cfg.sample.steps = 1, 3  # neither is the default
+    run = train(cfg, quiet=True)
+    alone = tmp_path / "elsewhere" / "teacher.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(run / "model.safetensors", alone)
+    got = ckpt.run_config(alone, ["sample.cfg_scale=2.0"])
+    assert got.world == cfg.world and got.data == cfg.data and got.schedule == cfg.schedule
+    assert (got.sample.steps, got.sample.cfg_scale) == (3, 2.0)
+    model = ckpt.load_model(alone)
+    rollout_inputs(model, got.world, 2, 4, 0, "cpu")  # the prompts fit the model
+
+    # a file without settings and with no run folder: defaults, and a clear error instead of an IndexError
+    tensors, meta = ckpt.load(alone)
+    ckpt.atomic_save(tensors, alone, {k: v for k, v in meta.items() if k != "settings"})
+    default = ckpt.run_config(alone, [])
+    assert default.world.image_size != cfg.world.image_size and PROMPT.vocab(default.world) != model.cfg.prompt_vocab
+    with pytest.raises(ConfigError, match="frames: sample it with the world settings it was trained on"):
+        rollout_inputs(model, default.world, 2, 4, 0, "cpu")
+    default.world.image_size = cfg.world.image_size  # the right frames, another world's prompt fields
+    with pytest.raises(ConfigError, match="structured prompts of another world .*: sample it with the world"):
+        rollout_inputs(model, default.world, 2, 4, 0, "cpu")
+    shutil.copy(run / "config.yaml", alone.parent / "config.yaml")  # an older file: its run's config.yaml
+    assert ckpt.run_config(alone, []).world == cfg.world

@@ -13,7 +13,7 @@ import torch
 
 from mirai import checkpoint as ckpt, demo
 from mirai.cli import main
-from mirai.config import ConfigError
+from mirai.config import ConfigError, load_config
 from mirai.demo import PRIMARY_ENDPOINT, DemoPlan, contrast, length_keys, load_base, verdict
 from mirai.training.loop import TrainingInterrupted
 
@@ -213,3 +213,7 @@ def test_the_shipped_base_matches_its_provenance_and_recipe():
     assert set(load_base(demo.SHIPPED_BASE)) == {"teacher", "ar", "ode"}
     prov = json.loads((demo.SHIPPED_BASE / "provenance.json").read_text())
     assert prov["recipe"] == demo.read_recipe(demo.BASE_RECIPE)
+    for name in demo.SHARED:  # each file carries the world and sampler of its stage, so it samples on its own
+        cfg = load_config(demo.CONFIGS / demo.STAGE_CONFIGS[name], prov["recipe"][name])
+        settings = ckpt.run_config(demo.SHIPPED_BASE / f"{name}.safetensors", [])
+        assert (settings.world, settings.sample, settings.schedule) == (cfg.world, cfg.sample, cfg.schedule)

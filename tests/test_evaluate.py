@@ -128,7 +128,6 @@ def test_a_bidirectional_run_is_sampled_whole(tmp_path):
     import torch
 
     from mirai import checkpoint as ckpt
-    from mirai.config import run_config
     from mirai.data.frames import to_uint8
     from mirai.diffusion.schedule import FlowSchedule
     from mirai.eval.evaluate import generate
@@ -136,7 +135,7 @@ def test_a_bidirectional_run_is_sampled_whole(tmp_path):
     from mirai.sampling.rollout import rollout, sample_whole
 
     run = train(tiny_cfg(tmp_path / "teacher", objective="bidirectional", steps=2), quiet=True)
-    model, cfg = ckpt.load_model(run).eval(), run_config(run, ["sample.steps=3"])
+    model, cfg = ckpt.load_model(run).eval(), ckpt.run_config(run, ["sample.steps=3"])
     inputs = rollout_inputs(model, cfg.world, 2, 4, 0, "cpu")
     args = dict(sample=cfg.sample, generator=inputs.generator)
     with torch.no_grad():

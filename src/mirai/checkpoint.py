@@ -1,8 +1,9 @@
 """Checkpoints in safetensors, written atomically (write to a temporary file, then rename).
 
 Two kinds of file:
-- `model.safetensors`: a generator alone (EMA weights) plus its model config in the metadata. This is
-  what users sample from; it knows nothing about training.
+- `model.safetensors`: a generator alone (EMA weights) plus, in the metadata, its model config and the run
+  settings sampling needs (world, data, sample, schedule), so the file samples alike wherever it is copied.
+  This is what users sample from; it knows nothing about training.
 - `ckpt.safetensors`: the full training state for exact resume (model, EMA, optimiser tensors and RNG
   states as tensors; step, optimiser hyper-parameters and the run config as JSON metadata).
 """
@@ -21,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import ConfigError, ModelConfig, model_config_from_dict, to_dict
+from .config import Config, ConfigError, ModelConfig, load_yaml, model_config_from_dict, settings_config, to_dict
 from .faults import fault_point
 from .models.build import build_model
 
@@ -87,6 +88,22 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {e}") from None
     return tensors, checked_meta(path, raw, tensors)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata alone, from the file's header: no tensor is read and the checksum is not verified."""
+    path = Path(path)
+    try:
+        with safe_open(path, "pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {e}") from None
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a Mirai checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
+    try:
+        return json.loads(raw["meta"])
+    except (KeyError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is corrupt: its metadata is not readable") from None
 
 
 def verify(path: str | Path) -> dict[str, Any]:
@@ -155,6 +172,19 @@ def resolve_model_path(path: str | Path) -> Path:
     if path.is_dir():
         path = path / "model.safetensors"
     return path
+
+
+def run_config(path: str | Path, overrides: list[str]) -> Config:
+    """The world/data/sample/schedule settings a model (a model file or its run folder) was trained with, with
+    `sample.*` overrides applied: those its file carries; for a file written before files carried them, the
+    `config.yaml` of its run folder; defaults when there is neither."""
+    path = Path(path)
+    model = resolve_model_path(path)
+    saved = read_meta(model).get("settings") if model.is_file() else None
+    if saved is None:
+        beside = (path if path.is_dir() else path.parent) / "config.yaml"
+        saved = load_yaml(beside) if beside.is_file() else {}
+    return settings_config(saved, overrides)
 
 
 def load_model(path: str | Path, expect_attention: str | None = None) -> nn.Module:

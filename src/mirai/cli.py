@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from . import bench, distributed as dist, prepare, wan_io
 from .world_export import export_world
-from .checkpoint import CheckpointError, load_model
-from .config import MODEL_PRESETS, ConfigError, load_config, run_config, to_dict, validate_world
+from .checkpoint import CheckpointError, load_model, run_config
+from .config import MODEL_PRESETS, ConfigError, load_config, to_dict, validate_world
 from .data.captions import check_folder
 from .data.datasets import DataError
 from .demo import BASE_RECIPE, DemoPlan, default_base, run_demo, verdict_lines

@@ -603,14 +603,19 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     return _build(ModelConfig, data, "model")
 
 
-def run_config(ckpt_path: str | Path, overrides: list[str]) -> Config:
-    """The world/data/sample/schedule settings a run was trained with (read from the `config.yaml` beside the
-    checkpoint, defaults otherwise), with `sample.*` overrides applied."""
-    path = Path(ckpt_path)
-    saved_path = (path if path.is_dir() else path.parent) / "config.yaml"
-    saved = load_yaml(saved_path) if saved_path.is_file() else {}
+RUN_SETTINGS = ("world", "data", "sample", "schedule")  # what sampling a model needs besides its architecture
+
+
+def run_settings(cfg: Config) -> dict[str, Any]:
+    """The sections of a run's config that sampling and evaluation read; every exported model file carries them."""
+    return {k: to_dict(getattr(cfg, k)) for k in RUN_SETTINGS}
+
+
+def settings_config(saved: dict[str, Any], overrides: list[str]) -> Config:
+    """A Config from a run's saved settings (`run_settings`, or a whole saved config; {} = defaults), with
+    `sample.*` overrides applied."""
     for item in overrides:
         if not item.startswith("sample."):
             raise ConfigError(f"this command only takes sample.* overrides, got '{item}'")
-    data = apply_overrides({k: saved.get(k) or {} for k in ("world", "data", "sample", "schedule")}, overrides)
+    data = apply_overrides({k: saved.get(k) or {} for k in RUN_SETTINGS}, overrides)
     return _build(Config, data)

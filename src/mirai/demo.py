@@ -323,6 +323,7 @@ def worker_step(fn: Callable, *args) -> tuple[object, float]:
 
 
 SHARED = ("teacher", "ar", "ode")  # bidirectional teacher, AR teacher (teacher forcing), ODE student
+STAGE_CONFIGS = {"teacher": "tiny_teacher.yaml", "ar": "tiny_ar.yaml", "ode": "tiny_ode.yaml"}
 
 
 def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
@@ -336,14 +337,14 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
     shared = plan.out / "shared"
     runs: dict[str, Path] = {}
 
-    def stage(name: str, config: str, title: str, extra: list[str]) -> Path:  # each starts from the one before
-        cfg = stage_config(plan, config, name, shared / name, extra)
+    def stage(name: str, title: str, extra: list[str]) -> Path:  # each starts from the one before
+        cfg = stage_config(plan, STAGE_CONFIGS[name], name, shared / name, extra)
         return run_tasks([Task(f"shared stage: {title}", run_stage, (cfg,), stage_done(cfg))], 1, progress)[0]
 
-    runs["teacher"] = stage("teacher", "tiny_teacher.yaml", "bidirectional teacher", [])
-    runs["ar"] = stage("ar", "tiny_ar.yaml", "AR teacher (teacher forcing from the bidirectional teacher)",
+    runs["teacher"] = stage("teacher", "bidirectional teacher", [])
+    runs["ar"] = stage("ar", "AR teacher (teacher forcing from the bidirectional teacher)",
                        [f"train.init_from={runs['teacher']}"])
-    runs["ode"] = stage("ode", "tiny_ode.yaml", "ODE distillation",
+    runs["ode"] = stage("ode", "ODE distillation",
                         [f"train.init_from={runs['ar']}", f"distill.teacher={runs['ar']}"])
     if plan.save_base is not None:
         print("the base's probes at 1x (teacher, AR teacher, ODE student)", flush=True)

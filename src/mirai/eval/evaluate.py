@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt, rng
-from ..config import Config, WorldConfig, run_config
+from ..config import Config, WorldConfig
 from ..data.cache import LatentDataset
 from ..data.datasets import get_batch
 from ..data.frames import to_model_range, to_uint8
@@ -55,7 +55,7 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
     teacher) denoises all `frames` at once; a causal one rolls out chunk by chunk."""
     dev = pick_device(device)
     model = ckpt.load_model(run).eval().to(dev)
-    cfg = run_config(run, overrides or [])
+    cfg = ckpt.run_config(run, overrides or [])
     fpc = model.cfg.frames_per_chunk
     frames = -(-frames // fpc) * fpc
     schedule = FlowSchedule.from_config(cfg.schedule)
@@ -216,7 +216,7 @@ def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], o
                  overrides: list[str] | None = None) -> dict:
     """Generate `samples` rollouts of `frames` frames per seed and score them at 1x and multiples of the
     training length. Writes eval.json and eval.csv into `out` (default: the run folder)."""
-    cfg: Config = run_config(run, overrides or [])
+    cfg: Config = ckpt.run_config(run, overrides or [])
     clip = clip_frames or cfg.data.clip_frames
     data = LatentDataset(cfg.data.path, clip) if cfg.data.source == "cache" else None
     decoded = (lambda L: video_frames(L, data.autoencoder.temporal)) if data else (lambda L: L)  # model -> frames

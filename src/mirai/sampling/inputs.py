@@ -40,12 +40,19 @@ class RolloutInputs:
     #                               prompt's embedding (L, D); None for structured prompts (zeros)
 
 
+SAME_WORLD = ("sample it with the world settings it was trained on (a model file written by `mirai train` carries "
+              "them; an older one reads the config.yaml of its run folder)")
+
+
 def rollout_inputs(model: nn.Module, world: WorldConfig, num: int, frames: int, seed: int, device) -> RolloutInputs:
     """Inputs of `num` rollouts of `frames` frames (a multiple of the model's chunk) for `seed`."""
     fpc, c = model.cfg.frames_per_chunk, model.cfg
     if c.frame_shape != (3, world.image_size, world.image_size):
-        raise ConfigError(f"this model makes {c.frame_shape} frames (channels, height, width), not the world's RGB "
-                          f"{world.image_size}x{world.image_size} frames: decoding latents comes with the VAE issue")
+        raise ConfigError(f"this model makes {c.frame_shape} frames (channels, height, width), not this world's RGB "
+                          f"{world.image_size}x{world.image_size} frames: {SAME_WORLD}")
+    if model.prompt_embed is not None and list(c.prompt_vocab) != PROMPT.vocab(world):
+        raise ConfigError(f"this model reads the structured prompts of another world (field sizes {list(c.prompt_vocab)}, "
+                          f"this world's {PROMPT.vocab(world)}): {SAME_WORLD}")
     prompts = unseen_prompts(world, num, seed)
     noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, *c.frame_shape)).to(device)
     prompt = torch.from_numpy(prompts).to(device) if model.prompt_embed is not None else None  # structured only

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .. import checkpoint as ckpt, distributed as dist
 from ..rng import BatchGenerator
-from ..config import Config, save_config
+from ..config import Config, run_settings, save_config
 from ..data.datasets import step_batches, to_device
 from ..faults import fault_point
 from ..models.dit import count_parameters
@@ -127,7 +127,8 @@ def export(stage: Stage, out: Path, step: int, cfg: Config) -> None:
     """The EMA generator alone, which is what `mirai sample` reads (whole, from rank 0)."""
     state = dist.full_state(stage.ema)
     if dist.is_main():
-        ckpt.save_model(stage.ema, out / "model.safetensors", {"step": step, "objective": cfg.train.objective}, state)
+        ckpt.save_model(stage.ema, out / "model.safetensors",
+                        {"step": step, "objective": cfg.train.objective, "settings": run_settings(cfg)}, state)
 
 
 def save(stage: Stage, out: Path, gen: torch.Generator, step: int, cfg: Config) -> None:
