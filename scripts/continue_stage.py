@@ -1,0 +1,61 @@
+"""Does a shared stage of the demo's base reach the probe target (identity and coherence >= 0.8 at 1x) with more
+training? Continue it from a model file (its EMA weights; a fresh AdamW and a second warm-up + cosine cycle of
+STEPS steps at peak LR), and probe the EMA every EVERY steps as `mirai.demo.base_probes` does (64 videos x
+sampling seeds 0 and 1; the teacher sampled whole with 32 Euler steps and CFG 3). Probes go to OUT/probes.json,
+each probed EMA to OUT/ema_STEP.safetensors. Resumable: rerun the same command.
+Usage: python scripts/continue_stage.py {teacher,ar} MODEL_FILE OUT STEPS LR EVERY
+  e.g. python scripts/continue_stage.py teacher checkpoints/world/teacher.safetensors runs/teacher_more 2000 5e-4 500
+"""
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mirai.config import load_config, save_config
+from mirai.data.frames import to_model_range
+from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, TEACHER_SAMPLING, read_recipe
+from mirai.eval.evaluate import generate
+from mirai.eval.probes import train_probe
+from mirai.training.loop import train
+
+stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5], \
+    int(sys.argv[6])
+cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], read_recipe(BASE_RECIPE)[stage] + [
+    f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=100", f"train.init_from={init}",
+    f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"])
+probe = train_probe(cfg.world)
+out.mkdir(parents=True, exist_ok=True)
+save_config(cfg, out / "config.yaml")
+log = out / "probes.json"
+done = json.loads(log.read_text()) if log.exists() else {}
+
+
+def probe_1x(model_file: Path) -> dict[str, float]:
+    scores = []
+    for seed in (0, 1):
+        videos, prompts = generate(model_file, 64, cfg.data.clip_frames, seed, "cpu",
+                                   TEACHER_SAMPLING if stage == "teacher" else [])
+        scores.append(probe.score(to_model_range(videos), prompts).summary())
+    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def record(step: int, model_file: Path) -> None:
+    if str(step) in done:
+        return
+    t0 = time.time()
+    done[str(step)] = probe_1x(model_file) | {"probe_s": time.time() - t0}
+    log.write_text(json.dumps(done, indent=1))
+    print(step, {k: round(done[str(step)][k], 3) for k in ("identity", "coherence", "count", "continuity")}, flush=True)
+
+
+if not (out / "ema_0.safetensors").exists():
+    shutil.copy(init, out / "ema_0.safetensors")
+record(0, out / "ema_0.safetensors")
+for stop in range(every, steps + 1, every):
+    if str(stop) not in done:
+        train(cfg, stop_at=stop)
+        shutil.copy(out / "model.safetensors", out / f"ema_{stop}.safetensors")
+        record(stop, out / f"ema_{stop}.safetensors")
