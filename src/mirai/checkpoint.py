@@ -98,12 +98,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             raw = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (corrupt or truncated?): {e}") from None
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a Mirai checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
-    try:
-        return json.loads(raw["meta"])
-    except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is corrupt: its metadata is not readable") from None
+    return parsed_meta(path, raw)
 
 
 def verify(path: str | Path) -> dict[str, Any]:
@@ -135,11 +130,17 @@ class LazyTensors:
 def checked_meta(path: Path, raw: dict[str, str], tensors) -> dict[str, Any]:
     """The metadata of a Mirai file whose raw safetensors metadata is `raw`, after checking its format and the
     checksum of `tensors` (a dict or a `LazyTensors`)."""
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a Mirai checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
+    meta = parsed_meta(path, raw)
     if "sha256" in raw and raw["sha256"] != tensors_sha256(tensors):
         raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum written with them "
                               "(a flipped bit or a damaged copy)")
+    return meta
+
+
+def parsed_meta(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    """The JSON metadata of a Mirai file's raw safetensors metadata, its format checked."""
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a Mirai checkpoint (format {raw.get('format')!r}, expected {FORMAT!r})")
     try:
         return json.loads(raw["meta"])
     except (KeyError, json.JSONDecodeError):
