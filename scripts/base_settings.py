@@ -17,6 +17,7 @@ from mirai.demo import CONFIGS, SHARED, STAGE_CONFIGS, git_commit
 base = Path(sys.argv[1] if len(sys.argv) > 1 else "checkpoints/world")
 prov_path = base / "provenance.json"
 prov = json.loads(prov_path.read_text())
+changed = False
 for name in SHARED:
     path = base / f"{name}.safetensors"
     tensors, meta = ckpt.load(path)
@@ -26,7 +27,10 @@ for name in SHARED:
     cfg = load_config(CONFIGS / STAGE_CONFIGS[name], prov["recipe"][name])
     ckpt.atomic_save(tensors, path, {**meta, "settings": run_settings(cfg)})
     prov["files"][path.name].update(sha256=source_sha256(path), bytes=path.stat().st_size)
+    changed = True
     print(f"{path}: settings of {STAGE_CONFIGS[name]} + the recipe written; tensors unchanged")
+if not changed:
+    sys.exit(0)
 prov.setdefault("amended", []).append(
     {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "by": "scripts/base_settings.py",
      "what": "each file's metadata gained its run settings (world, data, sample, schedule), rebuilt from its stage "
