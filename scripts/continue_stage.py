@@ -12,12 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mirai.config import load_config, save_config
-from mirai.data.frames import to_model_range
-from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, TEACHER_SAMPLING, read_recipe
-from mirai.eval.evaluate import generate
+from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, read_recipe, stage_probes
 from mirai.eval.probes import train_probe
 from mirai.training.loop import train
 
@@ -33,20 +29,12 @@ log = out / "probes.json"
 done = json.loads(log.read_text()) if log.exists() else {}
 
 
-def probe_1x(model_file: Path) -> dict[str, float]:
-    scores = []
-    for seed in (0, 1):
-        videos, prompts = generate(model_file, 64, cfg.data.clip_frames, seed, "cpu",
-                                   TEACHER_SAMPLING if stage == "teacher" else [])
-        scores.append(probe.score(to_model_range(videos), prompts).summary())
-    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-
-
 def record(step: int, model_file: Path) -> None:
     if str(step) in done:
         return
     t0 = time.time()
-    done[str(step)] = probe_1x(model_file) | {"probe_s": time.time() - t0}
+    scores = stage_probes(model_file, stage, probe, cfg.data.clip_frames, [0, 1])  # as demo.base_probes
+    done[str(step)] = scores | {"probe_s": time.time() - t0}
     log.write_text(json.dumps(done, indent=1))
     print(step, {k: round(done[str(step)][k], 3) for k in ("identity", "coherence", "count", "continuity")}, flush=True)
 

@@ -360,15 +360,20 @@ def base_probes(runs: dict[str, Path], plan: DemoPlan, samples: int = 64) -> dic
     0.99)."""
     cfg = load_config(CONFIGS / "tiny_teacher.yaml", QUICK if plan.quick else [])
     probe = train_probe(cfg.world)  # the probe alone: no feature extractor is needed here
-    out = {}
-    for name, run in runs.items():
-        scores = []
-        for seed in plan.sampling_seeds[:2]:
-            overrides = TEACHER_SAMPLING if name == "teacher" else []
-            videos, prompts = generate(run, samples, cfg.data.clip_frames, seed, plan.device, overrides)
-            scores.append(probe.score(to_model_range(videos), prompts).summary())
-        out[name] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
-    return out
+    return {name: stage_probes(run, name, probe, cfg.data.clip_frames, plan.sampling_seeds[:2], plan.device, samples)
+            for name, run in runs.items()}
+
+
+def stage_probes(run: str | Path, name: str, probe, clip_frames: int, seeds: list[int], device: str = "cpu",
+                 samples: int = 64) -> dict[str, float]:
+    """One shared stage's probes at 1x as `base_probes` takes them: the mean over `seeds` of `samples` videos each,
+    the teacher sampled whole with `TEACHER_SAMPLING`."""
+    overrides = TEACHER_SAMPLING if name == "teacher" else []
+    scores = []
+    for seed in seeds:
+        videos, prompts = generate(run, samples, clip_frames, seed, device, overrides)
+        scores.append(probe.score(to_model_range(videos), prompts).summary())
+    return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
 def load_base(folder: Path, quick: bool = False) -> dict[str, Path]:
