@@ -3,14 +3,17 @@ training? Continue it from a model file (its EMA weights; a fresh AdamW and a se
 STEPS steps at peak LR), and probe the EMA every EVERY steps as `mirai.demo.base_probes` does (64 videos x
 sampling seeds 0 and 1; the teacher sampled whole with 32 Euler steps and CFG 3). Probes go to OUT/probes.json,
 each probed EMA to OUT/ema_STEP.safetensors. Resumable: rerun the same command.
-Usage: python scripts/continue_stage.py {teacher,ar} MODEL_FILE OUT STEPS LR EVERY
+Usage: python scripts/continue_stage.py {teacher,ar} MODEL_FILE OUT STEPS LR EVERY [KEY=VALUE ...]
   e.g. python scripts/continue_stage.py teacher checkpoints/world/teacher.safetensors runs/teacher_more 2000 5e-4 500
+  Trailing KEY=VALUE pairs are config overrides, e.g. train.threads=1 to run two continuations side by side.
 """
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 from mirai.config import load_config, save_config
 from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, read_recipe, stage_probes
@@ -21,8 +24,10 @@ stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     int(sys.argv[6])
 cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], read_recipe(BASE_RECIPE)[stage] + [
     f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=100", f"train.init_from={init}",
-    f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"])
+    f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"] + sys.argv[7:])
 probe = train_probe(cfg.world)
+if cfg.train.threads:
+    torch.set_num_threads(cfg.train.threads)  # the probes too, not only the training steps
 out.mkdir(parents=True, exist_ok=True)
 save_config(cfg, out / "config.yaml")
 log = out / "probes.json"
