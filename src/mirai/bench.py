@@ -254,7 +254,7 @@ def bench_fps(model: torch.nn.Module, batch: int = 1, frames: int | None = None,
     total = min(totals)
     return {
         "measures": "denoising only: the generator's cached rollout (steps x chunks forwards, one KV-cache commit per "
-                    "chunk but the last); VAE decoding excluded (it comes with the VAE issue); text encoding excluded; "
+                    "chunk but the last); VAE decoding excluded (the rollout ends at latents); text encoding excluded; "
                     "one warm-up rollout excluded; best of repeats",
         "model": m.preset, "arch": m.arch, "params_m": count_parameters(model) / 1e6, "device": device_name(dev),
         "precision": "bf16 autocast" if bf16 else "fp32", "batch": batch, "frames": frames, "frames_per_chunk": fpc,
