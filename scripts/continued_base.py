@@ -28,9 +28,9 @@ def lineage(model_file: Path) -> list[dict]:
     started from (train.init_from); the walk ends at a file whose folder is not a run (e.g. a shipped base),
     whose provenance.json is recorded when there is one."""
     chain, path = [], Path(model_file)
-    while (run_dir(path) / "config.yaml").is_file():
-        train = yaml.safe_load((run_dir(path) / "config.yaml").read_text())["train"]
-        chain.append({"file": str(path), "run": str(run_dir(path)), "init_from": train["init_from"],
+    while (config := run_dir(path) / "config.yaml").is_file():
+        train = yaml.safe_load(config.read_text())["train"]
+        chain.append({"file": str(path), "run": str(config.parent), "init_from": train["init_from"],
                       "steps": train["steps"], "lr": train["lr"], "batch_size": train["batch_size"],
                       "warmup_steps": train["warmup_steps"], "ema_decay": train["ema_decay"]})
         if not train["init_from"]:
