@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from mirai.config import load_config, save_config
-from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, read_recipe, stage_probes
+from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, read_recipe, recipe_overrides, stage_probes
 from mirai.eval.probes import train_probe
 from mirai.training.loop import train
 
 stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5], \
     int(sys.argv[6])
-cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], read_recipe(BASE_RECIPE)[stage] + [
+cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], recipe_overrides(read_recipe(BASE_RECIPE), stage) + [
     f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=100", f"train.init_from={init}",
     f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"] + sys.argv[7:])
 probe = train_probe(cfg.world)

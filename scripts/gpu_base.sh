@@ -4,7 +4,9 @@
 # (fp16 teacher / ar / ode files + provenance.json), the recipe it used to OUT/recipe.yaml and the runs' logs
 # and sample sheets to OUT/runs.tgz. Ship it with: cp OUT/base/* checkpoints/world/ && cp OUT/recipe.yaml
 # configs/demo_base.yaml.
-# Usage: scripts/gpu_base.sh OUT [TRAIN_SECONDS]   (env: DEVICE=cuda, WORKERS=14, SMOKE=1 for a CPU dry run)
+# Usage: scripts/gpu_base.sh OUT [TRAIN_SECONDS]   (env: DEVICE=cuda, WORKERS=14, SMOKE=1 for a CPU dry run,
+#   MODEL="model.dim=256 model.depth=8" for a base of another size: the recipe's `model` list, which every stage
+#   takes, the demo's DMD arms included; the calibration measures the teacher's step at that size)
 set -euo pipefail
 out=${1:?usage: scripts/gpu_base.sh OUT [TRAIN_SECONDS]}; budget=${2:-300}
 dev=${DEVICE:-cuda}; workers=${WORKERS:-14}; work=${WORK:-/tmp/mirai_base}
@@ -14,17 +16,24 @@ t0=$(date +%s)
 [ "$dev" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 calib_steps=$([ -n "${SMOKE:-}" ] && echo 6 || echo 60)
+model=$(MODEL="${MODEL:-}" python3 -c "
+import os, yaml
+given = (yaml.safe_load(open('configs/demo_base.yaml')).get('model') or []) + os.environ['MODEL'].split()
+print(' '.join({o.split('=')[0]: o for o in given}.values()))")  # later values of a key win
 python3 -m mirai.cli train --config configs/tiny_teacher.yaml --set train.out_dir=$work/calibrate \
   --set train.steps=$calib_steps --set train.batch_size=64 --set data.num_workers=$workers --set train.device=$dev \
   --set train.sample_every=0 --set train.log_every=1 --set train.ckpt_every=100000 --set train.flex_attention=false \
-  2>&1 | tail -1
-python3 - "$work/calibrate/metrics.jsonl" "$budget" "$out/recipe.yaml" "${SMOKE:-}" <<'PY'
+  $(for o in $model; do echo --set "$o"; done) 2>&1 | tail -1
+python3 - "$work/calibrate/metrics.jsonl" "$budget" "$out/recipe.yaml" "${SMOKE:-}" "$model" <<'PY'
 import json, statistics, sys
 import yaml
-log, budget, path, smoke = sys.argv[1], float(sys.argv[2]), sys.argv[3], bool(sys.argv[4])
+log, budget, path, smoke, model = sys.argv[1], float(sys.argv[2]), sys.argv[3], bool(sys.argv[4]), sys.argv[5].split()
 steps = [json.loads(l)["step_s"] for l in open(log)]
 s = statistics.median(steps[len(steps) // 3:])
 recipe = yaml.safe_load(open("configs/demo_base.yaml"))
+recipe.pop("model", None)
+if model:
+    recipe = {"model": model, **recipe}
 def set_(stage, key, value):
     recipe[stage] = [o for o in recipe[stage] if not o.startswith(key + "=")] + [f"{key}={value}"]
 if smoke:

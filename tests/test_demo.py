@@ -207,6 +207,32 @@ def test_the_recipe_sets_the_shared_stages_outside_quick(tmp_path):
     assert set(demo.read_recipe(demo.BASE_RECIPE)) == {"teacher", "ar", "ode"}
 
 
+def test_the_recipes_model_size_reaches_every_stage_and_the_arms_of_its_base(tmp_path):
+    """A base of another size: every shared stage and every DMD arm is built at the recipe's `model` size, and a demo
+    from a base takes the size its provenance.json records (the arms start from its ODE student)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: [model.dim=48, model.depth=3]\nteacher: [train.steps=7]\n")
+    plan = DemoPlan(tmp_path, recipe=recipe)
+    for name, config in {**demo.STAGE_CONFIGS, "dmd": "tiny_dmd.yaml"}.items():
+        cfg = demo.stage_config(plan, config, name, tmp_path / name, [])
+        assert (cfg.model.dim, cfg.model.depth) == (48, 3), name
+    assert demo.stage_config(plan, "tiny_teacher.yaml", "teacher", tmp_path, []).train.steps == 7
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "provenance.json").write_text(json.dumps({"recipe": {"model": ["model.dim=96"], "teacher": []}}))
+    from_base = DemoPlan(tmp_path, recipe=recipe, base=base)
+    assert demo.stage_config(from_base, "tiny_dmd.yaml", "dmd", tmp_path / "d", []).model.dim == 96
+    default = load_config(demo.CONFIGS / "tiny_dmd.yaml", [])
+    quick_base = tmp_path / "quick_base"
+    quick_base.mkdir()
+    (quick_base / "provenance.json").write_text(json.dumps({"recipe": None}))
+    assert demo.stage_config(DemoPlan(tmp_path, base=quick_base), "tiny_dmd.yaml", "dmd", tmp_path, []).model == \
+        default.model
+    recipe.write_text("model: [train.steps=1]\n")
+    with pytest.raises(ConfigError, match="only model"):
+        demo.read_recipe(recipe)
+
+
 @pytest.mark.skipif(not demo.SHIPPED_BASE.is_dir(), reason="no base shipped")
 def test_the_shipped_base_matches_its_provenance_and_recipe():
     """The files in checkpoints/world are the ones its provenance.json hashed, made with configs/demo_base.yaml."""

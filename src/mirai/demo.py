@@ -85,7 +85,7 @@ class DemoPlan:
     dmd_steps: int = 0  # 0 = the DMD config's own; more measures a longer DMD stage
     base: Path | None = None  # shipped shared stages (teacher, ar, ode model files) instead of training them
     save_base: Path | None = None  # after the shared stages, write them here as a shippable base
-    recipe: Path = BASE_RECIPE  # the shared stages' overrides (not used with --quick)
+    recipe: Path = BASE_RECIPE  # the shared stages' overrides and the model size (not used with --quick)
     workers: int = 0  # data.num_workers of the shared stages (batch-building processes; results are the same)
     shared_only: bool = False  # stop after the shared stages (and --save-base): make a base, e.g. on a GPU
     jobs: int = 1  # DMD arms and evaluations side by side in this many processes (results are the same)
@@ -100,23 +100,40 @@ class DemoPlan:
 
 
 def read_recipe(path: Path) -> dict[str, list[str]]:
-    """A recipe file: per shared stage, a list of `key=value` overrides of its config."""
+    """A recipe file: per shared stage, a list of `key=value` overrides of its config; and optionally `model`, a list
+    of `model.*` overrides (the model size) that every stage takes, the DMD arms included, since each stage starts
+    from the one before and must have its shape."""
     import yaml
 
     if not Path(path).is_file():
         raise ConfigError(f"no demo recipe at {path}")
     recipe = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(recipe, dict) or set(recipe) - set(SHARED) or \
+    keys = SHARED + ("model",)
+    if not isinstance(recipe, dict) or set(recipe) - set(keys) or \
             not all(isinstance(v, list) and all(isinstance(o, str) and "=" in o for o in v) for v in recipe.values()):
-        raise ConfigError(f"{path}: a demo recipe maps {', '.join(SHARED)} to lists of 'key=value' overrides")
-    return {name: list(recipe.get(name) or []) for name in SHARED}
+        raise ConfigError(f"{path}: a demo recipe maps {', '.join(keys)} to lists of 'key=value' overrides")
+    if not all(o.startswith("model.") for o in recipe.get("model") or []):
+        raise ConfigError(f"{path}: the demo recipe's `model` list holds only model.* overrides (the model size)")
+    out = {name: list(recipe.get(name) or []) for name in SHARED}
+    return out | ({"model": list(recipe["model"])} if recipe.get("model") else {})
+
+
+def recipe_overrides(recipe: dict[str, list[str]], name: str) -> list[str]:
+    """One stage's overrides from a recipe: the model size every stage shares, then the stage's own."""
+    return recipe.get("model", []) + recipe.get(name, [])
+
+
+def plan_recipe(plan: DemoPlan) -> dict[str, list[str]]:
+    """The recipe of this demo's shared stages: the base's own (its provenance.json) when it starts from one, so the
+    DMD arms take the size of the ODE student they start from; else the plan's recipe file."""
+    if plan.base is not None:
+        prov = Path(plan.base) / "provenance.json"
+        return (json.loads(prov.read_text()).get("recipe") or {}) if prov.is_file() else {}
+    return read_recipe(plan.recipe)
 
 
 def stage_overrides(plan: DemoPlan, name: str, folder: Path, extra: list[str]) -> list[str]:
-    if plan.quick:
-        preset = QUICK + QUICK_STEPS[name]
-    else:
-        preset = read_recipe(plan.recipe)[name] if name in SHARED else []
+    preset = QUICK + QUICK_STEPS[name] if plan.quick else recipe_overrides(plan_recipe(plan), name)
     workers = [f"data.num_workers={plan.workers}"] if name in SHARED else []
     return preset + workers + [f"train.out_dir={folder}", f"train.device={plan.device}"] + extra
 
@@ -458,7 +475,7 @@ def run_demo(plan: DemoPlan) -> dict:
     dmd_runs: dict[str, dict[int, Path]] = {arm: {} for arm in arms}
     for (arm, seed), run in zip(dmd_cfgs, trained):
         dmd_runs[arm][seed] = run
-    cfg = load_config(CONFIGS / "tiny_dmd.yaml", QUICK if plan.quick else [])
+    cfg = load_config(CONFIGS / "tiny_dmd.yaml", QUICK if plan.quick else recipe_overrides(plan_recipe(plan), "dmd"))
     clip, fpc = cfg.data.clip_frames, cfg.model.frames_per_chunk
     evals = run_tasks([Task(f"evaluate {arm}, training seed {seed}", evaluate, (plan, dmd_runs[arm][seed], clip, fpc,
                                                                                  cfg.world),
