@@ -117,6 +117,17 @@ def test_an_interrupt_side_by_side_starts_no_queued_step(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["started_0", "started_1"]  # the third never started
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), TrainingInterrupted("SIGTERM at step 3/10")])
+def test_an_interrupted_demo_says_how_to_resume_in_one_line(tmp_path, monkeypatch, capsys, stop):
+    def interrupted(plan):  # as Ctrl-C reaches the main process while it waits on an evaluation, or a stage stops
+        raise stop
+    monkeypatch.setattr("mirai.cli.run_demo", interrupted)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 130
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("stopped (") and "the same command resumes" in said and "\n" not in said
+    assert str(stop) in said
+
+
 def test_the_time_left_ignores_steps_already_done(capsys):
     progress = demo.Progress([2.0, 2.0, 1.0, 1.0])
     progress.finish(0.0, already_done=True)  # resumed: it took no time and must not make the rest look free

@@ -304,14 +304,20 @@ def cmd_compare(args) -> None:
     print(f"wrote {write_report(args.runs, args.out, videos)}")
 
 
-def cmd_demo(args) -> None:
+def cmd_demo(args) -> int | None:
     check_output(args.out, folder=True)
     pick_device(args.device)
     plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation,
                     args.device, args.weights, args.dmd_steps, default_base(args.base, args.from_scratch, args.quick),
                     Path(args.save_base) if args.save_base else None, recipe=Path(args.recipe or BASE_RECIPE),
                     workers=args.workers, shared_only=args.shared_only, jobs=args.jobs)
-    results = run_demo(plan)
+    try:
+        results = run_demo(plan)
+    except (KeyboardInterrupt, TrainingInterrupted) as e:  # Ctrl-C or SIGTERM, in a training step or an evaluation
+        detail = str(e) if isinstance(e, TrainingInterrupted) else "Ctrl-C"
+        print(f"stopped ({detail}); every finished stage and evaluation is kept in {plan.out}, and the same command "
+              "resumes from them", file=sys.stderr)
+        return 130
     if args.shared_only:
         print(f"shared stages: {results['shared']}" + (f"; base written to {args.save_base}" if args.save_base else ""))
         return
