@@ -128,6 +128,15 @@ def test_an_interrupted_demo_says_how_to_resume_in_one_line(tmp_path, monkeypatc
     assert str(stop) in said
 
 
+def test_side_by_side_the_time_left_waits_until_each_process_has_finished_a_step(capsys):
+    progress = demo.Progress([1.0] * 4)
+    progress.hold_estimate(2)  # two processes: the first step ends after 10 minutes, the other 6 seconds later
+    progress.finish(600.0, report="first")
+    assert "min left" not in capsys.readouterr().out  # 10 min per step would be twice the true pace
+    progress.finish(6.0, report="second")
+    assert "~10.1 min left" in capsys.readouterr().out  # 2 steps left at 606 s per 2 steps
+
+
 def test_the_time_left_ignores_steps_already_done(capsys):
     progress = demo.Progress([2.0, 2.0, 1.0, 1.0])
     progress.finish(0.0, already_done=True)  # resumed: it took no time and must not make the rest look free

@@ -248,9 +248,15 @@ class Progress:
     def __init__(self, costs: list[float]):
         self.costs, self.done, self.t0 = costs, 0, time.perf_counter()
         self.worked_cost, self.worked_s = 0.0, 0.0  # cost and wall time of the steps that did work
+        self.held = 0  # steps that must still finish before an estimate is given
+
+    def hold_estimate(self, steps: int) -> None:
+        """Side by side: the first step to finish ran beside others that are part done, so the wall time per cost
+        unit it gives is up to `steps` times too long; estimate only once that many have finished."""
+        self.held = steps
 
     def eta(self) -> str:
-        if not self.worked_cost:
+        if not self.worked_cost or self.held > 0:
             return ""
         return f", ~{self.worked_s / self.worked_cost * sum(self.costs[self.done:]) / 60:.1f} min left"
 
@@ -265,6 +271,7 @@ class Progress:
             self.costs[self.done] = 0.0
         else:
             self.worked_cost, self.worked_s = self.worked_cost + self.costs[self.done], self.worked_s + wall_s
+            self.held -= 1
         self.done += 1
         if report is not None:
             print(f"[{self.done}/{len(self.costs)}] {report} ({(time.perf_counter() - self.t0) / 60:.1f} min so far"
@@ -297,6 +304,7 @@ def run_tasks(tasks: list[Task], jobs: int, progress: Progress) -> list:
         return results
     threads = max(1, (os.cpu_count() or 1) // jobs)
     print(f"{len(tasks)} steps side by side in {jobs} processes of {threads} thread(s)", flush=True)
+    progress.hold_estimate(min(jobs, sum(not t.already_done for t in tasks)))
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
                                initargs=(threads,))
     try:
