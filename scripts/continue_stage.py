@@ -18,7 +18,7 @@ import torch
 from mirai.config import load_config, save_config
 from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, read_recipe, recipe_overrides, stage_probes
 from mirai.eval.probes import train_probe
-from mirai.training.loop import train
+from mirai.training.loop import TrainingInterrupted, train
 
 stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5], \
     int(sys.argv[6])
@@ -49,6 +49,9 @@ if not (out / "ema_0.safetensors").exists():
 record(0, out / "ema_0.safetensors")
 for stop in range(every, steps + 1, every):
     if str(stop) not in done:
-        train(cfg, stop_at=stop)
+        try:
+            train(cfg, stop_at=stop)
+        except TrainingInterrupted as e:  # SIGINT/SIGTERM: the step checkpoint is written; say so in one line
+            sys.exit(f"stopped ({e}); rerun the same command to resume from {out}")
         shutil.copy(out / "model.safetensors", out / f"ema_{stop}.safetensors")
         record(stop, out / f"ema_{stop}.safetensors")
