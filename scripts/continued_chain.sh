@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The continued base, end to end: the CPU path from the shipped base (checkpoints/world/, 4,000 teacher steps on
-# an H200) to a teacher and AR teacher that clear the probe target. Every step is a command the README states:
+# The continued base, end to end: the CPU path from a teacher trained with the recipe (configs/demo_base.yaml; the
+# first shipped base's, 4,000 steps on an H200, is kept in checkpoints/world_h200/) to the base now shipped in
+# checkpoints/world/, whose provenance.json records this chain as each file's lineage. The steps:
 #   1-3. three more warm-up + cosine cycles of the bidirectional teacher (2,000 steps at peak LR 5e-4, 1,500 at
 #        3e-4, 800 at 1e-4; 8,300 steps in all), each started from the last cycle's EMA with a fresh AdamW;
 #   4.   the AR teacher trained afresh from that teacher with the recipe's own AR stage (1,250 steps, 5e-4);
@@ -8,16 +9,18 @@
 #        file's lineage in its provenance.json (scripts/continued_base.py).
 # The candidate of each run is its LAST checkpoint, fixed before it ran (not its best probe).
 # Resumable: rerun the same command; finished runs are skipped, a stopped one resumes from its checkpoint.
-# Usage: scripts/continued_chain.sh OUT [KEY=VALUE ...]    (e.g. train.threads=2; passed to every training run)
-#   then, if the probes clear 0.8: cp OUT/base/* checkpoints/world/
-# Time: about 2.5 hours on a 2-core AVX-512 EPYC (a teacher step 0.84 s, an AR step about twice that).
+# Usage: scripts/continued_chain.sh TEACHER OUT [KEY=VALUE ...]   (KEY=VALUE, e.g. train.threads=2, goes to every
+#   training run), e.g. scripts/continued_chain.sh checkpoints/world_h200/teacher.safetensors runs/chain
+#   then, if the probes clear 0.8: cp OUT/base_run/base/* checkpoints/world/
+# Time: about 2 hours on a 2-core AVX-512 EPYC (a teacher step 0.84 to 0.9 s, an AR step 1.35 s).
 set -euo pipefail
-out=${1:?usage: scripts/continued_chain.sh OUT [KEY=VALUE ...]}
-shift
+start=${1:?usage: scripts/continued_chain.sh TEACHER OUT [KEY=VALUE ...]}
+out=${2:?usage: scripts/continued_chain.sh TEACHER OUT [KEY=VALUE ...]}
+shift 2
 here=$(cd "$(dirname "$0")" && pwd)
 stage() { python "$here/continue_stage.py" "$@"; }
 
-stage teacher checkpoints/world/teacher.safetensors "$out/teacher_c2" 2000 5e-4 500 "$@"
+stage teacher "$start" "$out/teacher_c2" 2000 5e-4 500 "$@"
 stage teacher "$out/teacher_c2/ema_2000.safetensors" "$out/teacher_c3" 1500 3e-4 500 "$@"
 stage teacher "$out/teacher_c3/ema_1500.safetensors" "$out/teacher_c4" 800 1e-4 400 "$@"
 stage ar "$out/teacher_c4/ema_800.safetensors" "$out/ar" 1250 5e-4 250 "$@"

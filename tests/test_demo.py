@@ -253,6 +253,24 @@ def test_the_recipes_model_size_reaches_every_stage_and_the_arms_of_its_base(tmp
         demo.read_recipe(recipe)
 
 
+FIRST_BASE = demo.SHIPPED_BASE.parent / "world_h200"
+
+
+@pytest.mark.skipif(not FIRST_BASE.is_dir(), reason="no first base kept")
+def test_the_shipped_base_was_continued_from_the_first_base_kept_beside_it():
+    """checkpoints/world_h200 is intact, and the lineage of the shipped teacher and AR teacher (every run they came
+    through, from provenance.json) begins at it: its whole provenance is what the chain started from."""
+    first = json.loads((FIRST_BASE / "provenance.json").read_text())
+    assert set(load_base(FIRST_BASE)) == {"teacher", "ar", "ode"}  # every file matches its recorded sha256
+    lineage = json.loads((demo.SHIPPED_BASE / "provenance.json").read_text())["lineage"]
+    for stage in ("teacher", "ar"):
+        chain = lineage[stage]
+        assert chain[-1]["provenance"] == first and chain[-1]["file"].endswith("teacher.safetensors")
+        assert all(run["init_from"] == older["file"] for run, older in zip(chain, chain[1:]))  # unbroken
+    tail = lineage["ar"][1:]  # teacher forcing started from a teacher of the shipped teacher's own chain
+    assert tail == lineage["teacher"][len(lineage["teacher"]) - len(tail):]
+
+
 @pytest.mark.skipif(not demo.SHIPPED_BASE.is_dir(), reason="no base shipped")
 def test_the_shipped_base_matches_its_provenance_and_recipe():
     """The files in checkpoints/world are the ones its provenance.json hashed, made with configs/demo_base.yaml."""
