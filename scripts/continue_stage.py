@@ -51,7 +51,7 @@ for stop in range(every, steps + 1, every):
     if str(stop) not in done:
         try:
             train(cfg, stop_at=stop)
-        except TrainingInterrupted as e:  # SIGINT/SIGTERM: the step checkpoint is written; say so in one line
-            sys.exit(f"stopped ({e}); rerun the same command to resume from {out}")
+        except TrainingInterrupted as e:  # SIGINT/SIGTERM: its message says where the checkpoint is and how to resume
+            sys.exit(f"stopped: {e}")
         shutil.copy(out / "model.safetensors", out / f"ema_{stop}.safetensors")
         record(stop, out / f"ema_{stop}.safetensors")
