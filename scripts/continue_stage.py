@@ -5,7 +5,8 @@ sampling seeds 0 and 1; the teacher sampled whole with 32 Euler steps and CFG 3)
 each probed EMA to OUT/ema_STEP.safetensors. Resumable: rerun the same command.
 Usage: python scripts/continue_stage.py {teacher,ar} MODEL_FILE OUT STEPS LR EVERY [KEY=VALUE ...]
   e.g. python scripts/continue_stage.py teacher checkpoints/world/teacher.safetensors runs/teacher_more 2000 5e-4 500
-  Trailing KEY=VALUE pairs are config overrides, e.g. train.threads=1 to run two continuations side by side.
+  Trailing KEY=VALUE pairs are config overrides, e.g. train.threads=1 to run two continuations side by side, or
+  train.device=cuda data.num_workers=14 on a GPU (the probes run on train.device too).
 """
 import json
 import shutil
@@ -38,7 +39,7 @@ def record(step: int, model_file: Path) -> None:
     if str(step) in done:
         return
     t0 = time.time()
-    scores = stage_probes(model_file, stage, probe, cfg.data.clip_frames, [0, 1])  # as demo.base_probes
+    scores = stage_probes(model_file, stage, probe, cfg.data.clip_frames, [0, 1], cfg.train.device)  # as base_probes
     done[str(step)] = scores | {"probe_s": time.time() - t0}
     log.write_text(json.dumps(done, indent=1))
     print(step, {k: round(done[str(step)][k], 3) for k in ("identity", "coherence", "count", "continuity")}, flush=True)

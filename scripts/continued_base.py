@@ -4,7 +4,7 @@ recipe's ODE stage (as `mirai demo` distils it), each stage probed at 1x as `mir
 three written as a base (fp16 files + provenance.json, `mirai.demo.save_base`). The provenance also records the
 lineage of each continued file: every run it came through (its folder, the file it started from, its steps,
 peak LR and batch), back to the base it began as, whose own provenance is kept whole.
-Usage: python scripts/continued_base.py TEACHER_FILE AR_FILE OUT [--quick]
+Usage: python scripts/continued_base.py TEACHER_FILE AR_FILE OUT [--quick] [--device cuda --workers 14]
   e.g. python scripts/continued_base.py runs/teacher_more2/ema_1500.safetensors runs/ar_more/ema_800.safetensors \
        runs/base_continued        (then `mirai demo --base runs/base_continued/base`)
 Resumable: the ODE stage resumes from its checkpoint in OUT/ode.
@@ -47,11 +47,13 @@ def main() -> None:
     parser.add_argument("ar", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--quick", action="store_true", help="toy sizes (a smoke test; the numbers mean nothing)")
+    parser.add_argument("--device", default="cpu", help="where the ODE stage trains and the probes sample")
+    parser.add_argument("--workers", type=int, default=0, help="data.num_workers of the ODE stage")
     args = parser.parse_args()
     for f in (args.teacher, args.ar):
         if not f.is_file():
             parser.error(f"no model file at {f}")
-    plan = DemoPlan(out=args.out, quick=args.quick, device="cpu", sampling_seeds=[0, 1])
+    plan = DemoPlan(out=args.out, quick=args.quick, device=args.device, workers=args.workers, sampling_seeds=[0, 1])
     ode = stage_config(plan, STAGE_CONFIGS["ode"], "ode", args.out / "ode",
                        [f"train.init_from={args.ar}", f"distill.teacher={args.ar}"])
     runs = {"teacher": args.teacher, "ar": args.ar, "ode": run_stage(ode)}
