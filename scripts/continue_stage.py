@@ -21,38 +21,44 @@ from mirai.demo import BASE_RECIPE, CONFIGS, STAGE_CONFIGS, read_recipe, recipe_
 from mirai.eval.probes import train_probe
 from mirai.training.loop import TrainingInterrupted, train
 
-stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5], \
-    int(sys.argv[6])
-cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], recipe_overrides(read_recipe(BASE_RECIPE), stage) + [
-    f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=100", f"train.init_from={init}",
-    f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"] + sys.argv[7:])
-probe = train_probe(cfg.world)
-if cfg.train.threads:
-    torch.set_num_threads(cfg.train.threads)  # the probes too, not only the training steps
-out.mkdir(parents=True, exist_ok=True)
-save_config(cfg, out / "config.yaml")
-log = out / "probes.json"
-done = json.loads(log.read_text()) if log.exists() else {}
+
+def main() -> None:  # a function: the data loader's workers are spawned and re-import this file
+    stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5], \
+        int(sys.argv[6])
+    cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], recipe_overrides(read_recipe(BASE_RECIPE), stage) + [
+        f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=100", f"train.init_from={init}",
+        f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"] + sys.argv[7:])
+    probe = train_probe(cfg.world)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)  # the probes too, not only the training steps
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    log = out / "probes.json"
+    done = json.loads(log.read_text()) if log.exists() else {}
 
 
-def record(step: int, model_file: Path) -> None:
-    if str(step) in done:
-        return
-    t0 = time.time()
-    scores = stage_probes(model_file, stage, probe, cfg.data.clip_frames, [0, 1], cfg.train.device)  # as base_probes
-    done[str(step)] = scores | {"probe_s": time.time() - t0}
-    log.write_text(json.dumps(done, indent=1))
-    print(step, {k: round(done[str(step)][k], 3) for k in ("identity", "coherence", "count", "continuity")}, flush=True)
+    def record(step: int, model_file: Path) -> None:
+        if str(step) in done:
+            return
+        t0 = time.time()
+        scores = stage_probes(model_file, stage, probe, cfg.data.clip_frames, [0, 1], cfg.train.device)  # as base_probes
+        done[str(step)] = scores | {"probe_s": time.time() - t0}
+        log.write_text(json.dumps(done, indent=1))
+        print(step, {k: round(done[str(step)][k], 3) for k in ("identity", "coherence", "count", "continuity")}, flush=True)
 
 
-if not (out / "ema_0.safetensors").exists():
-    shutil.copy(init, out / "ema_0.safetensors")
-record(0, out / "ema_0.safetensors")
-for stop in range(every, steps + 1, every):
-    if str(stop) not in done:
-        try:
-            train(cfg, stop_at=stop)
-        except TrainingInterrupted as e:  # SIGINT/SIGTERM: its message says where the checkpoint is and how to resume
-            sys.exit(f"stopped: {e}")
-        shutil.copy(out / "model.safetensors", out / f"ema_{stop}.safetensors")
-        record(stop, out / f"ema_{stop}.safetensors")
+    if not (out / "ema_0.safetensors").exists():
+        shutil.copy(init, out / "ema_0.safetensors")
+    record(0, out / "ema_0.safetensors")
+    for stop in range(every, steps + 1, every):
+        if str(stop) not in done:
+            try:
+                train(cfg, stop_at=stop)
+            except TrainingInterrupted as e:  # SIGINT/SIGTERM: its message says where the checkpoint is and how to resume
+                sys.exit(f"stopped: {e}")
+            shutil.copy(out / "model.safetensors", out / f"ema_{stop}.safetensors")
+            record(stop, out / f"ema_{stop}.safetensors")
+
+
+if __name__ == "__main__":
+    main()
