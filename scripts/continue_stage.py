@@ -36,16 +36,15 @@ def main() -> None:  # a function: the data loader's workers are spawned and re-
     log = out / "probes.json"
     done = json.loads(log.read_text()) if log.exists() else {}
 
-
     def record(step: int, model_file: Path) -> None:
         if str(step) in done:
             return
         t0 = time.time()
-        scores = stage_probes(model_file, stage, probe, cfg.data.clip_frames, [0, 1], cfg.train.device)  # as base_probes
+        scores = stage_probes(model_file, stage, probe, cfg.data.clip_frames, [0, 1], cfg.train.device)
         done[str(step)] = scores | {"probe_s": time.time() - t0}
         log.write_text(json.dumps(done, indent=1))
-        print(step, {k: round(done[str(step)][k], 3) for k in ("identity", "coherence", "count", "continuity")}, flush=True)
-
+        print(step, {k: round(done[str(step)][k], 3) for k in ("identity", "coherence", "count", "continuity")},
+              flush=True)
 
     if not (out / "ema_0.safetensors").exists():
         shutil.copy(init, out / "ema_0.safetensors")
@@ -54,7 +53,7 @@ def main() -> None:  # a function: the data loader's workers are spawned and re-
         if str(stop) not in done:
             try:
                 train(cfg, stop_at=stop)
-            except TrainingInterrupted as e:  # SIGINT/SIGTERM: its message says where the checkpoint is and how to resume
+            except TrainingInterrupted as e:  # SIGINT/SIGTERM: its message says where the checkpoint is
                 sys.exit(f"stopped: {e}")
             shutil.copy(out / "model.safetensors", out / f"ema_{stop}.safetensors")
             record(stop, out / f"ema_{stop}.safetensors")
