@@ -6,7 +6,8 @@
 # configs/demo_base.yaml.
 # Usage: scripts/gpu_base.sh OUT [TRAIN_SECONDS]   (env: DEVICE=cuda, WORKERS=14, SMOKE=1 for a CPU dry run,
 #   MODEL="model.dim=256 model.depth=8" for a base of another size: the recipe's `model` list, which every stage
-#   takes, the demo's DMD arms included; the calibration measures the teacher's step at that size)
+#   takes, the demo's DMD arms included; the calibration measures the teacher's step at that size). The recipe's
+#   teacher_cycles run after the teacher stage as they stand (12,300 teacher steps in all), outside the budget.
 set -euo pipefail
 out=${1:?usage: scripts/gpu_base.sh OUT [TRAIN_SECONDS]}; budget=${2:-300}
 dev=${DEVICE:-cuda}; workers=${WORKERS:-14}; work=${WORK:-/tmp/mirai_base}
@@ -40,6 +41,8 @@ if smoke:
     for stage, n in (("teacher", 12), ("ar", 6), ("ode", 4)):
         set_(stage, "train.steps", n); set_(stage, "train.ckpt_every", n); set_(stage, "train.sample_every", n)
     set_("ode", "distill.num_videos", 16); set_("ode", "distill.shard_size", 8)
+    recipe["teacher_cycles"] = [[o for o in c if not o.startswith(("train.steps=", "train.ckpt_every="))]
+                                + ["train.steps=4", "train.ckpt_every=4"] for c in recipe.get("teacher_cycles", [])]
 else:  # 60% of the budget to the teacher, 30% to the AR teacher (its step ~1.6x), the rest to ODE pairs + steps
     teacher = max(2000, int(0.6 * budget / s) // 500 * 500)
     ar = max(1000, int(0.3 * budget / (1.6 * s)) // 250 * 250)
@@ -51,7 +54,10 @@ with open(path, "w") as f:
     f.writelines(head)
     f.write(f"# measured teacher step: {s * 1000:.1f} ms at batch 64 (scripts/gpu_base.sh, budget {budget:.0f} s)\n")
     for stage, overrides in recipe.items():
-        f.write(f"{stage}: [{', '.join(overrides)}]\n")
+        if stage == "teacher_cycles":  # a list of override lists: one line per cycle
+            f.write("teacher_cycles:\n" + "".join(f"- [{', '.join(c)}]\n" for c in overrides))
+        else:
+            f.write(f"{stage}: [{', '.join(overrides)}]\n")
 PY
 echo "calibrated in $(( $(date +%s) - t0 )) s"
 pack() { tar czf "$out/runs.tgz" -C "$work" --exclude='*.safetensors' --exclude='ode_pairs' --exclude='*.tmp' demo 2>/dev/null || true; }

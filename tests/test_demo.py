@@ -10,6 +10,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 import torch
+import yaml
 
 from mirai import checkpoint as ckpt, demo
 from mirai.cli import main
@@ -75,6 +76,12 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert set(prov["probes_1x"]) == {"teacher", "ar", "ode"}  # each stage's samples scored by the world's probes
     assert all(0 <= p["identity"] <= 1 and 0 <= p["coherence"] <= 1 for p in prov["probes_1x"].values())
     assert all(v.dtype == torch.float16 for v in ckpt.load(base / "ode.safetensors")[0].values())
+    # the teacher's extra cycle ran from the teacher stage's end; the AR teacher and the base start from its end
+    cycle = yaml.safe_load((out / "shared" / "teacher_c2" / "config.yaml").read_text())["train"]
+    assert cycle["init_from"] == prov["files"]["teacher.safetensors"]["source"].replace("teacher_c2", "teacher")
+    assert Path(prov["files"]["teacher.safetensors"]["source"]).parts[-1] == "teacher_c2"
+    assert yaml.safe_load((out / "shared" / "ar" / "config.yaml").read_text())["train"]["init_from"] == \
+        prov["files"]["teacher.safetensors"]["source"]
     from_base = tmp_path / "from_base"
     assert main(["demo", "--quick", "--out", str(from_base), "--seeds", "0", "--sampling-seeds", "0", "--samples",
                  "2", "--device", "cpu", "--base", str(base)]) == 0
@@ -224,7 +231,16 @@ def test_the_recipe_sets_the_shared_stages_outside_quick(tmp_path):
             demo.read_recipe(recipe)
     with pytest.raises(ConfigError, match="no demo recipe"):
         demo.read_recipe(tmp_path / "missing.yaml")
-    assert set(demo.read_recipe(demo.BASE_RECIPE)) == {"teacher", "ar", "ode"}
+    assert set(demo.read_recipe(demo.BASE_RECIPE)) == {"teacher", "ar", "ode", "teacher_cycles"}
+    for bad in ("teacher_cycles: [train.steps=1]\n", "teacher_cycles: [[steps]]\n", "teacher_cycles: 3\n"):
+        recipe.write_text(bad)
+        with pytest.raises(ConfigError, match="teacher_cycles"):
+            demo.read_recipe(recipe)
+    recipe.write_text("teacher: [train.steps=7]\nteacher_cycles: [[train.steps=3, train.lr=1e-4], [train.steps=5]]\n")
+    assert demo.teacher_cycles(DemoPlan(tmp_path, recipe=recipe)) == [["train.steps=3", "train.lr=1e-4"],
+                                                                      ["train.steps=5"]]
+    assert demo.shared_costs(DemoPlan(tmp_path, recipe=recipe)) == pytest.approx([3.0, 3 * 3 / 7, 3 * 5 / 7, 2.0, 1.5])
+    assert demo.teacher_cycles(DemoPlan(tmp_path, recipe=recipe, base=tmp_path)) == []  # a base's teacher is done
 
 
 def test_the_recipes_model_size_reaches_every_stage_and_the_arms_of_its_base(tmp_path):
@@ -285,6 +301,25 @@ def test_the_shipped_base_descends_from_the_first_base_kept_beside_it():
         assert len(chain) >= 3  # a run of this base's own, and the earlier base's runs
     tail = lineage["ar"][1:]  # teacher forcing started from a teacher of the shipped teacher's own chain
     assert tail == lineage["teacher"][len(lineage["teacher"]) - len(tail):]
+
+
+@pytest.mark.skipif(not FIRST_BASE.is_dir(), reason="no first base kept")
+def test_the_recipe_trains_the_chain_the_shipped_base_went_through():
+    """`mirai demo --from-scratch` makes the shipped base's chain: the recipe's teacher stage made the first base's
+    teacher, and its teacher cycles, in order, are the runs of the shipped teacher's lineage (steps, peak LR,
+    warm-up, batch, EMA); its AR stage is the shipped AR teacher's run."""
+    recipe = demo.read_recipe(demo.BASE_RECIPE)
+    lineage = json.loads((demo.SHIPPED_BASE / "provenance.json").read_text())["lineage"]
+    *runs, first = runs_back(lineage["teacher"])
+    assert first["provenance"]["files"]["teacher.safetensors"]["step"] == \
+        load_config(demo.CONFIGS / "tiny_teacher.yaml", recipe["teacher"]).train.steps
+    made = [load_config(demo.CONFIGS / "tiny_teacher.yaml", recipe["teacher"] + c).train
+            for c in recipe["teacher_cycles"]]
+    ar = load_config(demo.CONFIGS / "tiny_ar.yaml", recipe["ar"]).train
+    fields = ("steps", "lr", "warmup_steps", "batch_size", "ema_decay")
+    assert [tuple(run[k] for k in fields) for run in reversed(runs)] == \
+        [tuple(getattr(t, k) for k in fields) for t in made]
+    assert tuple(lineage["ar"][0][k] for k in fields) == tuple(getattr(ar, k) for k in fields)
 
 
 @pytest.mark.skipif(not demo.SHIPPED_BASE.is_dir(), reason="no base shipped")

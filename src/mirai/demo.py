@@ -66,6 +66,7 @@ QUICK = ["world.image_size=16", "world.sprite_sizes=[5]", "model.dim=32", "model
 # config above. A demo run with another recipe (--recipe) records it in its base's provenance.json.
 BASE_RECIPE = CONFIGS / "demo_base.yaml"
 TEACHER_SAMPLING = ["sample.steps=32", "sample.solver=euler", "sample.cfg_scale=3.0"]  # how the base's teacher is probed
+QUICK_CYCLE = ["train.steps=4", "train.ckpt_every=4", "train.lr=1e-4"]  # --quick's one more teacher cycle
 QUICK_STEPS = {"teacher": ["train.steps=20", "train.ckpt_every=20"], "ar": ["train.steps=20", "train.ckpt_every=20"],
                "ode": ["train.steps=6", "train.ckpt_every=6", "distill.num_videos=4", "distill.shard_size=4",
                        "distill.teacher_steps=4"],
@@ -99,23 +100,32 @@ class DemoPlan:
 # Steps
 
 
-def read_recipe(path: Path) -> dict[str, list[str]]:
-    """A recipe file: per shared stage, a list of `key=value` overrides of its config; and optionally `model`, a list
+def read_recipe(path: Path) -> dict[str, list]:
+    """A recipe file: per shared stage, a list of `key=value` overrides of its config; optionally `model`, a list
     of `model.*` overrides (the model size) that every stage takes, the DMD arms included, since each stage starts
-    from the one before and must have its shape."""
+    from the one before and must have its shape; and optionally `teacher_cycles`, more warm-up + cosine cycles of
+    the bidirectional teacher after its stage, each a list of overrides of the teacher's (see `teacher_cycles`)."""
     import yaml
 
     if not Path(path).is_file():
         raise ConfigError(f"no demo recipe at {path}")
     recipe = yaml.safe_load(Path(path).read_text()) or {}
-    keys = SHARED + ("model",)
-    if not isinstance(recipe, dict) or set(recipe) - set(keys) or \
-            not all(isinstance(v, list) and all(isinstance(o, str) and "=" in o for o in v) for v in recipe.values()):
-        raise ConfigError(f"{path}: a demo recipe maps {', '.join(keys)} to lists of 'key=value' overrides")
+    keys = SHARED + ("model", "teacher_cycles")
+    lists = {k: v for k, v in recipe.items() if k != "teacher_cycles"} if isinstance(recipe, dict) else {}
+    cycles = recipe.get("teacher_cycles") or [] if isinstance(recipe, dict) else []
+    if not isinstance(recipe, dict) or set(recipe) - set(keys) or not isinstance(cycles, list) or \
+            not all(overrides_list(v) for v in list(lists.values()) + cycles):
+        raise ConfigError(f"{path}: a demo recipe maps {', '.join(keys)} to lists of 'key=value' overrides "
+                          f"(teacher_cycles: a list of such lists)")
     if not all(o.startswith("model.") for o in recipe.get("model") or []):
         raise ConfigError(f"{path}: the demo recipe's `model` list holds only model.* overrides (the model size)")
-    out = {name: list(recipe.get(name) or []) for name in SHARED}
-    return out | ({"model": list(recipe["model"])} if recipe.get("model") else {})
+    out: dict[str, list] = {name: list(recipe.get(name) or []) for name in SHARED}
+    return out | ({"model": list(recipe["model"])} if recipe.get("model") else {}) | \
+        ({"teacher_cycles": [list(c) for c in cycles]} if cycles else {})
+
+
+def overrides_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(o, str) and "=" in o for o in value)
 
 
 def recipe_overrides(recipe: dict[str, list[str]], name: str) -> list[str]:
@@ -367,6 +377,12 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
         return run_tasks([Task(f"shared stage: {title}", run_stage, (cfg,), stage_done(cfg))], 1, progress)[0]
 
     runs["teacher"] = stage("teacher", "bidirectional teacher", [])
+    for n, cycle in enumerate(teacher_cycles(plan), start=2):  # each from the last one's EMA, with a fresh AdamW
+        cfg = stage_config(plan, STAGE_CONFIGS["teacher"], "teacher", shared / f"teacher_c{n}",
+                           cycle + [f"train.init_from={runs['teacher']}"])
+        runs["teacher"] = run_tasks([Task(f"shared stage: bidirectional teacher, cycle {n} ({cfg.train.steps} steps "
+                                          f"at peak LR {cfg.train.lr:g})", run_stage, (cfg,), stage_done(cfg))],
+                                    1, progress)[0]
     runs["ar"] = stage("ar", "AR teacher (teacher forcing from the bidirectional teacher)",
                        [f"train.init_from={runs['teacher']}"])
     runs["ode"] = stage("ode", "ODE distillation",
@@ -375,6 +391,27 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
         print("the base's probes at 1x (teacher, AR teacher, ODE student)", flush=True)
         save_base(runs, plan.save_base, plan, base_probes(runs, plan))
     return runs
+
+
+def teacher_cycles(plan: DemoPlan) -> list[list[str]]:
+    """More cycles of the bidirectional teacher after its stage, in order: each a list of overrides of the teacher's
+    stage (steps, peak LR, warm-up), trained from the last one's EMA weights with a fresh AdamW, the way the shipped
+    base's teacher was continued (its provenance.json's lineage). The AR teacher starts from the last, and DMD
+    takes it as real score and foresight encoder. --quick: one cycle of a few steps, so CI runs the path."""
+    if plan.base is not None:
+        return []
+    return [QUICK_CYCLE] if plan.quick else read_recipe(plan.recipe).get("teacher_cycles", [])
+
+
+def shared_costs(plan: DemoPlan) -> list[float]:
+    """Rough relative costs of the shared stages' steps (for the time estimate): a teacher cycle in proportion to
+    its steps against the teacher stage's."""
+    if plan.base is not None:
+        return [0.0] * len(SHARED)
+    teacher = stage_config(plan, STAGE_CONFIGS["teacher"], "teacher", plan.out, []).train.steps
+    cycles = [3.0 * stage_config(plan, STAGE_CONFIGS["teacher"], "teacher", plan.out, c).train.steps / teacher
+              for c in teacher_cycles(plan)]
+    return [3.0, *cycles, 2.0, 1.5]
 
 
 def base_probes(runs: dict[str, Path], plan: DemoPlan, samples: int = 64) -> dict[str, dict[str, float]]:
@@ -469,7 +506,7 @@ def run_demo(plan: DemoPlan) -> dict:
     out = plan.out
     arms = plan.arms()
     # rough relative costs: a stage's training steps and an evaluation's rollouts, for the time estimate
-    costs = [0.0 if plan.base else c for c in (3.0, 2.0, 1.5)] + [2.0] * len(arms) * len(plan.seeds) + [1.0] * len(arms) * len(plan.seeds)
+    costs = shared_costs(plan) + [2.0] * len(arms) * len(plan.seeds) + [1.0] * len(arms) * len(plan.seeds)
     progress = Progress(costs)
     runs = shared_stages(plan, progress)
     if plan.shared_only:
