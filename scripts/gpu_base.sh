@@ -8,6 +8,7 @@
 #   MODEL="model.dim=256 model.depth=8" for a base of another size: the recipe's `model` list, which every stage
 #   takes, the demo's DMD arms included; the calibration measures the teacher's step at that size). The recipe's
 #   teacher_cycles run after the teacher stage as they stand (12,300 teacher steps in all), outside the budget.
+#   RECIPE=FILE starts from another recipe than configs/demo_base.yaml, e.g. one with a `world` list (a harder world).
 set -euo pipefail
 out=${1:?usage: scripts/gpu_base.sh OUT [TRAIN_SECONDS]}; budget=${2:-300}
 dev=${DEVICE:-cuda}; workers=${WORKERS:-14}; work=${WORK:-/tmp/mirai_base}
@@ -17,21 +18,23 @@ t0=$(date +%s)
 [ "$dev" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 calib_steps=$([ -n "${SMOKE:-}" ] && echo 6 || echo 60)
+export RECIPE=${RECIPE:-configs/demo_base.yaml}
+world=$(python3 -c "import os, yaml; print(' '.join(yaml.safe_load(open(os.environ['RECIPE'])).get('world') or []))")
 model=$(MODEL="${MODEL:-}" python3 -c "
 import os, yaml
-given = (yaml.safe_load(open('configs/demo_base.yaml')).get('model') or []) + os.environ['MODEL'].split()
+given = (yaml.safe_load(open(os.environ['RECIPE'])).get('model') or []) + os.environ['MODEL'].split()
 print(' '.join({o.split('=')[0]: o for o in given}.values()))")  # later values of a key win
 python3 -m mirai.cli train --config configs/tiny_teacher.yaml --set train.out_dir=$work/calibrate \
   --set train.steps=$calib_steps --set train.batch_size=64 --set data.num_workers=$workers --set train.device=$dev \
   --set train.sample_every=0 --set train.log_every=1 --set train.ckpt_every=100000 --set train.flex_attention=false \
-  $(for o in $model; do echo --set "$o"; done) 2>&1 | tail -1
+  $(for o in $model $world; do echo --set "$o"; done) 2>&1 | tail -1
 python3 - "$work/calibrate/metrics.jsonl" "$budget" "$out/recipe.yaml" "${SMOKE:-}" "$model" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 import yaml
 log, budget, path, smoke, model = sys.argv[1], float(sys.argv[2]), sys.argv[3], bool(sys.argv[4]), sys.argv[5].split()
 steps = [json.loads(l)["step_s"] for l in open(log)]
 s = statistics.median(steps[len(steps) // 3:])
-recipe = yaml.safe_load(open("configs/demo_base.yaml"))
+recipe = yaml.safe_load(open(os.environ["RECIPE"]))
 recipe.pop("model", None)
 if model:
     recipe = {"model": model, **recipe}
@@ -49,7 +52,7 @@ else:  # 60% of the budget to the teacher, 30% to the AR teacher (its step ~1.6x
     set_("teacher", "train.steps", teacher); set_("teacher", "train.sample_every", teacher)
     set_("ar", "train.steps", ar); set_("ar", "train.sample_every", ar)
 print(f"teacher step {s * 1000:.1f} ms at batch 64 -> recipe {recipe}", flush=True)
-head = [l for l in open("configs/demo_base.yaml") if l.startswith("#")]
+head = [l for l in open(os.environ["RECIPE"]) if l.startswith("#")]
 with open(path, "w") as f:
     f.writelines(head)
     f.write(f"# measured teacher step: {s * 1000:.1f} ms at batch 64 (scripts/gpu_base.sh, budget {budget:.0f} s)\n")

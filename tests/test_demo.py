@@ -269,6 +269,27 @@ def test_the_recipes_model_size_reaches_every_stage_and_the_arms_of_its_base(tmp
         demo.read_recipe(recipe)
 
 
+def test_the_recipes_world_reaches_every_stage_the_evaluation_and_the_probes(tmp_path, monkeypatch):
+    """A recipe's `world` (e.g. a harder one) is the world of every shared stage and DMD arm, of a demo from its
+    base (through the base's provenance), and of the probes that score the base."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("world: [world.max_sprites=3, world.pan_speed=0.5]\nteacher: [train.steps=7]\n")
+    plan = DemoPlan(tmp_path, recipe=recipe)
+    for name, config in {**demo.STAGE_CONFIGS, "dmd": "tiny_dmd.yaml"}.items():
+        world = demo.stage_config(plan, config, name, tmp_path / name, []).world
+        assert (world.max_sprites, world.pan_speed) == (3, 0.5), name
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "provenance.json").write_text(json.dumps({"recipe": demo.read_recipe(recipe)}))
+    assert demo.stage_config(DemoPlan(tmp_path, base=base), "tiny_dmd.yaml", "dmd", tmp_path, []).world.pan_speed == 0.5
+    probed = []
+    monkeypatch.setattr(demo, "train_probe", lambda world: probed.append(world))
+    assert demo.base_probes({}, plan) == {} and probed[0].pan_speed == 0.5
+    recipe.write_text("world: [model.dim=8]\n")
+    with pytest.raises(ConfigError, match="only world"):
+        demo.read_recipe(recipe)
+
+
 FIRST_BASE = demo.SHIPPED_BASE.parent / "world_h200"
 
 

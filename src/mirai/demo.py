@@ -103,24 +103,27 @@ class DemoPlan:
 def read_recipe(path: Path) -> dict[str, list]:
     """A recipe file: per shared stage, a list of `key=value` overrides of its config; optionally `model`, a list
     of `model.*` overrides (the model size) that every stage takes, the DMD arms included, since each stage starts
-    from the one before and must have its shape; and optionally `teacher_cycles`, more warm-up + cosine cycles of
-    the bidirectional teacher after its stage, each a list of overrides of the teacher's (see `teacher_cycles`)."""
+    from the one before and must have its shape; optionally `world`, a list of `world.*` overrides (e.g. a harder
+    world) that every stage, the DMD arms, their evaluation and the base's probes take; and optionally
+    `teacher_cycles`, more warm-up + cosine cycles of the bidirectional teacher after its stage, each a list of
+    overrides of the teacher's (see `teacher_cycles`)."""
     import yaml
 
     if not Path(path).is_file():
         raise ConfigError(f"no demo recipe at {path}")
     recipe = yaml.safe_load(Path(path).read_text()) or {}
-    keys = SHARED + ("model", "teacher_cycles")
+    keys = SHARED + ("model", "world", "teacher_cycles")
     lists = {k: v for k, v in recipe.items() if k != "teacher_cycles"} if isinstance(recipe, dict) else {}
     cycles = recipe.get("teacher_cycles") or [] if isinstance(recipe, dict) else []
     if not isinstance(recipe, dict) or set(recipe) - set(keys) or not isinstance(cycles, list) or \
             not all(overrides_list(v) for v in list(lists.values()) + cycles):
         raise ConfigError(f"{path}: a demo recipe maps {', '.join(keys)} to lists of 'key=value' overrides "
                           f"(teacher_cycles: a list of such lists)")
-    if not all(o.startswith("model.") for o in recipe.get("model") or []):
-        raise ConfigError(f"{path}: the demo recipe's `model` list holds only model.* overrides (the model size)")
+    for shared in ("model", "world"):
+        if not all(o.startswith(f"{shared}.") for o in recipe.get(shared) or []):
+            raise ConfigError(f"{path}: the demo recipe's `{shared}` list holds only {shared}.* overrides")
     out: dict[str, list] = {name: list(recipe.get(name) or []) for name in SHARED}
-    return out | ({"model": list(recipe["model"])} if recipe.get("model") else {}) | \
+    return out | {k: list(recipe[k]) for k in ("model", "world") if recipe.get(k)} | \
         ({"teacher_cycles": [list(c) for c in cycles]} if cycles else {})
 
 
@@ -129,8 +132,8 @@ def overrides_list(value) -> bool:
 
 
 def recipe_overrides(recipe: dict[str, list[str]], name: str) -> list[str]:
-    """One stage's overrides from a recipe: the model size every stage shares, then the stage's own."""
-    return recipe.get("model", []) + recipe.get(name, [])
+    """One stage's overrides from a recipe: the model size and world every stage shares, then the stage's own."""
+    return recipe.get("model", []) + recipe.get("world", []) + recipe.get(name, [])
 
 
 def plan_recipe(plan: DemoPlan) -> dict[str, list[str]]:
@@ -420,8 +423,9 @@ def base_probes(runs: dict[str, Path], plan: DemoPlan, samples: int = 64) -> dic
     student: chunk by chunk with their configs' solvers), mean over the plan's first two sampling seeds. The base
     is good enough when teacher and AR teacher score identity and coherence >= 0.8 (real clips: about 0.97 and
     0.99)."""
-    cfg = load_config(CONFIGS / "tiny_teacher.yaml", QUICK if plan.quick else [])
-    probe = train_probe(cfg.world)  # the probe alone: no feature extractor is needed here
+    overrides = QUICK if plan.quick else recipe_overrides(plan_recipe(plan), "teacher")
+    cfg = load_config(CONFIGS / "tiny_teacher.yaml", overrides)
+    probe = train_probe(cfg.world)  # the recipe's world; the probe alone: no feature extractor is needed here
     return {name: stage_probes(run, name, probe, cfg.data.clip_frames, plan.sampling_seeds[:2], plan.device, samples)
             for name, run in runs.items()}
 
