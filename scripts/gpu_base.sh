@@ -56,11 +56,7 @@ head = [l for l in open(os.environ["RECIPE"]) if l.startswith("#")]
 with open(path, "w") as f:
     f.writelines(head)
     f.write(f"# measured teacher step: {s * 1000:.1f} ms at batch 64 (scripts/gpu_base.sh, budget {budget:.0f} s)\n")
-    for stage, overrides in recipe.items():
-        if stage == "teacher_cycles":  # a list of override lists: one line per cycle
-            f.write("teacher_cycles:\n" + "".join(f"- [{', '.join(c)}]\n" for c in overrides))
-        else:
-            f.write(f"{stage}: [{', '.join(overrides)}]\n")
+    f.write(yaml.safe_dump(recipe, default_flow_style=None, sort_keys=False, width=10**6))  # a line per list
 PY
 echo "calibrated in $(( $(date +%s) - t0 )) s"
 pack() { tar czf "$out/runs.tgz" -C "$work" --exclude='*.safetensors' --exclude='ode_pairs' --exclude='*.tmp' demo 2>/dev/null || true; }

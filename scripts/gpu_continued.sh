@@ -25,14 +25,7 @@ export PYTHONPATH=$here/../src PYTHONUNBUFFERED=1
 mkdir -p "$work" "$out"
 on=(train.device="$dev" data.num_workers="$workers")
 stage() { python3 "$here/continue_stage.py" "$@" "${on[@]}"; }
-half() {  # a model file as fp16 (half the size; the stages load it back into fp32)
-  python3 -c "
-import sys
-from mirai import checkpoint as ckpt
-tensors, meta = ckpt.load(sys.argv[1])
-ckpt.atomic_save({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, sys.argv[2],
-                 {**meta, 'dtype': 'float16'})" "$1" "$2"
-}
+half() { python3 -c "import sys; from mirai.checkpoint import save_half; save_half(*sys.argv[1:])" "$1" "$2"; }
 pack() { tar czf "$out/runs.tgz" -C "$work" --exclude='*.safetensors' --exclude='ode_pairs' --exclude='*.tmp' . \
   2>/dev/null || true; }
 trap pack EXIT

@@ -167,6 +167,15 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None 
     atomic_save(model.state_dict() if state is None else state, path, meta)
 
 
+def save_half(source: str | Path, path: str | Path) -> dict[str, Any]:
+    """A model file (or run folder) written again as fp16: half the size, for shipping; the stages load it back into
+    fp32. Returns the file's metadata."""
+    tensors, meta = load(resolve_model_path(source))
+    atomic_save({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, path,
+                {**meta, "dtype": "float16"})
+    return meta
+
+
 def resolve_model_path(path: str | Path) -> Path:
     """A run folder means its `model.safetensors`."""
     path = Path(path)

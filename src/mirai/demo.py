@@ -375,17 +375,15 @@ def shared_stages(plan: DemoPlan, progress: Progress) -> dict[str, Path]:
     shared = plan.out / "shared"
     runs: dict[str, Path] = {}
 
-    def stage(name: str, title: str, extra: list[str]) -> Path:  # each starts from the one before
-        cfg = stage_config(plan, STAGE_CONFIGS[name], name, shared / name, extra)
+    def stage(name: str, title: str, extra: list[str], folder: str = "") -> Path:  # each starts from the one before
+        cfg = stage_config(plan, STAGE_CONFIGS[name], name, shared / (folder or name), extra)
+        title = title.format(steps=cfg.train.steps, lr=cfg.train.lr)
         return run_tasks([Task(f"shared stage: {title}", run_stage, (cfg,), stage_done(cfg))], 1, progress)[0]
 
     runs["teacher"] = stage("teacher", "bidirectional teacher", [])
     for n, cycle in enumerate(teacher_cycles(plan), start=2):  # each from the last one's EMA, with a fresh AdamW
-        cfg = stage_config(plan, STAGE_CONFIGS["teacher"], "teacher", shared / f"teacher_c{n}",
-                           cycle + [f"train.init_from={runs['teacher']}"])
-        runs["teacher"] = run_tasks([Task(f"shared stage: bidirectional teacher, cycle {n} ({cfg.train.steps} steps "
-                                          f"at peak LR {cfg.train.lr:g})", run_stage, (cfg,), stage_done(cfg))],
-                                    1, progress)[0]
+        runs["teacher"] = stage("teacher", f"bidirectional teacher, cycle {n} ({{steps}} steps at peak LR {{lr:g}})",
+                                cycle + [f"train.init_from={runs['teacher']}"], folder=f"teacher_c{n}")
     runs["ar"] = stage("ar", "AR teacher (teacher forcing from the bidirectional teacher)",
                        [f"train.init_from={runs['teacher']}"])
     runs["ode"] = stage("ode", "ODE distillation",
@@ -469,10 +467,8 @@ def save_base(runs: dict[str, Path], folder: Path, plan: DemoPlan, probes: dict 
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in SHARED:
-        tensors, meta = ckpt.load(ckpt.resolve_model_path(runs[name]))
-        half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         path = folder / f"{name}.safetensors"
-        ckpt.atomic_save(half, path, {**meta, "dtype": "float16"})
+        meta = ckpt.save_half(runs[name], path)
         files[path.name] = {"sha256": source_sha256(path), "bytes": path.stat().st_size, "step": meta.get("step"),
                             "objective": meta.get("objective"), "source": str(runs[name])}
     prov = {"command": " ".join(sys.argv), "quick": plan.quick,
