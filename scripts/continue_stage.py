@@ -7,8 +7,11 @@ Usage: python scripts/continue_stage.py {teacher,ar} MODEL_FILE OUT STEPS LR EVE
   e.g. python scripts/continue_stage.py teacher checkpoints/world/teacher.safetensors runs/teacher_more 2000 5e-4 500
   Trailing KEY=VALUE pairs are config overrides, e.g. train.threads=1 to run two continuations side by side, or
   train.device=cuda data.num_workers=14 on a GPU (the probes run on train.device too).
+  RECIPE=FILE (default configs/demo_base.yaml) takes the stage's overrides and world from that recipe, e.g.
+  RECIPE=configs/demo_base_hard.yaml continues a stage in the harder world (its probes too).
 """
 import json
+import os
 import shutil
 import sys
 import time
@@ -25,7 +28,7 @@ from mirai.training.loop import TrainingInterrupted, train
 def main() -> None:  # a function: the data loader's workers are spawned and re-import this file
     stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5], \
         int(sys.argv[6])
-    cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], recipe_overrides(read_recipe(BASE_RECIPE), stage) + [
+    cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], recipe_overrides(read_recipe(Path(os.environ.get("RECIPE", BASE_RECIPE))), stage) + [
         f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=100", f"train.init_from={init}",
         f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"] + sys.argv[7:])
     probe = train_probe(cfg.world)

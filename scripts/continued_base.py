@@ -4,9 +4,11 @@ recipe's ODE stage (as `mirai demo` distils it), each stage probed at 1x as `mir
 three written as a base (fp16 files + provenance.json, `mirai.demo.save_base`). The provenance also records the
 lineage of each continued file: every run it came through (its folder, the file it started from, its steps,
 peak LR and batch), back to the base it began as, whose own provenance is kept whole.
-Usage: python scripts/continued_base.py TEACHER_FILE AR_FILE OUT [--quick] [--device cuda --workers 14]
+Usage: python scripts/continued_base.py TEACHER_FILE AR_FILE OUT [--quick] [--recipe FILE] [--device cuda --workers 14]
   e.g. python scripts/continued_base.py runs/teacher_more2/ema_1500.safetensors runs/ar_more/ema_800.safetensors \
        runs/base_continued        (then `mirai demo --base runs/base_continued/base`)
+--recipe (default configs/demo_base.yaml): the recipe whose ODE stage and world the student is distilled with
+and the probes take (e.g. configs/demo_base_hard.yaml, for stages continued in its world), recorded in the base.
 Resumable: the ODE stage resumes from its checkpoint in OUT/ode.
 """
 import argparse
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from mirai.demo import STAGE_CONFIGS, DemoPlan, base_probes, run_stage, save_base, stage_config
+from mirai.demo import BASE_RECIPE, STAGE_CONFIGS, DemoPlan, base_probes, run_stage, save_base, stage_config
 
 
 def run_dir(path: Path) -> Path:
@@ -47,13 +49,15 @@ def main() -> None:
     parser.add_argument("ar", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--quick", action="store_true", help="toy sizes (a smoke test; the numbers mean nothing)")
+    parser.add_argument("--recipe", type=Path, default=BASE_RECIPE, help="the ODE stage's and the world's recipe")
     parser.add_argument("--device", default="cpu", help="where the ODE stage trains and the probes sample")
     parser.add_argument("--workers", type=int, default=0, help="data.num_workers of the ODE stage")
     args = parser.parse_args()
     for f in (args.teacher, args.ar):
         if not f.is_file():
             parser.error(f"no model file at {f}")
-    plan = DemoPlan(out=args.out, quick=args.quick, device=args.device, workers=args.workers, sampling_seeds=[0, 1])
+    plan = DemoPlan(out=args.out, quick=args.quick, device=args.device, workers=args.workers, sampling_seeds=[0, 1],
+                    recipe=args.recipe)
     ode = stage_config(plan, STAGE_CONFIGS["ode"], "ode", args.out / "ode",
                        [f"train.init_from={args.ar}", f"distill.teacher={args.ar}"])
     runs = {"teacher": args.teacher, "ar": args.ar, "ode": run_stage(ode)}

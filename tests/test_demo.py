@@ -290,6 +290,25 @@ def test_the_recipes_world_reaches_every_stage_the_evaluation_and_the_probes(tmp
         demo.read_recipe(recipe)
 
 
+def test_a_recipe_extends_another_replacing_only_the_lists_it_gives(tmp_path):
+    """`extends: FILE` starts from that recipe (relative to this file's folder); the lists this file gives replace
+    that recipe's, the others stay. The hard-world recipe is the demo's recipe with a world and nothing else."""
+    (tmp_path / "parent.yaml").write_text("teacher: [train.steps=7]\nar: [train.steps=5]\n"
+                                          "teacher_cycles: [[train.steps=3]]\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: parent.yaml\nworld: [world.max_sprites=3]\nar: [train.steps=9]\n")
+    assert demo.read_recipe(child) == {"teacher": ["train.steps=7"], "ar": ["train.steps=9"], "ode": [],
+                                       "world": ["world.max_sprites=3"], "teacher_cycles": [["train.steps=3"]]}
+    child.write_text("extends: parent.yaml\nworld: [model.dim=8]\n")
+    with pytest.raises(ConfigError, match="only world"):
+        demo.read_recipe(child)
+    child.write_text("extends: absent.yaml\n")
+    with pytest.raises(ConfigError, match="no demo recipe"):
+        demo.read_recipe(child)
+    hard, default = demo.read_recipe(demo.CONFIGS / "demo_base_hard.yaml"), demo.read_recipe(demo.BASE_RECIPE)
+    assert {k: v for k, v in hard.items() if k != "world"} == default and hard["world"]
+
+
 FIRST_BASE = demo.SHIPPED_BASE.parent / "world_h200"
 
 

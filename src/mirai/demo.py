@@ -106,12 +106,22 @@ def read_recipe(path: Path) -> dict[str, list]:
     from the one before and must have its shape; optionally `world`, a list of `world.*` overrides (e.g. a harder
     world) that every stage, the DMD arms, their evaluation and the base's probes take; and optionally
     `teacher_cycles`, more warm-up + cosine cycles of the bidirectional teacher after its stage, each a list of
-    overrides of the teacher's (see `teacher_cycles`)."""
+    overrides of the teacher's (see `teacher_cycles`). `extends: FILE` (relative to this file) starts from that
+    recipe: each list this file gives replaces the one of the same key there, e.g. the same recipe in a harder
+    world."""
     import yaml
 
     if not Path(path).is_file():
         raise ConfigError(f"no demo recipe at {path}")
     recipe = yaml.safe_load(Path(path).read_text()) or {}
+    parent = {name: [] for name in SHARED}
+    if isinstance(recipe, dict) and "extends" in recipe:
+        parent = read_recipe(Path(path).parent / str(recipe.pop("extends")))
+    return parent | recipe_lists(recipe, path)
+
+
+def recipe_lists(recipe, path: Path) -> dict[str, list]:
+    """The lists a parsed recipe file gives (`extends` taken out), checked."""
     keys = SHARED + ("model", "world", "teacher_cycles")
     lists = {k: v for k, v in recipe.items() if k != "teacher_cycles"} if isinstance(recipe, dict) else {}
     cycles = recipe.get("teacher_cycles") or [] if isinstance(recipe, dict) else []
@@ -122,7 +132,7 @@ def read_recipe(path: Path) -> dict[str, list]:
     for shared in ("model", "world"):
         if not all(o.startswith(f"{shared}.") for o in recipe.get(shared) or []):
             raise ConfigError(f"{path}: the demo recipe's `{shared}` list holds only {shared}.* overrides")
-    out: dict[str, list] = {name: list(recipe.get(name) or []) for name in SHARED}
+    out: dict[str, list] = {name: list(recipe.get(name) or []) for name in SHARED if name in recipe}
     return out | {k: list(recipe[k]) for k in ("model", "world") if recipe.get(k)} | \
         ({"teacher_cycles": [list(c) for c in cycles]} if cycles else {})
 
