@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -289,6 +290,24 @@ def test_the_recipes_world_reaches_every_stage_the_evaluation_and_the_probes(tmp
     with pytest.raises(ConfigError, match="only world"):
         demo.read_recipe(recipe)
 
+
+def test_a_stage_is_probed_on_prompts_of_the_probes_world(monkeypatch):
+    """The probes score scenes of their own world: a file continued from a base of another world is probed (at its
+    step 0 too) on prompts of the world it is being continued in, not on those its file was trained with."""
+    from types import SimpleNamespace
+
+    asked = []
+
+    def fake_generate(run, num, frames, seed, device, overrides, world=None):
+        asked.append(world)
+        return np.zeros((num, frames, 4, 4, 3), np.uint8), None
+
+    hard_world = demo.read_recipe(demo.CONFIGS / "demo_base_hard.yaml")["world"]
+    hard = load_config(demo.CONFIGS / "tiny_teacher.yaml", hard_world).world
+    probe = SimpleNamespace(world=hard, score=lambda videos, prompts: SimpleNamespace(summary=lambda: {"identity": 1.0}))
+    monkeypatch.setattr(demo, "generate", fake_generate)
+    assert demo.stage_probes("file", "teacher", probe, 8, [0, 1]) == {"identity": 1.0}
+    assert asked == [hard, hard] and hard.max_sprites == 3
 
 def test_a_recipe_extends_another_replacing_only_the_lists_it_gives(tmp_path):
     """`extends: FILE` starts from that recipe (relative to this file's folder); the lists this file gives replace

@@ -147,3 +147,18 @@ def test_a_bidirectional_run_is_sampled_whole(tmp_path):
         chunked = to_uint8(rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt,
                                    sample=cfg.sample, generator=inputs.generator))
     assert not np.array_equal(videos, chunked)
+
+
+def test_generate_takes_prompts_of_the_world_it_is_given(two_runs):
+    """A run rolled out for another world (e.g. a harder one a base is continued in): its prompts are that world's
+    scenes, not those of the world the file was trained in; without one, the file's own."""
+    from mirai import checkpoint as ckpt
+    from mirai.data.prompt import PROMPT
+    from mirai.eval.evaluate import generate
+
+    own = ckpt.run_config(two_runs[0], []).world
+    other = WorldConfig(**{**own.__dict__, "min_sprites": 3, "max_sprites": 3})
+    _, prompts = generate(two_runs[0], 4, 2, seed=0, world=other)
+    assert all(len(PROMPT.sprites(p)) == 3 for p in prompts)
+    _, prompts = generate(two_runs[0], 4, 2, seed=0)
+    assert all(own.min_sprites <= len(PROMPT.sprites(p)) <= own.max_sprites for p in prompts) and own.max_sprites < 3

@@ -441,11 +441,12 @@ def base_probes(runs: dict[str, Path], plan: DemoPlan, samples: int = 64) -> dic
 def stage_probes(run: str | Path, name: str, probe, clip_frames: int, seeds: list[int], device: str = "cpu",
                  samples: int = 64) -> dict[str, float]:
     """One shared stage's probes at 1x as `base_probes` takes them: the mean over `seeds` of `samples` videos each,
-    the teacher sampled whole with `TEACHER_SAMPLING`."""
+    the teacher sampled whole with `TEACHER_SAMPLING`, for prompts of the probe's world (which a model file
+    continued from a base of another world was not trained in before its first step)."""
     overrides = TEACHER_SAMPLING if name == "teacher" else []
     scores = []
     for seed in seeds:
-        videos, prompts = generate(run, samples, clip_frames, seed, device, overrides)
+        videos, prompts = generate(run, samples, clip_frames, seed, device, overrides, world=probe.world)
         scores.append(probe.score(to_model_range(videos), prompts).summary())
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 

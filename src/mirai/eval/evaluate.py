@@ -48,11 +48,13 @@ from .probes import train_probe
 
 @torch.no_grad()
 def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "cpu",
-             overrides: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+             overrides: list[str] | None = None,
+             world: WorldConfig | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Roll out `num` videos of `frames` frames from a run: uint8 (B, T, H, W, 3) and their structured prompts
-    (prompts of unseen scenes of the world). A run on a cache: videos for the cache's captions in turn, decoded
-    through its autoencoder (T decoded frames), and no structured prompts (None). A bidirectional model (the
-    teacher) denoises all `frames` at once; a causal one rolls out chunk by chunk."""
+    (prompts of unseen scenes of the world: the run's own, or `world`, e.g. a harder one it was not trained in). A
+    run on a cache: videos for the cache's captions in turn, decoded through its autoencoder (T decoded frames),
+    and no structured prompts (None). A bidirectional model (the teacher) denoises all `frames` at once; a causal
+    one rolls out chunk by chunk."""
     dev = pick_device(device)
     model = ckpt.load_model(run).eval().to(dev)
     cfg = ckpt.run_config(run, overrides or [])
@@ -60,7 +62,7 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
     frames = -(-frames // fpc) * fpc
     schedule = FlowSchedule.from_config(cfg.schedule)
     if cfg.data.source != "cache":
-        inputs = rollout_inputs(model, cfg.world, num, frames, seed, dev)  # the same videos as `mirai sample --seed`
+        inputs = rollout_inputs(model, world or cfg.world, num, frames, seed, dev)  # the same videos as `mirai sample --seed`
         sampler = sample_whole if model.cfg.attention == "bidirectional" else rollout
         video = sampler(model, schedule, inputs.noise, inputs.prompt, sample=cfg.sample, generator=inputs.generator)
         return to_uint8(video.cpu()), inputs.prompts
