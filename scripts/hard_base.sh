@@ -12,7 +12,11 @@
 # Resumable: rerun the same command; finished runs are skipped, a stopped one resumes from its checkpoint.
 # Usage: scripts/hard_base.sh BASE OUT [KEY=VALUE ...], e.g. scripts/hard_base.sh checkpoints/world runs/hard
 #   then `mirai demo --base OUT/base_run/base` (the base's recipe carries the hard world to the arms and evaluation).
-# Time: about 1.2 hours on a 2-core AVX-512 EPYC (a teacher step 0.9 s, an AR step 1.35 s).
+#   KEY=VALUE pairs go to the teacher and AR runs. TEACHER_STEPS and AR_STEPS (default 2,000 and 750) set the two
+#   runs' lengths (each probed at its middle and end); DEVICE=cuda WORKERS=14 runs every stage and probe on a GPU,
+#   e.g. TEACHER_STEPS=6000 AR_STEPS=1250 DEVICE=cuda WORKERS=14 scripts/hard_base.sh checkpoints/world runs/hard
+# Time: 1.2 hours on a 2-core AVX-512 EPYC with the default lengths (a teacher step 0.9 s, an AR step 1.4 s, the
+# ODE stage 20 minutes).
 set -euo pipefail
 base=${1:?usage: scripts/hard_base.sh BASE OUT [KEY=VALUE ...]}
 out=${2:?usage: scripts/hard_base.sh BASE OUT [KEY=VALUE ...]}
@@ -21,8 +25,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 export RECIPE="$here/../configs/demo_base_hard.yaml"
 stage() { python "$here/continue_stage.py" "$@"; }
 
-stage teacher "$base/teacher.safetensors" "$out/teacher" 2000 3e-4 1000 "$@"
-stage ar "$base/ar.safetensors" "$out/ar" 750 3e-4 375 "$@"
-python "$here/continued_base.py" "$out/teacher/ema_2000.safetensors" "$out/ar/ema_750.safetensors" "$out/base_run" \
-    --recipe "$RECIPE"
+teacher_steps=${TEACHER_STEPS:-2000}
+ar_steps=${AR_STEPS:-750}
+on=()  # where the teacher and AR runs train: their configs' own device unless DEVICE is set
+if [ -n "${DEVICE:-}" ]; then on=(train.device="$DEVICE" data.num_workers="${WORKERS:-0}"); fi
+
+stage teacher "$base/teacher.safetensors" "$out/teacher" "$teacher_steps" 3e-4 $((teacher_steps / 2)) "${on[@]}" "$@"
+stage ar "$base/ar.safetensors" "$out/ar" "$ar_steps" 3e-4 $((ar_steps / 2)) "${on[@]}" "$@"
+python "$here/continued_base.py" "$out/teacher/ema_$teacher_steps.safetensors" "$out/ar/ema_$ar_steps.safetensors" \
+    "$out/base_run" --recipe "$RECIPE" --device "${DEVICE:-cpu}" --workers "${WORKERS:-0}"
 echo "the hard base: $out/base_run/base (its probes at 1x are in its provenance.json)"
