@@ -120,3 +120,24 @@ def test_jump_breaks_continuity(probe, clips):
     frames[T // 2 :] = np.roll(frames[T // 2 :], 12, axis=2)  # everything teleports 12 px mid-video
     s = probe.score(_video([frames]), PROMPT.encode(clip.scene)[None])
     assert s.continuity[0, T // 2] < 0.5 and s.continuity[0, 1] == 1.0
+
+
+def test_a_shape_iou_is_at_most_one_even_for_a_blob_on_the_pillar():
+    """A generated frame may paint a sprite's colour over the pillar: those pixels are in the blob and on unknown
+    pixels, and must not shrink the union below the intersection (it once gave an IoU of 1e6, and a coherence of
+    868 for one arm in the harder world)."""
+    templates = np.stack([P.sprite_mask(0, 4), P.sprite_mask(1, 4)]).astype(np.float32)
+    unknown = np.zeros((8, 8), bool)
+    unknown[:, 2:6] = True  # a pillar
+    blob = np.zeros((8, 8), bool)
+    blob[2:4, 3:5] = True  # wholly on the pillar
+    iou, _ = P.best_placements(blob, unknown, templates)
+    assert (iou > 0).all() and (iou <= 1).all()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        blob, unknown = rng.random((8, 8)) < 0.4, rng.random((8, 8)) < 0.4
+        iou, _ = P.best_placements(blob, unknown, templates)
+        assert ((iou >= 0) & (iou <= 1 + 1e-6)).all()
+    exact = np.zeros((8, 8), bool)
+    exact[2:6, 2:6] = templates[0].astype(bool)
+    assert P.best_placements(exact, np.zeros((8, 8), bool), templates)[0][0] == pytest.approx(1.0)

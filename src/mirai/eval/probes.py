@@ -173,16 +173,20 @@ def best_placements(blob: np.ndarray, unknown: np.ndarray, templates: np.ndarray
     """Max IoU of `blob` (H, W) with each template (n, s, s) over all placements inside the frame.
 
     Template pixels on `unknown` (pillar, other sprites) are left out of the union: they may hide part of the
-    object. Returns (n,) IoUs and (n, 2) centres (x, y) of the best placements.
+    object. The union is |blob| + |template on known pixels| - |blob on them|, so an IoU is at most 1 even where
+    a generated blob lies on the pillar. Returns (n,) IoUs and (n, 2) centres (x, y) of the best placements.
     """
     n, s, _ = templates.shape
     H, W = blob.shape
     if H < s or W < s:
         return np.zeros(n), np.zeros((n, 2))
     flat = templates.reshape(n, s * s).T  # (s*s, n)
-    inter = sliding_window_view(blob.astype(np.float32), (s, s)).reshape(-1, s * s) @ flat  # (P, n)
-    known = sliding_window_view((~unknown).astype(np.float32), (s, s)).reshape(-1, s * s) @ flat
-    iou = inter / np.maximum(blob.sum() + known - inter, 1e-6)
+
+    def overlap(pixels: np.ndarray) -> np.ndarray:  # (P, n): pixels under each template at each placement
+        return sliding_window_view(pixels.astype(np.float32), (s, s)).reshape(-1, s * s) @ flat
+
+    inter, known = overlap(blob), overlap(~unknown)
+    iou = inter / np.maximum(blob.sum() + known - overlap(blob & ~unknown), 1e-6)
     best = iou.argmax(0)
     y, x = np.divmod(best, W - s + 1)
     return iou[best, np.arange(n)], np.stack([x + (s - 1) / 2, y + (s - 1) / 2], -1).astype(np.float32)
