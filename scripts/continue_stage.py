@@ -28,7 +28,8 @@ from mirai.training.loop import TrainingInterrupted, train
 def main() -> None:  # a function: the data loader's workers are spawned and re-import this file
     stage, init, out, steps, lr, every = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5], \
         int(sys.argv[6])
-    cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], recipe_overrides(read_recipe(Path(os.environ.get("RECIPE", BASE_RECIPE))), stage) + [
+    recipe = read_recipe(Path(os.environ.get("RECIPE", BASE_RECIPE)))
+    cfg = load_config(CONFIGS / STAGE_CONFIGS[stage], recipe_overrides(recipe, stage) + [
         f"train.steps={steps}", f"train.lr={lr}", "train.warmup_steps=100", f"train.init_from={init}",
         f"train.out_dir={out}", "train.sample_every=0", "train.ckpt_every=250"] + sys.argv[7:])
     probe = train_probe(cfg.world)

@@ -321,6 +321,9 @@ def test_a_recipe_extends_another_replacing_only_the_lists_it_gives(tmp_path):
     child.write_text("extends: parent.yaml\nworld: [model.dim=8]\n")
     with pytest.raises(ConfigError, match="only world"):
         demo.read_recipe(child)
+    (tmp_path / "parent.yaml").write_text("extends: child.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        demo.read_recipe(child)
     child.write_text("extends: absent.yaml\n")
     with pytest.raises(ConfigError, match="no demo recipe"):
         demo.read_recipe(child)

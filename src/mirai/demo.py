@@ -100,7 +100,7 @@ class DemoPlan:
 # Steps
 
 
-def read_recipe(path: Path) -> dict[str, list]:
+def read_recipe(path: Path, _extended: tuple[Path, ...] = ()) -> dict[str, list]:
     """A recipe file: per shared stage, a list of `key=value` overrides of its config; optionally `model`, a list
     of `model.*` overrides (the model size) that every stage takes, the DMD arms included, since each stage starts
     from the one before and must have its shape; optionally `world`, a list of `world.*` overrides (e.g. a harder
@@ -116,7 +116,11 @@ def read_recipe(path: Path) -> dict[str, list]:
     recipe = yaml.safe_load(Path(path).read_text()) or {}
     parent = {name: [] for name in SHARED}
     if isinstance(recipe, dict) and "extends" in recipe:
-        parent = read_recipe(Path(path).parent / str(recipe.pop("extends")))
+        chain = _extended + (Path(path).resolve(),)
+        base = Path(path).parent / str(recipe.pop("extends"))
+        if base.resolve() in chain:
+            raise ConfigError(f"{path}: the demo recipe extends itself through {base}")
+        parent = read_recipe(base, chain)
     return parent | recipe_lists(recipe, path)
 
 

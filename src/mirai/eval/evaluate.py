@@ -62,7 +62,8 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
     frames = -(-frames // fpc) * fpc
     schedule = FlowSchedule.from_config(cfg.schedule)
     if cfg.data.source != "cache":
-        inputs = rollout_inputs(model, world or cfg.world, num, frames, seed, dev)  # the same videos as `mirai sample --seed`
+        # the same videos as `mirai sample --seed` (in the run's own world)
+        inputs = rollout_inputs(model, world or cfg.world, num, frames, seed, dev)
         sampler = sample_whole if model.cfg.attention == "bidirectional" else rollout
         video = sampler(model, schedule, inputs.noise, inputs.prompt, sample=cfg.sample, generator=inputs.generator)
         return to_uint8(video.cpu()), inputs.prompts
