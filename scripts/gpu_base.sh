@@ -19,10 +19,12 @@ t0=$(date +%s)
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 calib_steps=$([ -n "${SMOKE:-}" ] && echo 6 || echo 60)
 export RECIPE=${RECIPE:-configs/demo_base.yaml}
-world=$(python3 -c "import os, yaml; print(' '.join(yaml.safe_load(open(os.environ['RECIPE'])).get('world') or []))")
+# the recipe through read_recipe, so that an `extends` is resolved
+world=$(python3 -c "import os; from mirai.demo import read_recipe; print(' '.join(read_recipe(os.environ['RECIPE']).get('world', [])))")
 model=$(MODEL="${MODEL:-}" python3 -c "
-import os, yaml
-given = (yaml.safe_load(open(os.environ['RECIPE'])).get('model') or []) + os.environ['MODEL'].split()
+import os
+from mirai.demo import read_recipe
+given = read_recipe(os.environ['RECIPE']).get('model', []) + os.environ['MODEL'].split()
 print(' '.join({o.split('=')[0]: o for o in given}.values()))")  # later values of a key win
 python3 -m mirai.cli train --config configs/tiny_teacher.yaml --set train.out_dir=$work/calibrate \
   --set train.steps=$calib_steps --set train.batch_size=64 --set data.num_workers=$workers --set train.device=$dev \
@@ -31,10 +33,11 @@ python3 -m mirai.cli train --config configs/tiny_teacher.yaml --set train.out_di
 python3 - "$work/calibrate/metrics.jsonl" "$budget" "$out/recipe.yaml" "${SMOKE:-}" "$model" <<'PY'
 import json, os, statistics, sys
 import yaml
+from mirai.demo import read_recipe
 log, budget, path, smoke, model = sys.argv[1], float(sys.argv[2]), sys.argv[3], bool(sys.argv[4]), sys.argv[5].split()
 steps = [json.loads(l)["step_s"] for l in open(log)]
 s = statistics.median(steps[len(steps) // 3:])
-recipe = yaml.safe_load(open(os.environ["RECIPE"]))
+recipe = read_recipe(os.environ["RECIPE"])  # its `extends` resolved: the file written below stands alone
 recipe.pop("model", None)
 if model:
     recipe = {"model": model, **recipe}
