@@ -85,8 +85,11 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+LAZY = {"cli.py"}  # the command layer imports each command's modules when it runs, so `mirai --help` needs no torch
+
+
 def test_internal_imports_are_at_module_level():
-    inside = [f"{p.relative_to(SRC)}:{line} imports {t}" for p in SRC.rglob("*.py")
+    inside = [f"{p.relative_to(SRC)}:{line} imports {t}" for p in SRC.rglob("*.py") if str(p.relative_to(SRC)) not in LAZY
               for t, _, line, top in internal_imports(p) if not top]
     assert not inside, "imports inside functions (hiding a cycle?): " + "; ".join(inside)
 

@@ -23,35 +23,21 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import yaml
-from tqdm import tqdm
+# Only what the parser needs is imported here (no torch): `mirai --help` and a bad flag answer at once. Each
+# command imports what it runs.
+from .config import MODEL_PRESETS, ConfigError
 
-from . import bench, distributed as dist, prepare, wan_io
-from .world_export import export_world
-from .checkpoint import CheckpointError, load_model, run_config
-from .config import MODEL_PRESETS, ConfigError, load_config, to_dict, validate_world
-from .data.captions import check_folder
-from .data.datasets import DataError
-from .demo import BASE_RECIPE, DemoPlan, default_base, run_demo, verdict_lines
-from .device import pick_device
-from .diffusion.schedule import FlowSchedule
-from .eval.evaluate import Evaluator, evaluate_run, generate
-from .eval.extractors import REGISTRY, ExtractorUnsupported, WeightsMismatch
-from .eval.report import load_eval, write_report
-from .sampling.inputs import cache_inputs, rollout_inputs
-from .sampling.rollout import iter_rollout
-from .training.loop import TrainingInterrupted, train
-from .training.optim import NonFiniteError
-from .training.stage import resolve_model_config
-from .video import VIDEO_FORMATS, OutputError, check_output, save_npz, save_video
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The project's errors for bad input: each ends the command with one `error:` line and exit code 2. Anything
+    else (a bug) keeps its traceback. The OSErrors are those of reading inputs and writing outputs."""
+    from .checkpoint import CheckpointError
+    from .data.datasets import DataError
+    from .eval.extractors import ExtractorUnsupported, WeightsMismatch
+    from .training.optim import NonFiniteError
+    from .video import OutputError
 
-SAMPLE_FORMATS = (*VIDEO_FORMATS, ".npz")
-
-# The project's errors for bad input: each ends the command with one `error:` line and exit code 2. Anything else
-# (a bug) keeps its traceback. The OSErrors are those of reading inputs and writing outputs.
-USER_ERRORS = (ConfigError, CheckpointError, DataError, OutputError, WeightsMismatch, ExtractorUnsupported,
-               NonFiniteError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+    return (ConfigError, CheckpointError, DataError, OutputError, WeightsMismatch, ExtractorUnsupported,
+            NonFiniteError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def at_least(minimum: int):
@@ -122,8 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=at_least(1), default=32, help="videos per seed")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument("--out", default=None, help="folder for eval.json/eval.csv (default: the run folder)")
-    e.add_argument("--extractor", default="effnet_lite0", choices=list(REGISTRY),
-                   help="feature extractor (see mirai.eval.extractors.REGISTRY)")
+    e.add_argument("--extractor", default="effnet_lite0",
+                   help="feature extractor: effnet_lite0 (shipped), or one of mirai.eval.extractors.REGISTRY "
+                        "with its weights file")
     e.add_argument("--weights", default=None, help="local weights file for the extractor")
     e.add_argument("--device", default="auto")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -137,30 +124,16 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="does foresight help? shared stages, both DMD arms per seed, evaluation, verdict")
     d.add_argument("--out", default="runs/demo", help="folder of every run, results.json and report.html (resumable)")
-    d.add_argument("--seeds", type=at_least(0), nargs="+", default=[0],
-                   help="training seeds of the DMD arms (default: one, the most that fits 30 minutes on 2 CPU cores; "
-                        "3 or more for a confidence interval)")
-    d.add_argument("--sampling-seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
-    d.add_argument("--samples", type=at_least(1), default=16, help="videos per sampling seed")
-    d.add_argument("--quick", action="store_true", help="toy sizes and a few steps: minutes, meaningless numbers")
-    d.add_argument("--ablation", action="store_true", help="add the target-window and causal-encoder ablations")
-    d.add_argument("--weights", type=float, nargs="+", default=[],
-                   help="dose: one more foresight arm per foresight.weight, e.g. --weights 0.1 0.5 1.0")
-    d.add_argument("--dmd-steps", type=at_least(1), default=0, help="DMD steps per arm (default: configs/tiny_dmd.yaml's)")
-    d.add_argument("--base", default=None,
-                   help="a demo base folder (teacher, ar, ode + provenance.json) to start from instead of "
-                        "training the shared stages")
-    d.add_argument("--from-scratch", action="store_true", help="train the shared stages even if a base is shipped")
-    d.add_argument("--save-base", default=None, help="after training the shared stages, write them here as a base")
-    d.add_argument("--recipe", default=None, help="the shared stages' overrides (default: configs/demo_base.yaml)")
-    d.add_argument("--workers", type=at_least(0), default=0,
-                   help="batch-building processes of the shared stages (data.num_workers; results are the same)")
-    d.add_argument("--shared-only", action="store_true",
-                   help="stop after the shared stages (with --save-base: make a base, e.g. on a GPU)")
-    d.add_argument("--jobs", type=at_least(1), default=1,
-                   help="run the DMD arms and their evaluations side by side in this many processes (results are "
-                        "the same; on a GPU several small runs share it)")
-    d.add_argument("--device", default="auto")
+    d.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="a demo config merged over configs/demo.yaml (repeatable), e.g. demo_ablation.yaml")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a demo key, e.g. --set demo.jobs=2 --set demo.stages.dmd.train.steps=800")
+    d.add_argument("--seeds", type=at_least(0), nargs="+", default=None,
+                   help="training seeds of the DMD arms (default 0; 3 or more give a confidence interval): "
+                        "--set demo.seeds=[0,1,2]")
+    d.add_argument("--quick", action="store_true",
+                   help="toy sizes and a few steps, minutes, meaningless numbers: --config demo_quick.yaml")
+    d.add_argument("--dry-run", action="store_true", help="print the demo's settings and every stage, run nothing")
 
     i = sub.add_parser("import", help="a local diffusers Wan2.1 transformer folder -> a Mirai run folder")
     i.add_argument("arch", choices=["wan"])
@@ -196,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    import yaml
+
+    from . import distributed as dist
+    from .config import load_config, to_dict
+    from .training.loop import TrainingInterrupted, train
+    from .training.stage import resolve_model_config
+    from .video import check_output
+
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(yaml.safe_dump(to_dict(resolve_model_config(cfg)), sort_keys=False))
@@ -215,6 +196,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> None:
+    from . import prepare
+    from .config import load_config
+    from .data.captions import check_folder
+    from .device import pick_device
+    from .video import check_output
+
     flags = [f"prepare.vae={args.vae}"] * bool(args.vae) + [f"prepare.text_encoder={args.text_encoder}"] * bool(args.text_encoder)
     p = load_config(args.config, args.overrides + flags).prepare
     if args.check:
@@ -231,6 +218,10 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_world(args) -> None:
+    from .config import load_config, validate_world
+    from .video import check_output
+    from .world_export import export_world
+
     world = load_config(args.config, args.overrides, model_only=True).world  # the world alone: no model to match
     validate_world(world)
     check_output(args.out, folder=True)
@@ -239,7 +230,18 @@ def cmd_world(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    check_output(args.out, SAMPLE_FORMATS)
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import CheckpointError, load_model, run_config
+    from .config import to_dict
+    from .device import pick_device
+    from .diffusion.schedule import FlowSchedule
+    from .sampling.inputs import cache_inputs, rollout_inputs
+    from .sampling.rollout import iter_rollout
+    from .video import VIDEO_FORMATS, check_output, save_npz, save_video
+
+    check_output(args.out, (*VIDEO_FORMATS, ".npz"))
     device = pick_device(args.device)
     model = load_model(args.ckpt).eval().to(device)
     if model.cfg.attention != "causal":
@@ -277,6 +279,14 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from .checkpoint import CheckpointError, load_model, run_config
+    from .device import pick_device
+    from .eval.evaluate import Evaluator, evaluate_run
+    from .eval.extractors import REGISTRY
+    from .video import check_output
+
+    if args.extractor not in REGISTRY:
+        raise ConfigError(f"unknown feature extractor '{args.extractor}'; choose one of {', '.join(REGISTRY)}")
     cfg = run_config(args.ckpt, args.overrides)
     if not (Path(args.ckpt) / "model.safetensors").is_file():
         raise CheckpointError(f"{args.ckpt} is not a run folder with a model.safetensors")
@@ -295,6 +305,10 @@ def cmd_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    from .eval.evaluate import generate
+    from .eval.report import load_eval, write_report
+    from .video import check_output
+
     evals = [load_eval(r) for r in args.runs]
     check_output(args.out)
     videos = []
@@ -305,12 +319,22 @@ def cmd_compare(args) -> None:
 
 
 def cmd_demo(args) -> int | None:
+    from .demo import Plan, load_demo, run_demo
+    from .demo.base import read_reference
+    from .demo.plan import QUICK_CONFIG
+    from .demo.report import summary_lines
+    from .device import pick_device
+    from .training.loop import TrainingInterrupted
+    from .video import check_output
+
+    seeds = [f"demo.seeds={args.seeds}"] if args.seeds else []
+    plan = Plan.make(args.out, load_demo([QUICK_CONFIG] * args.quick + args.config, args.overrides + seeds))
+    if args.dry_run:
+        print("\n".join(dry_run_lines(plan)))
+        return
+    plan.check()
     check_output(args.out, folder=True)
-    pick_device(args.device)
-    plan = DemoPlan(Path(args.out), args.seeds, args.sampling_seeds, args.samples, args.quick, args.ablation,
-                    args.device, args.weights, args.dmd_steps, default_base(args.base, args.from_scratch, args.quick),
-                    Path(args.save_base) if args.save_base else None, recipe=Path(args.recipe or BASE_RECIPE),
-                    workers=args.workers, shared_only=args.shared_only, jobs=args.jobs)
+    pick_device(plan.demo.device)
     try:
         results = run_demo(plan)
     except (KeyboardInterrupt, TrainingInterrupted) as e:  # Ctrl-C or SIGTERM, in a training step or an evaluation
@@ -318,14 +342,41 @@ def cmd_demo(args) -> int | None:
         print(f"stopped ({detail}); every finished stage and evaluation is kept in {plan.out}, and the same command "
               "resumes from them", file=sys.stderr)
         return 130
-    if args.shared_only:
-        print(f"shared stages: {results['shared']}" + (f"; base written to {args.save_base}" if args.save_base else ""))
+    if plan.demo.shared_only:
+        saved = plan.demo.save_base
+        print(f"shared stages: {results['shared']}" + (f"; base written to {saved}" if saved else ""))
         return
-    print("\n".join(verdict_lines(results)))
-    print(f"wrote {plan.out / 'results.json'} and {plan.out / 'report.html'}")
+    print("\n".join(summary_lines(results, read_reference(plan.base))))
+    print(f"wrote {plan.out / 'results.json'}, results.md, report.html, drift.png and strip.png")
+
+
+def dry_run_lines(plan) -> list[str]:
+    """`mirai demo --dry-run`: the resolved settings and each stage it would run, with its folder and length."""
+    import yaml
+    from dataclasses import asdict
+
+    from .demo.plan import SHARED
+
+    lines = ["demo settings (configs/demo.yaml, the --config files, --set):",
+             yaml.safe_dump({"demo": asdict(plan.demo)}, sort_keys=False).rstrip(), "stages:"]
+    if plan.base is None:
+        stages = plan.shared_stages()
+        lines += [f"  shared stage: {title}: {cfg.train.out_dir} ({cfg.train.steps} steps)" for title, _, cfg in stages]
+        runs = {name: Path(cfg.train.out_dir) for _, name, cfg in stages}
+    else:
+        lines += [f"  shared stages: the base in {plan.base}"]
+        runs = {name: plan.base / f"{name}.safetensors" for name in SHARED}
+    lines += [f"  DMD {arm}, training seed {seed}: {cfg.train.out_dir} ({cfg.train.steps} steps)"
+              for (arm, seed), cfg in plan.dmd_stages(runs).items()]
+    shape = plan.dmd_shape()
+    return lines + [f"  evaluate each arm: {plan.demo.eval_length}x the {shape.data.clip_frames}-frame clip, "
+                    f"{plan.demo.samples} videos x sampling seeds {plan.demo.sampling_seeds}"]
 
 
 def cmd_bench(args) -> None:
+    from . import bench
+    from .checkpoint import load_model
+
     if args.what == "sampling":
         model = None
         if args.ckpt:
@@ -344,12 +395,18 @@ def cmd_bench(args) -> None:
 
 
 def cmd_import(args) -> None:
+    from . import wan_io
+    from .config import load_config
+    from .training.stage import resolve_model_config
+
     cfg = resolve_model_config(load_config(args.config, args.overrides, model_only=True))
     out = wan_io.import_wan(args.transformer, cfg, args.out)
     print(f"wrote {out}/model.safetensors and {out}/config.yaml ({cfg.model.attention} Wan, from {args.transformer})")
 
 
 def cmd_export(args) -> None:
+    from . import wan_io
+
     out = wan_io.export_wan(args.ckpt, args.out)
     print(f"wrote {out}/{wan_io.CONFIG} and {out}/{wan_io.WEIGHTS}")
 
@@ -361,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
                     "compare": cmd_compare, "bench": cmd_bench, "demo": cmd_demo, "import": cmd_import,
                     "export": cmd_export}
         code = commands[args.command](args)
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {message or type(e).__name__}", file=sys.stderr)
         return 2
