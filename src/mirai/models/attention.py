@@ -274,8 +274,9 @@ class RMSNorm(nn.RMSNorm):
     Autocast casts the inputs of matmuls, not this gain, so q/k arrive in bf16 while the weight stays fp32.
     `torch.rms_norm` then falls back from its fused kernel to an fp32 composite (and warns "Mismatch dtype
     between input and weight"). Here that case normalises in fp32 explicitly (input upcast, statistics and
-    gain in fp32) and returns the input's dtype: the same numbers as the fallback, the precision autocast
-    keeps for normalisations, and no warning. Equal dtypes (every fp32 run) take `nn.RMSNorm` unchanged."""
+    gain in fp32, as the models' LayerNorms compute under autocast) and returns the input's dtype: the same
+    numbers as the fallback, forward and backward, without the warning. Equal dtypes (every fp32 run) take
+    `nn.RMSNorm` unchanged."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self.weight is None or x.dtype == self.weight.dtype:
