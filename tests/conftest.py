@@ -1,6 +1,8 @@
 """Shared fixtures: tiny seeded models on the CPU (tests take seconds)."""
 
+import contextlib
 import json
+import warnings
 
 import pytest
 import torch
@@ -23,6 +25,20 @@ def make_model(attention: str = "causal", frames_per_chunk: int = 2, prompt_voca
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
     return model
+
+
+@contextlib.contextmanager
+def no_warnings():
+    """Any warning raised inside is an error, PyTorch's warn-once ones included (`torch.set_warn_always`:
+    a TORCH_WARN_ONCE already fired by an earlier test would otherwise stay silent here)."""
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+    finally:
+        torch.set_warn_always(always)
 
 
 def stage_cfg(base: dict, out, **sections):

@@ -1,3 +1,6 @@
+import copy
+import json
+
 import pytest
 import torch
 
@@ -46,16 +49,45 @@ def test_atomic_save_leaves_no_temporary_files(tmp_path):
     assert meta == {"kind": "test"} and torch.equal(tensors["a"], torch.ones(3))
 
 
-def test_optimizer_state_roundtrip():
+def test_optimizer_state_roundtrip(tmp_path):
+    """Every parameter's AdamW state comes back from the file (through safetensors and JSON, as training/state.py
+    writes it) equal tensor by tensor, and training goes on from it exactly as from the original optimiser."""
+    x, t = torch.randn(1, 2, 3, 16, 16), torch.rand(1, 2)
+
+    def step(model, opt):
+        opt.zero_grad()
+        model(x, t).square().mean().backward()
+        opt.step()
+
     model = make_model()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.randn(1, 2, 3, 16, 16), torch.rand(1, 2)).sum().backward()
-    opt.step()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    for _ in range(2):
+        step(model, opt)
     tensors, meta = ckpt.optimizer_tensors(opt.state_dict())
-    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    opt2.load_state_dict(ckpt.optimizer_state(tensors, meta))
-    for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    ckpt.atomic_save(tensors, tmp_path / "optim.safetensors", meta)
+    resumed, fresh = copy.deepcopy(model), copy.deepcopy(model)
+    opt2 = torch.optim.AdamW(resumed.parameters(), lr=1e-3, weight_decay=0.01)
+    opt2.load_state_dict(ckpt.optimizer_state(*ckpt.load(tmp_path / "optim.safetensors")))
+
+    original, restored = opt.state_dict()["state"], opt2.state_dict()["state"]
+    trained = sum(p.grad is not None for p in model.parameters())
+    assert trained > 0 and len(original) == trained and sorted(restored) == sorted(original)
+    for idx, state in original.items():
+        assert set(restored[idx]) == set(state) == {"step", "exp_avg", "exp_avg_sq"}, idx
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            a, b = state[key], restored[idx][key]
+            assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), (idx, key)
+        assert float(restored[idx]["step"]) == 2.0
+    assert all(torch.count_nonzero(s["exp_avg_sq"]) > 0 for s in restored.values())
+    as_json = json.loads(json.dumps(opt.state_dict()["param_groups"]))  # the file's JSON makes betas a list
+    assert opt2.state_dict()["param_groups"] == as_json
+
+    step(model, opt)
+    step(resumed, opt2)
+    step(fresh, torch.optim.AdamW(fresh.parameters(), lr=1e-3, weight_decay=0.01))  # no state: another step
+    for (name, a), b, c in zip(model.named_parameters(), resumed.parameters(), fresh.parameters()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(model.parameters(), fresh.parameters()))
 
 
 def test_a_model_file_copied_out_of_its_run_samples_with_its_own_world(tmp_path):

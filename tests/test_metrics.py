@@ -298,9 +298,39 @@ def test_quality_metrics_on_a_video():
     assert {"subject_consistency@stub", "background_consistency@other"} <= set(both)
 
 
-def test_distribution_metrics_labels():
+def _kid_by_definition(a, b):
+    """Unbiased MMD^2 with KID's kernel (a.b / d + 1)^3, written out from the definition."""
+    def mean_k(u, v, same):
+        k = (u @ v.T / u.shape[1] + 1) ** 3
+        return (k.sum() - np.trace(k)) / (len(u) * (len(u) - 1)) if same else k.mean()
+    return mean_k(a, a, True) + mean_k(b, b, True) - 2 * mean_k(a, b, False)
+
+
+def test_distribution_metrics_labels_and_values():
     rng = np.random.default_rng(4)
     fd, kid = M.distribution_metrics(rng.normal(size=(50, 4)), rng.normal(size=(40, 4)), "effnet_lite0-temporal",
                                      kid_subsets=5)
     assert fd.name == "fd@effnet_lite0-temporal" and kid.name == "kid@effnet_lite0-temporal"
     assert kid.extra["num_fake"] == 40 and "kid_std" in kid.extra
+
+    # 4-d: full-rank covariances (the sqrtm formula); 60-d from 50 clips: the nuclear-norm path
+    for d in (4, 60):
+        x, other = rng.normal(size=(50, d)), rng.normal(size=(50, d))
+        shift = np.resize([1.0, -2.0, 0.5, 3.0], d)
+        spread = x.mean(0) + 2 * (x - x.mean(0))  # same mean, covariance 4 S
+
+        def fd_kid(a, b):
+            fd, kid = M.distribution_metrics(a, b, "t", kid_subsets=5)
+            return fd.value, kid.value, kid.extra["kid_std"]
+
+        assert fd_kid(x, x)[0] == pytest.approx(0.0, abs=1e-6)
+        # the same cloud moved: equal covariances leave ||mu1 - mu2||^2
+        assert fd_kid(x, x + shift)[0] == pytest.approx(shift @ shift, rel=1e-6)
+        # equal means: tr(S) + tr(4 S) - 2 tr((4 S^2)^1/2) = tr(S)
+        assert fd_kid(x, spread)[0] == pytest.approx(np.trace(np.cov(x, rowvar=False)), rel=1e-6)
+        # KID: 50 and 50 vectors, so each subset is a whole set reordered: the definition's value, no spread
+        for b in (x + shift, other, x):
+            _, kid, kid_std = fd_kid(x, b)
+            assert kid == pytest.approx(_kid_by_definition(x, b), rel=1e-9, abs=1e-12) and kid_std < 1e-9
+        same, far = fd_kid(x, other)[1], fd_kid(x, x + shift)[1]
+        assert abs(same) < 1e-2 * far  # two draws of one distribution: near 0 next to a shifted set

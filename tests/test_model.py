@@ -4,7 +4,7 @@ import torch
 from mirai.models.attention import KVCache
 from mirai.config import ModelConfig
 from mirai.models.dit import CausalVideoDiT
-from tests.conftest import make_model
+from tests.conftest import make_model, no_warnings
 
 
 def video(B=2, T=6, seed=0):
@@ -159,3 +159,25 @@ def test_dit_reads_one_kind_of_prompt():
 
     with pytest.raises(ConfigError, match="two kinds of prompt"):
         validate_model(ModelConfig(text_dim=8, prompt_vocab=[4]))
+
+
+# --------------------------------------------------------------------------------------------------
+# bf16 autocast: q/k RMSNorm gains stay fp32 while the activations are bf16
+
+
+@pytest.mark.parametrize("kw", [{}, {"text_dim": 8}], ids=["self-attention", "cross-attention"])
+def test_bf16_autocast_forward_and_backward_raise_no_warning(kw):
+    model, x, t = make_model(**kw), video(), torch.rand(2, 6)
+    text = captions() if kw else None
+    reference = model(x, t, text)
+    seen = []  # (input dtype, gain dtype) of every q/k norm call: the mixed case is what autocast gives them
+    for name, m in model.named_modules():
+        if name.endswith(("q_norm", "k_norm")):
+            m.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, m.weight.dtype, out.dtype)))
+    with no_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t, text)
+        out.float().square().mean().backward()
+    assert len(seen) == 2 * len(model.blocks) * (2 if kw else 1)
+    assert set(seen) == {(torch.bfloat16, torch.float32, torch.bfloat16)}
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert (out.float() - reference).abs().max() < 0.05 * reference.abs().max()  # bf16 rounding, not another map

@@ -16,7 +16,7 @@ from mirai.diffusion.schedule import FlowSchedule
 from mirai.models.attention import KVCache, block_mask, chunk_causal_mask, run_flex, teacher_forcing_mask
 from mirai.sampling.rollout import iter_rollout, rollout, rollout_with_exit
 from mirai.training.loop import train
-from tests.conftest import stage_cfg
+from tests.conftest import no_warnings, stage_cfg
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -94,6 +94,25 @@ def test_per_frame_timesteps_match_diffusers_per_token_path(latent_wan):
     diff = (out - diffusers_out(ref, x, per_token, text)).abs().max().item()
     assert diff <= 1e-5, diff
     assert not torch.allclose(out, diffusers_out(ref, x, t[:, 0] * 1000, text), atol=1e-3)  # the frames' t matter
+
+
+def test_bf16_autocast_forward_raises_no_warning_and_fp32_still_equals_diffusers(latent_wan):
+    folder, ref = latent_wan
+    model = wan_io.load_wan(folder, base(attention="bidirectional")).eval()
+    x, text = video(C=16), torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.full((2, 6), 0.37)
+    with no_warnings(), torch.no_grad():
+        out = model(x, t, text)  # fp32: nn.RMSNorm's own kernel, diffusers' numbers
+        assert (out - diffusers_out(ref, x, t[:, 0] * 1000, text)).abs().max() <= 1e-5
+        seen = []  # the q/k norms meet bf16 activations with fp32 gains
+        for m in model.modules():
+            if isinstance(m, torch.nn.RMSNorm):
+                m.register_forward_hook(lambda m, args, o: seen.append((args[0].dtype, m.weight.dtype, o.dtype)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, t, text)
+    assert len(seen) == 4 * len(model.blocks)  # self- and cross-attention, q and k
+    assert set(seen) == {(torch.bfloat16, torch.float32, torch.bfloat16)}
+    assert (low.float() - out).abs().max() < 0.05 * out.abs().max()  # bf16 rounding of the same map
 
 
 def test_export_loads_in_diffusers_with_the_same_weights(latent_wan, tmp_path):

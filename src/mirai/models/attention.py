@@ -265,6 +265,26 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | BlockMask | None = No
 
 
 # --------------------------------------------------------------------------------------------------
+# Query/key normalisation
+
+
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` that also takes bf16 activations with its fp32 gain, as under bf16 autocast.
+
+    Autocast casts the inputs of matmuls, not this gain, so q/k arrive in bf16 while the weight stays fp32.
+    `torch.rms_norm` then falls back from its fused kernel to an fp32 composite (and warns "Mismatch dtype
+    between input and weight"). Here that case normalises in fp32 explicitly (input upcast, statistics and
+    gain in fp32, as the models' LayerNorms compute under autocast) and returns the input's dtype: the same
+    numbers as the fallback, forward and backward, without the warning. Equal dtypes (every fp32 run) take
+    `nn.RMSNorm` unchanged."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight is None or x.dtype == self.weight.dtype:
+            return super().forward(x)
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
 # Attention layers of the DiT
 
 
@@ -275,8 +295,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)  # QK-norm keeps logits tame in bf16
-        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.q_norm = RMSNorm(dim // heads, eps=1e-6)  # QK-norm keeps logits tame in bf16
+        self.k_norm = RMSNorm(dim // heads, eps=1e-6)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, angles: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
@@ -298,8 +318,8 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
-        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+        self.q_norm = RMSNorm(dim // heads, eps=1e-6)
+        self.k_norm = RMSNorm(dim // heads, eps=1e-6)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:

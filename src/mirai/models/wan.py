@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import KVCache, apply_rope, attend, attention_inputs, flex_mask, rope_angles, token_positions
+from .attention import KVCache, RMSNorm, apply_rope, attend, attention_inputs, flex_mask, rope_angles, token_positions
 from .dit import run_blocks, timestep_features
 
 
@@ -41,7 +41,7 @@ class WanAttention(nn.Module):
         self.heads = heads
         self.to_q, self.to_k, self.to_v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
-        self.norm_q, self.norm_k = nn.RMSNorm(dim, eps=eps), nn.RMSNorm(dim, eps=eps)
+        self.norm_q, self.norm_k = RMSNorm(dim, eps=eps), RMSNorm(dim, eps=eps)
 
     def split(self, x: Tensor) -> Tensor:
         return rearrange(x, "b l (h d) -> b h l d", h=self.heads)
