@@ -1,5 +1,5 @@
 """Nothing lost on a kill, Ctrl-C, a full disk or a NaN; corrupt checkpoints named. The full kill count lives in
-scripts/kill_harness.py; here a few targeted kills run in CI."""
+scripts/kill_harness.py (the harness: tests/harness/kill.py); here a few targeted kills run in CI."""
 
 import errno
 import json
@@ -10,17 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from mirai import checkpoint as ckpt, reliability
+from mirai import checkpoint as ckpt
 from mirai.cli import main
 from mirai.training import supervised
 from mirai.training.dmd import CriticMonitor
 from mirai.training.loop import TrainingInterrupted, train
 from mirai.training.optim import NonFiniteError
 from tests.conftest import tiny_cfg
+from tests.harness import kill
+
 
 @pytest.fixture(scope="module")
 def harness():
-    return reliability
+    return kill
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -36,10 +38,30 @@ def test_a_kill_inside_the_last_checkpoint_then_a_rerun_gives_the_uninterrupted_
     assert harness.run(harness.stage_args("teacher_forcing", tmp_path, reference))[0] == 0
     argv = harness.stage_args("teacher_forcing", tmp_path, out)
     hits = {"checkpoint-between-files": 4, "checkpoint-before-rename": 7}[site]  # inside the last of 4 saves
-    code, _ = harness.run(argv, fault=f"{site}:{hits}")
+    code, _ = harness.run(argv, fault=(site, hits))
     assert harness.killed(code)
     assert harness.run(argv)[0] == 0
     assert harness.compare(out, reference) == []
+
+
+def test_an_observer_sees_every_site_of_every_checkpoint_write_in_order(tmp_path, monkeypatch):
+    """The named points the harness kills at: each save writes the training state, is between the two files,
+    then writes the exported model; nothing is reached when no observer is registered."""
+    seen = []
+    monkeypatch.setattr(ckpt, "observers", [seen.append])
+    train(tiny_cfg(tmp_path, steps=4, ckpt_every=2), quiet=True)
+    save = ["checkpoint-before-rename", "checkpoint-between-files", "checkpoint-before-rename"]
+    assert seen == save * 2
+
+
+def test_kill_at_kills_at_the_nth_hit_of_its_site_only(harness, tmp_path):
+    out = tmp_path / "killed"
+    argv = harness.stage_args("teacher", tmp_path, out)
+    code, _ = harness.run(argv, fault=("checkpoint-between-files", 2))
+    assert harness.killed(code)
+    assert ckpt.load(out / "ckpt.safetensors")[1]["step"] == 4  # the second save committed, its model not yet
+    assert ckpt.load(out / "model.safetensors")[1]["step"] == 2
+    assert harness.run(argv, fault=("no-such-site", 1))[0] == 0
 
 
 def test_random_kills_of_the_dmd_foresight_stage_lose_nothing(harness, tmp_path):

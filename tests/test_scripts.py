@@ -1,13 +1,18 @@
 """The scripts under scripts/ run only as programs: a data loader's spawned workers (`data.num_workers` > 0, as on
 a GPU) re-import the main module under the name `__mp_main__`, so a script that does its work at import would run
-again in every worker, which is how `continue_stage.py` failed on its first GPU call."""
+again in every worker (a one-off script of an earlier experiment failed so on its first GPU call). A script takes
+its settings as arguments, never from the environment, and scripts/README.md names each one."""
+import ast
+import re
 import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.py"))
+FOLDER = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = sorted(FOLDER.glob("*.py"))
+SHELL = sorted(FOLDER.glob("*.sh"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
@@ -15,3 +20,22 @@ def test_a_script_reimported_by_a_spawned_worker_does_nothing(script, monkeypatc
     monkeypatch.setattr(sys, "argv", [str(script)])  # as if run with no arguments: its work would fail or print
     runpy.run_path(str(script), run_name="__mp_main__")
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("script", SCRIPTS + SHELL, ids=[p.name for p in SCRIPTS + SHELL])
+def test_no_script_reads_an_environment_variable(script):
+    text = script.read_text()
+    if script.suffix == ".py":
+        names = {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(ast.parse(text))
+                 if isinstance(n, (ast.Attribute, ast.Name))}
+        assert not names & {"environ", "getenv", "environb", "getenvb"}
+    else:  # every $NAME it reads is one it sets (positional arguments are $1, $2, ...)
+        code = "\n".join(line.split("#", 1)[0] if not line.startswith("#!") else "" for line in text.splitlines())
+        read = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", code))
+        assigned = set(re.findall(r"(?:^|[\s;(])([A-Za-z_][A-Za-z0-9_]*)=", code, re.M))
+        assert read <= assigned, f"reads {sorted(read - assigned)} from the environment"
+
+
+def test_the_readme_names_every_script_and_no_other():
+    named = set(re.findall(r"`([\w.]+\.(?:py|sh))`", (FOLDER / "README.md").read_text()))
+    assert named == {p.name for p in SCRIPTS + SHELL}

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,10 +23,22 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import Config, ConfigError, ModelConfig, load_yaml, model_config_from_dict, settings_config, to_dict
-from .faults import fault_point
 from .models.build import build_model
 
 FORMAT = "mirai/1"
+
+
+# Named points of a checkpoint write: "checkpoint-before-rename" (a file written and flushed, not yet renamed
+# into place) and "checkpoint-between-files" (the training state committed, the exported model not yet written).
+# `reached(site)` calls every observer in `observers` with the site's name, in order; none is registered by the
+# package, so it does nothing. Tests and the kill harness (tests/harness/kill.py) register one to act there.
+observers: list[Callable[[str], None]] = []
+
+
+def reached(site: str) -> None:
+    """Tell every registered observer that a named point of a checkpoint write was reached."""
+    for observe in observers:
+        observe(site)
 
 
 class CheckpointError(ValueError):
@@ -58,7 +70,7 @@ def atomic_save(tensors: dict[str, Tensor], path: str | Path, meta: dict[str, An
         save_file(tensors, tmp, metadata={"format": FORMAT, "meta": json.dumps(meta), "sha256": tensors_sha256(tensors)})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        fault_point("checkpoint-before-rename")
+        reached("checkpoint-before-rename")
         os.replace(tmp, path)
     except OSError as e:
         reason = e.strerror or str(e)

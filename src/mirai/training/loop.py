@@ -27,7 +27,6 @@ from .. import checkpoint as ckpt, distributed as dist
 from ..rng import BatchGenerator
 from ..config import Config, run_settings, save_config
 from ..data.datasets import step_batches, to_device
-from ..faults import fault_point
 from ..models.dit import count_parameters
 from .optim import ema_decay_at, ema_update, lr_at, set_lr
 from .samples import write_samples
@@ -134,7 +133,7 @@ def export(stage: Stage, out: Path, step: int, cfg: Config) -> None:
 def save(stage: Stage, out: Path, gen: torch.Generator, step: int, cfg: Config) -> None:
     """The full training state (the commit point), then the exported model."""
     save_training_state(out / "ckpt.safetensors", stage.modules, stage.optimizers, gen, step, cfg, stage.extra_state())
-    fault_point("checkpoint-between-files")
+    ckpt.reached("checkpoint-between-files")
     export(stage, out, step, cfg)
 
 

@@ -4,13 +4,15 @@ everything the finished run leaves with an uninterrupted run, tensor by tensor.
     python scripts/kill_harness.py                       # every stage, 20 trials each
     python scripts/kill_harness.py --stages dmd --trials 5 --json
 
-Nothing in the package imports this module: it sits on top of the CLI.
+A developer tool, not part of the package: it sits on top of the CLI and the named points of a checkpoint
+write (`mirai.checkpoint.reached`); tests/test_reliability.py imports it for a few targeted kills.
 
 Stages (toy size): teacher (bidirectional), teacher_forcing, ode (pair writer + student), dmd, dmd_foresight.
 A trial starts the stage's command in a fresh folder and kills it (SIGKILL, as a pre-emption) at a random
 moment, or exactly inside a checkpoint write (after the temporary file is written, before its rename) or
-between the two files of a checkpoint (the `MIRAI_FAULT` sites of `mirai.faults`); it reruns the same
-command, with further random kills at a falling rate, until a run exits normally. Then it checks:
+between the two files of a checkpoint (sites of `mirai.checkpoint.reached`: the child registers
+`kill_at(site, n)` before it runs the command); it reruns the same command, with further random kills at a
+falling rate, until a run exits normally. Then it checks:
 - every .safetensors file (training state, exported model, ODE pair shards) has the same tensors, bit for
   bit, as the uninterrupted run's;
 - the exported model is the training state's EMA at the same step;
@@ -36,11 +38,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from . import checkpoint as ckpt
-from .cli import main as mirai
+from mirai import checkpoint as ckpt
+from mirai.cli import main as mirai
 
 TOY = [
     "world.image_size=16", "world.sprite_sizes=[5]", "world.num_patterns=1",
@@ -74,25 +77,40 @@ def stage_args(name: str, root: Path, out: Path) -> list[str]:
 # Running and killing
 
 
-def _child(argv: list[str], fault: str | None) -> None:
+def kill_at(site: str, nth: int) -> Callable[[str], None]:
+    """Register an observer of `mirai.checkpoint` that SIGKILLs this process (as a pre-emption would) the nth
+    time the named site is reached; returns it."""
+    hits = 0
+
+    def observer(reached: str) -> None:
+        nonlocal hits
+        if reached == site:
+            hits += 1
+            if hits == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    ckpt.observers.append(observer)
+    return observer
+
+
+def _child(argv: list[str], fault: tuple[str, int] | None) -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.dup2(null, 2)
     if fault:
-        os.environ["MIRAI_FAULT"] = fault
-    else:
-        os.environ.pop("MIRAI_FAULT", None)
+        kill_at(*fault)
     os._exit(mirai(argv))
 
 
 def _context():
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["mirai.reliability"])
+    ctx.set_forkserver_preload(["tests.harness.kill"])
     return ctx
 
 
-def run(argv: list[str], kill_after: float | None = None, fault: str | None = None) -> tuple[int, float]:
-    """Run the command in a child process; SIGKILL it after kill_after seconds. Returns (exit code, seconds)."""
+def run(argv: list[str], kill_after: float | None = None, fault: tuple[str, int] | None = None) -> tuple[int, float]:
+    """Run the command in a child process; SIGKILL it after kill_after seconds, or (fault = (site, n)) at the
+    nth time it reaches that site of a checkpoint write. Returns (exit code, seconds)."""
     proc = _context().Process(target=_child, args=(argv, fault))
     t0 = time.perf_counter()
     proc.start()
@@ -148,7 +166,7 @@ def trial(argv: list[str], out: Path, reference: Path, duration: float, saves: i
     """Kill the command once in a chosen way, then rerun it (with random kills at a falling rate) until it ends."""
     mode = rng.choice(["random", "random", "checkpoint-before-rename", "checkpoint-between-files"])
     kills, errors, runs = 0, 0, 0
-    fault = f"{mode}:{rng.randint(1, saves)}" if mode != "random" else None
+    fault = (mode, rng.randint(1, saves)) if mode != "random" else None
     kill_after = rng.uniform(0.05, 1.1) * duration if mode == "random" else None
     while True:
         code, _ = run(argv, kill_after, fault)

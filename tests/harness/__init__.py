@@ -1,0 +1,1 @@
+"""Developer tools the tests and scripts/ share (not part of the package)."""
