@@ -182,7 +182,10 @@ CASES = {
     "cli: compare --out under a file": (setup_file("eval.json", EVAL_JSON),
                                         ["compare", "{tmp}", "--out", "{tmp}/eval.json/r.html"]),
     "cli: train missing config": (cli("train", "--config", "{tmp}/nope.yaml", "--dry-run"),
-                                  "error: config file not found: {tmp}/nope.yaml"),
+                                  "error: config file not found: {tmp}/nope.yaml (shipped configs, usable by name: "
+                                  "base_ar.yaml, base_ode.yaml, base_teacher.yaml, demo.yaml, demo_ablation.yaml, "
+                                  "demo_dose.yaml, demo_quick.yaml, tiny.yaml, tiny_ar.yaml, tiny_dmd.yaml, tiny_ode.yaml, "
+                                  "tiny_teacher.yaml, wan_cache.yaml)"),
     "cli: train bad YAML date": (setup_file("c.yaml", "train:\n  out_dir: 2024-13-45\n"),
                                  ["train", "--config", "{tmp}/c.yaml", "--dry-run"]),
     "cli: train negative steps": (cli("train", "--dry-run", "--set", "train.steps=-3"),

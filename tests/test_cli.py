@@ -54,3 +54,13 @@ def test_a_longer_sample_begins_with_the_shorter_one(run_dir, tmp_path):
         return np.load(out)["frames"]
 
     assert np.array_equal(frames(16, 5)[:, :8], frames(8, 5))
+
+
+def test_the_command_line_parses_without_importing_torch():
+    """`mirai --help` and a bad flag answer at once: the parser needs no torch (each command imports what it runs)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mirai.cli as c\ntry:\n    c._parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'the parser imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -41,3 +41,18 @@ def test_yaml_and_overrides(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(path, ["train.steps"])
+
+
+def test_config_files_merge_in_order_and_shipped_ones_are_found_by_name(tmp_path, monkeypatch):
+    from mirai.config import config_file, load_config, merge, shipped_configs
+
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here: the shipped ones are found by name
+    assert config_file("tiny.yaml") == config_file("configs/tiny.yaml") == config_file("tiny") == \
+        shipped_configs() / "tiny.yaml"
+    (tmp_path / "more.yaml").write_text("train:\n  steps: 7\nworld:\n  sprite_sizes: [5]\n")
+    cfg = load_config(["tiny.yaml", "more.yaml"], ["train.lr=3e-4"])
+    assert (cfg.train.steps, cfg.train.lr, cfg.train.batch_size, cfg.world.sprite_sizes) == (7, 3e-4, 8, [5])
+    assert cfg.world.num_patterns == 1  # tiny.yaml's, kept: a mapping merges key by key
+    assert merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}}) == {"a": {"b": 1, "c": [3]}}  # lists replace
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml .shipped configs"):
+        load_config("nope.yaml")

@@ -50,7 +50,11 @@ def graph() -> dict[str, set[str]]:
             deps.add(target)
             parts = target.split(".")  # importing a.b.c runs a/__init__ and a/b/__init__ first
             deps.update(".".join(parts[:i]) for i in range(2, len(parts)))
-        edges[module_name(path)] = deps - {module_name(path)}
+        # ... except the module's own packages: they have started importing before the module runs, so a package
+        # whose __init__ re-exports its modules (mirai.config) is not a cycle with them
+        name = module_name(path)
+        own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        edges[name] = deps - {name} - own
     return edges
 
 

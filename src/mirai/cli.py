@@ -40,6 +40,22 @@ def user_errors() -> tuple[type[BaseException], ...]:
             NonFiniteError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+class ExtractorNames:
+    """The feature extractors' names as argparse choices, read from their registry only when a command asks (the
+    registry's module imports torch)."""
+
+    def names(self) -> list[str]:
+        from .eval.extractors import REGISTRY
+
+        return list(REGISTRY)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+
 def at_least(minimum: int):
     """An argparse type: an integer >= minimum (so --frames -4 or --num 0 is refused before any work)."""
     def parse(text: str) -> int:
@@ -108,9 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=at_least(1), default=32, help="videos per seed")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument("--out", default=None, help="folder for eval.json/eval.csv (default: the run folder)")
-    e.add_argument("--extractor", default="effnet_lite0",
-                   help="feature extractor: effnet_lite0 (shipped), or one of mirai.eval.extractors.REGISTRY "
-                        "with its weights file")
+    e.add_argument("--extractor", default="effnet_lite0", choices=ExtractorNames(), metavar="NAME",
+                   help="feature extractor (see mirai.eval.extractors.REGISTRY)")
     e.add_argument("--weights", default=None, help="local weights file for the extractor")
     e.add_argument("--device", default="auto")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -282,11 +297,8 @@ def cmd_eval(args) -> None:
     from .checkpoint import CheckpointError, load_model, run_config
     from .device import pick_device
     from .eval.evaluate import Evaluator, evaluate_run
-    from .eval.extractors import REGISTRY
     from .video import check_output
 
-    if args.extractor not in REGISTRY:
-        raise ConfigError(f"unknown feature extractor '{args.extractor}'; choose one of {', '.join(REGISTRY)}")
     cfg = run_config(args.ckpt, args.overrides)
     if not (Path(args.ckpt) / "model.safetensors").is_file():
         raise CheckpointError(f"{args.ckpt} is not a run folder with a model.safetensors")
