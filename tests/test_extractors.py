@@ -29,8 +29,6 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    (tmp_path / "weights").mkdir()
-    monkeypatch.setenv(E.ENV_WEIGHTS_DIR, str(tmp_path / "weights"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path
 
@@ -54,7 +52,7 @@ def test_missing_weights_raise_clear_error_without_network(offline, name):
     with pytest.raises(E.WeightsUnavailable) as err:
         E.load_extractor(name)
     msg = str(err.value)
-    assert spec.weights.filename in msg and E.ENV_WEIGHTS_DIR in msg and "never downloads" in msg
+    assert spec.weights.filename in msg and "TORCH_HOME" in msg and "never downloads" in msg
     assert (spec.weights.sha256 or "unknown") in msg
 
 
@@ -69,8 +67,6 @@ def test_resolution_order(offline, monkeypatch):
     hub.mkdir(parents=True)
     (hub / fn).write_bytes(b"x")
     assert E.resolve_weights("dino_vitb16") == hub / fn
-    (offline / "weights" / fn).write_bytes(b"y")
-    assert E.resolve_weights("dino_vitb16") == offline / "weights" / fn  # env dir before TORCH_HOME
     explicit = offline / "mine.pth"
     explicit.write_bytes(b"z")
     assert E.resolve_weights("dino_vitb16", explicit) == explicit  # explicit path first
@@ -80,10 +76,12 @@ def test_resolution_order(offline, monkeypatch):
 
 
 def test_sha_mismatch_and_unsupported(offline):
-    (offline / "weights" / "ViT-B-32.pt").write_bytes(b"not clip")
+    hub = offline / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "ViT-B-32.pt").write_bytes(b"not clip")
     with pytest.raises(E.WeightsMismatch, match="sha256"):
         E.load_extractor("clip_vitb32")
-    (offline / "weights" / "raft-things.pth").write_bytes(b"raft")
+    (hub / "raft-things.pth").write_bytes(b"raft")
     with pytest.raises(E.ExtractorUnsupported, match="no loader"):
         E.load_extractor("raft_things")
     with pytest.raises(KeyError, match="unknown feature extractor"):

@@ -4,10 +4,9 @@ Every extractor is declared once in `REGISTRY` with its weights file, that file'
 its VBench-exact preprocessing and whether it is the model VBench itself uses for a dimension. Weights are
 only ever read from disk, in this order:
 
-  1. an explicit path (`load_extractor(name, weights=PATH)`);
-  2. `$MIRAI_WEIGHTS_DIR/<filename>`;
-  3. `$TORCH_HOME/hub/checkpoints/<filename>` (default `~/.cache/torch/hub/checkpoints/`);
-  4. weights shipped inside an installed Python package (only `effnet_lite0`);
+  1. an explicit path (`load_extractor(name, weights=PATH)`, `mirai eval --weights PATH`);
+  2. torch's own cache, `$TORCH_HOME/hub/checkpoints/<filename>` (default `~/.cache/torch/hub/checkpoints/`);
+  3. weights shipped inside an installed Python package (only `effnet_lite0`);
 
 otherwise `WeightsUnavailable` names the file, its sha256 and where to put it. Nothing here downloads.
 
@@ -37,8 +36,6 @@ from torch import Tensor, nn
 
 from ..data.frames import to_uint8
 from .backbones import DinoViT, EfficientNetLite0
-
-ENV_WEIGHTS_DIR = "MIRAI_WEIGHTS_DIR"
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -284,8 +281,6 @@ def candidate_paths(name: str, weights: str | Path | None = None) -> list[Path]:
     spec = get_spec(name)
     fn = spec.weights.filename
     out = [Path(weights).expanduser()] if weights is not None else []
-    if os.environ.get(ENV_WEIGHTS_DIR):
-        out.append(Path(os.environ[ENV_WEIGHTS_DIR]).expanduser() / fn)
     out.append(_torch_home() / "hub" / "checkpoints" / fn)
     shipped = _package_file(spec.package, fn)
     if shipped is not None:
@@ -305,8 +300,8 @@ def resolve_weights(name: str, weights: str | Path | None = None) -> Path:
     w = spec.weights
     raise WeightsUnavailable(
         f"{name}: weights file '{w.filename}' (sha256 {w.sha256 or 'unknown'}) not found; looked in "
-        f"{', '.join(str(p) for p in paths)}. Put it in ${ENV_WEIGHTS_DIR}/ or $TORCH_HOME/hub/checkpoints/, or "
-        f"pass its path explicitly. Source: {w.source_note}. Mirai never downloads weights.")
+        f"{', '.join(str(p) for p in paths)}. Put it in $TORCH_HOME/hub/checkpoints/ or "
+        f"pass its path explicitly (mirai eval --weights FILE). Source: {w.source_note}. Mirai never downloads weights.")
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
