@@ -36,7 +36,8 @@ from .rollout import iter_rollout, rollout, sample_whole
 
 @dataclass
 class Request:
-    """What one call rolls out: its inputs, and the clip it continues (image-to-video) if any."""
+    """What one call rolls out: its inputs, and the clip it continues (image-to-video) if any. Used once: the
+    sampler advances its generator (make the same request again for the same videos)."""
 
     inputs: RolloutInputs  # noise (B, T, C, h, w), prompt, the solver's generator, guidance's uncond
     context: Tensor | None = None  # (B, Tc, C, h, w) clean latents to continue from, or None
