@@ -4,7 +4,8 @@ negative prompt's) embedding for captions."""
 import pytest
 import torch
 
-from mirai.diffusion.guidance import combine, guidance_batch, guided_velocity
+from mirai.diffusion.guidance import combine, guidance_batch
+from mirai.sampling.guided import guided_velocity
 from tests.conftest import make_model
 
 

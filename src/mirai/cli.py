@@ -248,40 +248,20 @@ def cmd_sample(args) -> None:
     import torch
     from tqdm import tqdm
 
-    from .checkpoint import CheckpointError, load_model, run_config
+    from .checkpoint import CheckpointError
     from .config import to_dict
-    from .device import pick_device
-    from .diffusion.schedule import FlowSchedule
-    from .sampling.inputs import cache_inputs, rollout_inputs
-    from .sampling.rollout import iter_rollout
+    from .sampling.pipeline import Pipeline
     from .video import VIDEO_FORMATS, check_output, save_npz, save_video
 
     check_output(args.out, (*VIDEO_FORMATS, ".npz"))
-    device = pick_device(args.device)
-    model = load_model(args.ckpt).eval().to(device)
-    if model.cfg.attention != "causal":
+    pipe = Pipeline.load(args.ckpt, args.device, args.overrides)
+    if not pipe.causal:
         raise CheckpointError(f"{args.ckpt} is a bidirectional model; `mirai sample` rolls out causal generators")
-    cfg = run_config(args.ckpt, args.overrides)
-    sample, world = cfg.sample, cfg.world
-    frames = args.frames or 4 * cfg.data.clip_frames
-    fpc = model.cfg.frames_per_chunk
-    frames = -(-frames // fpc) * fpc
-    context, decode = None, lambda chunk: chunk
-    if cfg.data.source == "cache":  # latents: prompt and context through the cache's encoders, decoded as they stream
-        real = cache_inputs(model, cfg, args.num, frames, args.seed, device, args.prompt, args.context,
-                            args.negative_prompt)
-        inputs, context, stream = real.inputs, real.context, real.autoencoder.stream()
-        decode = stream.decode
-    elif args.prompt is not None or args.context is not None or args.negative_prompt is not None:
-        raise ConfigError("--prompt, --negative-prompt and --context need a model trained on a prepared cache "
-                          "(data.source=cache)")
-    else:
-        inputs = rollout_inputs(model, world, args.num, frames, args.seed, device)
-    rollout = iter_rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=sample,
-                           context=context, generator=inputs.generator, uncond=inputs.uncond)
-    chunks = [decode(context).cpu()] if context is not None else []  # the continued clip opens the video
-    chunks += [decode(c).cpu() for c in tqdm(rollout, total=frames // fpc, desc="sample", unit="chunk")]
-    video = torch.cat(chunks, dim=1)
+    request = pipe.inputs(args.num, args.frames or 4 * pipe.cfg.data.clip_frames, args.seed, args.prompt,
+                          args.negative_prompt, args.context)
+    stream = tqdm(pipe.stream(request), total=pipe.stream_length(request), desc="sample", unit="chunk")
+    video = torch.cat([chunk.cpu() for chunk in stream], dim=1)  # the continued clip (if any) opens the video
+    inputs, frames, sample = request.inputs, request.frames, pipe.cfg.sample
     if args.out.endswith(".npz"):
         out = save_npz(video, inputs.prompt, args.out)
     else:

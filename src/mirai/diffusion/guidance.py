@@ -10,12 +10,14 @@ With a negative prompt, v_uncond is the velocity under the negative prompt (guid
 
 Both branches run as one forward on a doubled batch [cond; uncond], so a KV cache written under guidance
 holds 2B rows (see `guidance_batch`).
+
+Only the formula lives here: the model is called under guidance in `mirai.sampling.guided` (`guided_velocity`).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data.prompt import unconditional
 
@@ -37,13 +39,3 @@ def guidance_batch(x: Tensor, t: Tensor, prompt: Tensor | None, scale: float,
 def combine(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
     """The CFG formula: v_uncond + scale * (v_cond - v_uncond)."""
     return v_uncond + scale * (v_cond - v_uncond)
-
-
-def guided_velocity(model: nn.Module, x: Tensor, t: Tensor, prompt: Tensor | None, scale: float,
-                    uncond: Tensor | None = None, **kw) -> Tensor:
-    """Velocity of `model` at x (B, T, C, H, W), per-frame t (B, T), with guidance `scale` away from `uncond`
-    (captions: the empty or a negative prompt's embedding); `kw` go to the model."""
-    if not is_guided(prompt, scale):
-        return model(x, t, prompt, **kw)
-    v_cond, v_uncond = model(*guidance_batch(x, t, prompt, scale, uncond), **kw).chunk(2)
-    return combine(v_cond, v_uncond, scale)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt, rng
@@ -33,11 +32,8 @@ from ..data.datasets import get_batch
 from ..data.frames import to_model_range, to_uint8
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
-from ..device import pick_device
-from ..diffusion.schedule import FlowSchedule
 from ..models.autoencoder import video_frames
-from ..sampling.inputs import cache_inputs, rollout_inputs
-from ..sampling.rollout import rollout, sample_whole
+from ..sampling.pipeline import Pipeline
 from . import metrics
 from .extractors import load_extractor
 from .probes import train_probe
@@ -46,7 +42,6 @@ from .probes import train_probe
 # Generation
 
 
-@torch.no_grad()
 def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "cpu",
              overrides: list[str] | None = None,
              world: WorldConfig | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -54,27 +49,9 @@ def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "c
     (prompts of unseen scenes of the world: the run's own, or `world`, e.g. a harder one it was not trained in). A
     run on a cache: videos for the cache's captions in turn, decoded through its autoencoder (T decoded frames),
     and no structured prompts (None). A bidirectional model (the teacher) denoises all `frames` at once; a causal
-    one rolls out chunk by chunk."""
-    dev = pick_device(device)
-    model = ckpt.load_model(run).eval().to(dev)
-    cfg = ckpt.run_config(run, overrides or [])
-    fpc = model.cfg.frames_per_chunk
-    frames = -(-frames // fpc) * fpc
-    schedule = FlowSchedule.from_config(cfg.schedule)
-    if cfg.data.source != "cache":
-        # the same videos as `mirai sample --seed` (in the run's own world)
-        inputs = rollout_inputs(model, world or cfg.world, num, frames, seed, dev)
-        sampler = sample_whole if model.cfg.attention == "bidirectional" else rollout
-        video = sampler(model, schedule, inputs.noise, inputs.prompt, sample=cfg.sample, generator=inputs.generator)
-        return to_uint8(video.cpu()), inputs.prompts
-    real = cache_inputs(model, cfg, num, frames, seed, dev, caption=None, context=None)
-    inputs, prompt = real.inputs, real.inputs.prompt
-    if model.cfg.text_conditioned:  # the captions of the cache's clips, in turn
-        data = LatentDataset(cfg.data.path, cfg.data.clip_frames)
-        prompt = torch.stack([data.clip_prompt(i % data.num_clips) for i in range(num)]).to(dev)
-    video = rollout(model, schedule, inputs.noise, prompt, sample=cfg.sample, generator=inputs.generator,
-                    uncond=inputs.uncond)
-    return to_uint8(real.autoencoder.decode(video).cpu()), None
+    one rolls out chunk by chunk. A run of the world: the same videos as `mirai sample --seed` (`sampling.pipeline`)."""
+    pipe = Pipeline.load(run, device, overrides)
+    return pipe.video(pipe.evaluation_inputs(num, frames, seed, world))
 
 
 def real_cache_clips(data: LatentDataset, num: int) -> np.ndarray:

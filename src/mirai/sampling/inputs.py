@@ -70,15 +70,21 @@ class CacheInputs:
     autoencoder: object  # decodes the latents (`models.autoencoder`)
 
 
+def cache_autoencoder(cfg: Config, device):
+    """The autoencoder of the cache `cfg.data.path` (the one its manifest names): it encodes contexts and decodes."""
+    return load_autoencoder(read_cache_manifest(cfg.data.path)["models"]["vae"], device)
+
+
 def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int, device, caption: str | None,
-                 context: str | None, negative: str | None = None) -> CacheInputs:
+                 context: str | None, negative: str | None = None, autoencoder=None) -> CacheInputs:
     """Inputs of `num` rollouts of a model trained on the cache `cfg.data.path`: the caption encoded by the cache's
     text encoder (None: the empty caption, unconditional), guidance's unconditional branch (the negative caption
     encoded the same way, or the empty caption's embedding the model was trained with), the context file (an image
-    or a clip) scaled, cropped and encoded as the cache's clips were."""
+    or a clip) scaled, cropped and encoded as the cache's clips were. `autoencoder`: the cache's, when already
+    loaded (None: load the one its manifest names)."""
     manifest = read_cache_manifest(cfg.data.path)
     models, settings = manifest["models"], manifest["settings"]
-    ae = load_autoencoder(models["vae"], device)
+    ae = autoencoder if autoencoder is not None else cache_autoencoder(cfg, device)
     fpc, c = model.cfg.frames_per_chunk, model.cfg
     prompt = uncond = None
     if c.text_conditioned:

@@ -16,11 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from ..config import SampleConfig
-from ..diffusion.guidance import guidance_batch, guided_velocity, is_guided
+from ..diffusion.guidance import guidance_batch, is_guided
 from ..diffusion.schedule import FlowSchedule
 from ..diffusion.solvers import solver_step
 from ..models.attention import KVCache
 from ..rng import randn
+from .guided import guided_velocity
 
 Velocity = Callable[[Tensor, float], Tensor]  # (x, t) -> v
 

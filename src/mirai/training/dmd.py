@@ -27,9 +27,9 @@ from .. import checkpoint as ckpt, distributed as dist
 from ..config import Config, ConfigError
 from ..data.datasets import build_dataset
 from ..device import autocast_context
-from ..diffusion.guidance import guided_velocity
 from ..diffusion.schedule import FlowSchedule
 from ..rng import rand, randn
+from ..sampling.guided import guided_velocity
 from ..sampling.rollout import rollout_with_exit
 from .losses import bidirectional_loss
 from .optim import check_finite, optimize, part_grad_norms

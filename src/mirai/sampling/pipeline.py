@@ -1,0 +1,155 @@
+"""One sampling pipeline, the diffusers way: the model never loops, the scheduler (`mirai.diffusion`) never calls
+the model, and the pipeline owns the loop. It loads a model file or run folder once, makes the inputs of a
+request (`sampling.inputs`) and rolls them out (`sampling.rollout`), decoded to frames: streamed chunk by chunk
+(`stream`: `mirai sample`, a server) or whole (`video`: `mirai eval`, `mirai compare`, the demo).
+
+    pipe = Pipeline.load("runs/tiny", device="auto")
+    request = pipe.inputs(num=4, frames=32, seed=0)
+    for chunk in pipe.stream(request): ...       # (4, frames_per_chunk, C, H, W) in [-1, 1], as they come
+    frames, prompts = pipe.video(request)        # the same videos whole: uint8 (4, 32, H, W, 3), (4, P) prompts
+
+Every draw comes from the request's seed (`mirai.rng`), so a request gives the same videos streamed or whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import load_model, run_config
+from ..config import Config, ConfigError, WorldConfig
+from ..data.cache import LatentDataset
+from ..data.frames import to_uint8
+from ..device import pick_device
+from ..diffusion.schedule import FlowSchedule
+from ..models.autoencoder import Autoencoder, IdentityAutoencoder
+from .inputs import RolloutInputs, cache_autoencoder, cache_inputs, rollout_inputs
+from .rollout import iter_rollout, rollout, sample_whole
+
+
+@dataclass
+class Request:
+    """What one call rolls out: its inputs, and the clip it continues (image-to-video) if any. Used once: the
+    sampler advances its generator (make the same request again for the same videos)."""
+
+    inputs: RolloutInputs  # noise (B, T, C, h, w), prompt, the solver's generator, guidance's uncond
+    context: Tensor | None = None  # (B, Tc, C, h, w) clean latents to continue from, or None
+
+    @property
+    def frames(self) -> int:
+        """T, the model frames to generate (a multiple of the model's chunk)."""
+        return self.inputs.noise.shape[1]
+
+
+@dataclass
+class Pipeline:
+    """A model ready to sample: its run's resolved config (world, sample, schedule, data), the noise schedule and
+    the device it lives on. `autoencoder` turns its frames into pictures: the cache's for a model trained on a
+    prepared cache (`data.source: cache`), the identity for the world's pixels."""
+
+    model: nn.Module
+    cfg: Config
+    schedule: FlowSchedule
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", overrides: list[str] | None = None) -> Pipeline:
+        """From a run folder or a model.safetensors file; device "auto" is CUDA when available; `overrides`: the
+        run's sample.* settings changed, e.g. ["sample.steps=4"]."""
+        dev = pick_device(device)
+        model = load_model(path).eval().to(dev)
+        cfg = run_config(path, overrides or [])
+        return cls(model, cfg, FlowSchedule.from_config(cfg.schedule), dev)
+
+    @property
+    def on_cache(self) -> bool:
+        """Trained on a prepared cache: latents and caption embeddings, through the cache's encoders."""
+        return self.cfg.data.source == "cache"
+
+    @property
+    def causal(self) -> bool:
+        """Rolls out chunk by chunk (a bidirectional model, the teacher, denoises the whole clip at once)."""
+        return self.model.cfg.attention == "causal"
+
+    @cached_property
+    def autoencoder(self) -> Autoencoder:
+        # loaded on first use: a command refused before any sampling does not read the cache
+        return cache_autoencoder(self.cfg, self.device) if self.on_cache else IdentityAutoencoder()
+
+    def round_frames(self, frames: int) -> int:
+        """`frames` rounded up to a whole number of chunks."""
+        fpc = self.model.cfg.frames_per_chunk
+        return -(-frames // fpc) * fpc
+
+    @torch.no_grad()  # encoders of captions and contexts: no graph
+    def inputs(self, num: int, frames: int, seed: int, prompt: str | None = None, negative_prompt: str | None = None,
+               context: str | None = None, world: WorldConfig | None = None) -> Request:
+        """The inputs of `num` videos of `frames` frames (rounded up to the chunk) for `seed`.
+
+        A world model: prompts of unseen scenes of `world` (default: the run's own world). A model on a cache:
+        `prompt` and `negative_prompt` captions (None: the empty caption) and a `context` image or clip file, all
+        encoded with the cache's encoders (see `sampling.inputs.cache_inputs`); `world` does not apply."""
+        frames = self.round_frames(frames)
+        if self.on_cache:
+            real = cache_inputs(self.model, self.cfg, num, frames, seed, self.device, prompt, context, negative_prompt,
+                                autoencoder=self.autoencoder)
+            return Request(real.inputs, real.context)
+        if prompt is not None or context is not None or negative_prompt is not None:
+            raise ConfigError("--prompt, --negative-prompt and --context need a model trained on a prepared cache "
+                              "(data.source=cache)")
+        return Request(rollout_inputs(self.model, world or self.cfg.world, num, frames, seed, self.device))
+
+    @torch.no_grad()
+    def evaluation_inputs(self, num: int, frames: int, seed: int, world: WorldConfig | None = None) -> Request:
+        """What evaluation rolls out: `inputs` with no caption asked, except that a caption model on a cache
+        prompts video i with the caption of the cache's clip i (in turn), so its videos compare with those clips."""
+        request = self.inputs(num, frames, seed, world=world)
+        if not (self.on_cache and self.model.cfg.text_conditioned):
+            return request
+        data = LatentDataset(self.cfg.data.path, self.cfg.data.clip_frames)
+        captions = torch.stack([data.clip_prompt(i % data.num_clips) for i in range(num)]).to(self.device)  # (B, L, D)
+        return dataclasses.replace(request, inputs=dataclasses.replace(request.inputs, prompt=captions))
+
+    def stream_length(self, request: Request) -> int:
+        """How many pieces `stream` yields: the context clip (when given), then one per chunk."""
+        return (request.context is not None) + request.frames // self.model.cfg.frames_per_chunk
+
+    @torch.no_grad()
+    def stream(self, request: Request) -> Iterator[Tensor]:
+        """Decoded frames (B, f, 3, H, W) in [-1, 1], on the pipeline's device, as the sampler makes them: the
+        continued context clip first (when given), then each chunk. A causal model only."""
+        if not self.causal:
+            raise ValueError("a bidirectional model denoises the whole clip at once and cannot stream: use `video`")
+        decoder = self.autoencoder.stream()  # a causal decoder keeps state from one chunk to the next
+        inputs = request.inputs
+        if request.context is not None:
+            yield decoder.decode(request.context)
+        for chunk in iter_rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=self.cfg.sample,
+                                  context=request.context, generator=inputs.generator, uncond=inputs.uncond):
+            yield decoder.decode(chunk)
+
+    @torch.no_grad()
+    def video(self, request: Request) -> tuple[np.ndarray, np.ndarray | None]:
+        """The whole videos, the context clip first (when given): uint8 (B, T', H, W, 3) (T' decoded frames), and
+        their structured prompts (B, P) (None for a model on a cache: it has none). A causal model rolls out chunk
+        by chunk; a bidirectional one (the teacher) denoises all frames at once."""
+        inputs, sample = request.inputs, self.cfg.sample
+        if self.causal:
+            latents = rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
+                              context=request.context, generator=inputs.generator, uncond=inputs.uncond)
+        elif request.context is not None:
+            raise ConfigError("a bidirectional model denoises a whole clip: it continues no context")
+        else:
+            latents = sample_whole(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
+                                   generator=inputs.generator, uncond=inputs.uncond)
+        if request.context is not None:
+            latents = torch.cat([request.context, latents], dim=1)
+        frames = to_uint8(self.autoencoder.decode(latents).cpu())
+        return frames, None if self.on_cache else inputs.prompts

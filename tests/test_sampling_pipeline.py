@@ -1,0 +1,165 @@
+"""The sampling pipeline (load -> inputs -> roll out -> decode): streamed chunks make the whole video, the videos are
+exactly a direct rollout of the same inputs, a run folder and its model file sample alike, a teacher denoises whole,
+and a model on a prepared cache samples its captions, a context clip and the cache's clips' captions in turn."""
+
+import numpy as np
+import pytest
+import torch
+
+from mirai import checkpoint as ckpt, prepare
+from mirai.cli import main
+from mirai.config import ConfigError, PrepareConfig, WorldConfig
+from mirai.data.cache import LatentDataset
+from mirai.data.frames import to_uint8
+from mirai.data.prompt import PROMPT
+from mirai.diffusion.schedule import FlowSchedule
+from mirai.eval.evaluate import generate
+from mirai.sampling.inputs import rollout_inputs, unseen_prompts
+from mirai.sampling.pipeline import Pipeline
+from mirai.sampling.rollout import rollout, sample_whole
+from tests.conftest import make_model, tiny_text_encoder_folder, write_video_folder
+
+WORLD = {"image_size": 16, "sprite_sizes": [5]}
+# renoise steps and context noise draw from the request's generator: a changed order of draws changes the video
+SAMPLE = {"steps": 2, "solver": "renoise", "context_noise": 0.1, "cfg_scale": 2.0}
+
+
+def save_run(folder, model, **settings):
+    """A run folder holding `model` as model.safetensors with the settings sampling reads (as `mirai train` writes)."""
+    folder.mkdir(parents=True)
+    ckpt.save_model(model, folder / "model.safetensors", {"settings": settings})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world_run(tmp_path_factory):
+    model = make_model(prompt_vocab=PROMPT.vocab(WorldConfig(**WORLD)), seed=1)
+    return save_run(tmp_path_factory.mktemp("world") / "run", model, world=WORLD, data={"clip_frames": 4},
+                    sample=SAMPLE)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    model = make_model("bidirectional", prompt_vocab=PROMPT.vocab(WorldConfig(**WORLD)), seed=2)
+    return save_run(tmp_path_factory.mktemp("teacher") / "run", model, world=WORLD, data={"clip_frames": 4},
+                    sample=SAMPLE)
+
+
+def streamed(pipe, request):
+    return torch.cat(list(pipe.stream(request)), dim=1)
+
+
+def test_streamed_chunks_concatenate_to_the_whole_video(world_run):
+    pipe = Pipeline.load(world_run)
+    request = pipe.inputs(2, 7, seed=3)  # 7 frames: rounded up to 4 chunks of 2
+    chunks = list(pipe.stream(request))
+    assert len(chunks) == pipe.stream_length(request) == 4 and all(c.shape == (2, 2, 3, 16, 16) for c in chunks)
+    frames, prompts = pipe.video(pipe.inputs(2, 7, seed=3))
+    assert frames.shape == (2, 8, 16, 16, 3) and frames.dtype == np.uint8
+    assert np.array_equal(to_uint8(torch.cat(chunks, dim=1)), frames)
+    assert np.array_equal(prompts, unseen_prompts(pipe.cfg.world, 2, 3))
+
+
+def test_the_pipeline_is_a_direct_rollout_of_its_inputs(world_run):
+    model, cfg = ckpt.load_model(world_run).eval(), ckpt.run_config(world_run, [])
+    inputs = rollout_inputs(model, cfg.world, 2, 8, 3, "cpu")
+    direct = rollout(model, FlowSchedule.from_config(cfg.schedule), inputs.noise, inputs.prompt, sample=cfg.sample,
+                     generator=inputs.generator)
+    pipe = Pipeline.load(world_run)
+    assert pipe.cfg.sample.cfg_scale == 2.0  # guided: the doubled batch and its KV cache are exercised
+    assert torch.equal(streamed(pipe, pipe.inputs(2, 8, seed=3)), direct)
+    assert np.array_equal(pipe.video(pipe.inputs(2, 8, seed=3))[0], to_uint8(direct))
+
+
+def test_a_run_folder_and_its_model_file_give_the_same_video(world_run):
+    from_folder = Pipeline.load(world_run, overrides=["sample.steps=1"])
+    from_file = Pipeline.load(world_run / "model.safetensors", overrides=["sample.steps=1"])
+    video = from_folder.video(from_folder.inputs(2, 4, seed=0))[0]
+    assert np.array_equal(video, from_file.video(from_file.inputs(2, 4, seed=0))[0])
+    default = Pipeline.load(world_run)  # the overrides were applied: the run's own 2 steps give other videos
+    assert from_file.cfg.sample.steps == 1 and not np.array_equal(video, default.video(default.inputs(2, 4, seed=0))[0])
+
+
+def test_generate_is_the_pipelines_evaluation_video(world_run):
+    pipe = Pipeline.load(world_run)
+    frames, prompts = generate(world_run, 2, 6, 5)
+    expected, expected_prompts = pipe.video(pipe.inputs(2, 6, seed=5))
+    assert np.array_equal(frames, expected) and np.array_equal(prompts, expected_prompts)
+
+
+def test_a_teacher_denoises_the_whole_clip_and_cannot_stream(teacher_run, tmp_path, capsys):
+    pipe = Pipeline.load(teacher_run)
+    inputs = rollout_inputs(pipe.model, pipe.cfg.world, 2, 4, 1, "cpu")
+    whole = sample_whole(pipe.model, pipe.schedule, inputs.noise, inputs.prompt, sample=pipe.cfg.sample,
+                         generator=inputs.generator)
+    assert np.array_equal(pipe.video(pipe.inputs(2, 4, seed=1))[0], to_uint8(whole))
+    assert not np.array_equal(to_uint8(whole), to_uint8(rollout(pipe.model, pipe.schedule, inputs.noise, inputs.prompt,
+                                                                sample=pipe.cfg.sample)))  # not chunk by chunk
+    with pytest.raises(ValueError, match="cannot stream"):
+        next(pipe.stream(pipe.inputs(2, 4, seed=1)))
+    assert main(["sample", "--ckpt", str(teacher_run), "--out", str(tmp_path / "s.npz")]) == 2
+    assert "is a bidirectional model; `mirai sample` rolls out causal generators" in capsys.readouterr().err
+
+
+def test_a_caption_or_context_without_a_cache_model_is_one_config_error(world_run, tmp_path, capsys):
+    pipe = Pipeline.load(world_run)
+    for asked in ({"prompt": "a red square"}, {"negative_prompt": "blue"}, {"context": "clip.mp4"}):
+        with pytest.raises(ConfigError, match="need a model trained on a prepared cache"):
+            pipe.inputs(1, 2, seed=0, **asked)
+    assert main(["sample", "--ckpt", str(world_run), "--prompt", "a", "--out", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "need a model trained on a prepared cache" in err
+
+
+def test_mirai_sample_writes_the_streamed_video(world_run, tmp_path):
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--ckpt", str(world_run), "--frames", "7", "--num", "2", "--seed", "3",
+                 "--out", str(out)]) == 0
+    pipe = Pipeline.load(world_run)
+    assert np.array_equal(np.load(out)["frames"], pipe.video(pipe.inputs(2, 7, seed=3))[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# A caption model on a prepared cache (identity autoencoder: pixels; a tiny UMT5 text encoder)
+
+
+@pytest.fixture(scope="module")
+def cache_run(tmp_path_factory):
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("cache")
+    write_video_folder(root / "videos", names=("a", "b", "c"), frames=8)
+    tiny_text_encoder_folder(root / "text")
+    prepare.prepare(root / "videos", root / "cache", PrepareConfig(frames=4, height=16, width=16, text_len=8,
+                                                                   text_encoder=str(root / "text")), quiet=True)
+    model = make_model(text_dim=32, seed=3)
+    return save_run(root / "run", model, data={"source": "cache", "path": str(root / "cache"), "clip_frames": 4},
+                    sample=SAMPLE)
+
+
+def test_evaluation_videos_of_a_cache_model_take_its_clips_captions_in_turn(cache_run):
+    pipe = Pipeline.load(cache_run)
+    data = LatentDataset(pipe.cfg.data.path, pipe.cfg.data.clip_frames)
+    assert data.num_clips == 3
+    request = pipe.evaluation_inputs(4, 4, seed=0)
+    captions = request.inputs.prompt  # (4, L, D): clips 0, 1, 2, then 0 again
+    assert all(torch.equal(captions[i], data.clip_prompt(i % 3)) for i in range(4))
+    assert not torch.equal(captions[0], captions[1])
+    direct = rollout(pipe.model, pipe.schedule, request.inputs.noise, captions, sample=pipe.cfg.sample,
+                     generator=request.inputs.generator, uncond=request.inputs.uncond)
+    frames, prompts = generate(cache_run, 4, 4, 0)
+    assert prompts is None and np.array_equal(frames, to_uint8(direct))
+
+
+def test_a_cache_model_streams_a_captioned_continuation_of_a_clip(cache_run):
+    pipe = Pipeline.load(cache_run)
+    clip = cache_run.parent / "videos" / "a.mp4"
+    asked = dict(prompt="clip a of the world", negative_prompt="clip b", context=str(clip))
+    request = pipe.inputs(2, 3, seed=1, **asked)  # 3 frames: rounded up to 2 chunks
+    pieces = list(pipe.stream(request))
+    context = request.context  # (2, Tc, 3, 16, 16): the clip's frames cut to whole chunks, pixels (identity)
+    assert len(pieces) == pipe.stream_length(request) == 3 and torch.equal(pieces[0], context)
+    frames, _ = pipe.video(pipe.inputs(2, 3, seed=1, **asked))
+    assert frames.shape[1] == context.shape[1] + 4
+    assert np.array_equal(to_uint8(torch.cat(pieces, dim=1)), frames)
+    unprompted = pipe.video(pipe.inputs(2, 3, seed=1, context=asked["context"]))[0]
+    assert not np.array_equal(frames, unprompted)  # the caption was used
