@@ -322,7 +322,7 @@ def cmd_demo(args) -> int | None:
     seeds = [f"demo.seeds={args.seeds}"] if args.seeds else []
     plan = Plan.make(args.out, load_demo([QUICK_CONFIG] * args.quick + args.config, args.overrides + seeds))
     if args.dry_run:
-        print("\n".join(dry_run_lines(plan)))
+        print("\n".join(plan.describe()))
         return
     plan.check()
     check_output(args.out, folder=True)
@@ -340,29 +340,6 @@ def cmd_demo(args) -> int | None:
         return
     print("\n".join(summary_lines(results, read_reference(plan.base))))
     print(f"wrote {plan.out / 'results.json'}, results.md, report.html, drift.png and strip.png")
-
-
-def dry_run_lines(plan) -> list[str]:
-    """`mirai demo --dry-run`: the resolved settings and each stage it would run, with its folder and length."""
-    import yaml
-    from dataclasses import asdict
-
-    from .demo.plan import SHARED
-
-    lines = ["demo settings (configs/demo.yaml, the --config files, --set):",
-             yaml.safe_dump({"demo": asdict(plan.demo)}, sort_keys=False).rstrip(), "stages:"]
-    if plan.base is None:
-        stages = plan.shared_stages()
-        lines += [f"  shared stage: {title}: {cfg.train.out_dir} ({cfg.train.steps} steps)" for title, _, cfg in stages]
-        runs = {name: Path(cfg.train.out_dir) for _, name, cfg in stages}
-    else:
-        lines += [f"  shared stages: the base in {plan.base}"]
-        runs = {name: plan.base / f"{name}.safetensors" for name in SHARED}
-    lines += [f"  DMD {arm}, training seed {seed}: {cfg.train.out_dir} ({cfg.train.steps} steps)"
-              for (arm, seed), cfg in plan.dmd_stages(runs).items()]
-    shape = plan.dmd_shape()
-    return lines + [f"  evaluate each arm: {plan.demo.eval_length}x the {shape.data.clip_frames}-frame clip, "
-                    f"{plan.demo.samples} videos x sampling seeds {plan.demo.sampling_seeds}"]
 
 
 def cmd_bench(args) -> None:

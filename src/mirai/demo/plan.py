@@ -8,11 +8,14 @@ device, where the stage starts from) and, last, the teacher cycle's or the DMD a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, config_file, config_from_dict, load_settings, load_yaml, merge, shipped_configs
+import yaml
+
+from ..config import (Config, ConfigError, config_file, config_from_dict, load_settings, load_yaml, merge,
+                      shipped_configs)
 
 # Declared before any demo result was seen: the ground-truth identity of the objects at 4x the training length;
 # consistency and the other probes are secondary endpoints.
@@ -72,9 +75,11 @@ def check_demo(demo: DemoConfig) -> None:
     if demo.eval_length < 4:
         raise ConfigError(f"demo.eval_length must be >= 4 (the primary endpoint is at 4x), got {demo.eval_length}")
     missing = [s for s in STAGES if "config" not in demo.stages.get(s, {})]
-    if missing or set(demo.stages) - set(STAGES):
+    unknown = sorted(set(demo.stages) - set(STAGES))
+    if missing or unknown:
+        what = f"missing: {', '.join(missing)}" if missing else f"unknown: {', '.join(unknown)}"
         raise ConfigError(f"demo.stages maps each of {', '.join(STAGES)} to a train config and its keys "
-                          f"({{config: FILE, ...}}); {'missing: ' + ', '.join(missing) if missing else 'unknown: ' + ', '.join(sorted(set(demo.stages) - set(STAGES)))}")
+                          f"({{config: FILE, ...}}); {what}")
     if not {"baseline", "foresight"} <= set(demo.arms):
         raise ConfigError(f"demo.arms must hold 'baseline' and 'foresight' (the contrast), got {sorted(demo.arms)}")
 
@@ -132,10 +137,25 @@ class Plan:
 
     def check(self) -> None:
         """Build every stage's config now, so a bad key or value is one error before anything trains."""
-        shared = self.shared_stages() if self.base is None else []
-        runs = {name: Path(cfg.train.out_dir) for _, name, cfg in shared} or \
-            {name: self.base / f"{name}.safetensors" for name in SHARED}
-        self.dmd_stages(runs)
+        self.describe()
+
+    def describe(self) -> list[str]:
+        """`mirai demo --dry-run`: the resolved settings and each stage it would run, with its folder and length."""
+        lines = ["demo settings (configs/demo.yaml, the --config files, --set):",
+                 yaml.safe_dump({"demo": asdict(self.demo)}, sort_keys=False).rstrip(), "stages:"]
+        if self.base is None:
+            stages = self.shared_stages()
+            lines += [f"  shared stage: {title}: {cfg.train.out_dir} ({cfg.train.steps} steps)"
+                      for title, _, cfg in stages]
+            runs = {name: Path(cfg.train.out_dir) for _, name, cfg in stages}
+        else:
+            lines += [f"  shared stages: the base in {self.base}"]
+            runs = {name: self.base / f"{name}.safetensors" for name in SHARED}
+        lines += [f"  DMD {arm}, training seed {seed}: {cfg.train.out_dir} ({cfg.train.steps} steps)"
+                  for (arm, seed), cfg in self.dmd_stages(runs).items()]
+        shape = self.dmd_shape()
+        return lines + [f"  evaluate each arm: {self.demo.eval_length}x the {shape.data.clip_frames}-frame clip, "
+                        f"{self.demo.samples} videos x sampling seeds {self.demo.sampling_seeds}"]
 
     def dmd_shape(self) -> Config:
         """The DMD stage's config without a run (its world, clip length and chunk size, for the evaluation)."""

@@ -66,7 +66,8 @@ def arms_table(results: dict) -> str:
         cells = []
         for m in ENDPOINTS:
             c = results["contrasts"][arm].get(m)
-            cells.append("" if c is None else f"{c['mean_diff']:+.3f}" + ("" if c["ci95"] is None else f" {interval(c)}"))
+            ci = "" if c is None or c["ci95"] is None else f" {interval(c)}"
+            cells.append("" if c is None else f"{c['mean_diff']:+.3f}{ci}")
         rows.append(f"| {arm} | " + " | ".join(cells) + " |")
     n = results["contrasts"]["foresight"][PRIMARY_ENDPOINT]["n"]
     return (f"\nEvery arm minus the baseline, paired over {n} training seed(s)"
