@@ -7,6 +7,7 @@ interrupted demo resumes where it stopped and a finished one returns at once."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..config import Config
 from ..eval.evaluate import Evaluator, evaluate_run
 from ..eval.report import write_report
 from ..training.loop import train
-from .base import base_probes, cpu_name, load_base, read_reference, save_base
+from .base import base_probes, load_base, machine, read_reference, save_base
 from .figures import write_drift_figure, write_strip
 from .plan import PRIMARY_ENDPOINT, SECONDARY_ENDPOINTS, SHARED, Plan, eval_overrides
 from .report import arms_table, contrast_table, markdown_table, reproduction
@@ -125,7 +126,7 @@ def run_demo(plan: Plan) -> dict:
         "verdict": verdict(contrasts["foresight"][PRIMARY_ENDPOINT], PRIMARY_ENDPOINT)
         if PRIMARY_ENDPOINT in contrasts["foresight"] else f"{PRIMARY_ENDPOINT} was not measured",
         "runs": {arm: {str(s): str(r) for s, r in seeds.items()} for arm, seeds in dmd_runs.items()},
-        "cpu": cpu_name(), "minutes": minutes_of_work(out, progress, t0),
+        "command": " ".join(["mirai", *sys.argv[1:]]), **machine(), "minutes": minutes_of_work(out, progress, t0),
     }
     reference = read_reference(plan.base)
     if reference is not None:
