@@ -132,7 +132,7 @@ def test_the_cli_reports_an_interrupted_run_with_its_own_exit_code(tmp_path, mon
     def interrupted(*a, **k):
         raise TrainingInterrupted("SIGINT at step 3/6: checkpoint written to x; run the same command again to resume")
 
-    monkeypatch.setattr("mirai.cli.train", interrupted)
+    monkeypatch.setattr("mirai.training.loop.train", interrupted)
     assert main(["train", "--set", f"train.out_dir={tmp_path}"]) == 130
     assert capsys.readouterr().err.startswith("stopped: SIGINT at step 3/6")
 
