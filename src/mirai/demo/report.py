@@ -145,7 +145,7 @@ def summary_lines(results: dict, reference: dict | None) -> list[str]:
     lines = []
     if reference is not None:
         lines += [f"The answer shipped with the base ({design(reference)}; `{reference.get('command')}`, "
-                  f"{reference.get('minutes')} min on {reference.get('cpu')}):"]
+                  f"{reference.get('minutes', 0):.1f} min on {reference.get('cpu')}):"]
         lines += text_table(endpoint_rows(reference)) + [f"  verdict: {reference['verdict']}", ""]
     lines += [f"This run ({design(results)}; {results['minutes']:.1f} min on {results['cpu']}):"]
     lines += text_table(endpoint_rows(results))
