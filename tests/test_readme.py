@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mirai.cli import _parser, main
+from mirai.cli import _parser, demo_plan, main
 from mirai.config import load_config
-from mirai.demo import Plan, load_demo
-from mirai.demo.plan import QUICK_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -75,9 +73,7 @@ def test_a_readme_command_parses_and_its_configs_are_valid(command, capsys):
         return
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        plan = Plan.make(args.out, load_demo([QUICK_CONFIG] * args.quick + args.config,
-                                             args.overrides + ([f"demo.seeds={args.seeds}"] if args.seeds else [])))
-        plan.check()  # every stage's config builds
+        demo_plan(args).check()  # every stage's config builds
         if args.dry_run:
             assert main(argv) == 0 and "stages:" in capsys.readouterr().out
     elif args.command == "train":

@@ -310,17 +310,24 @@ def cmd_compare(args) -> None:
     print(f"wrote {write_report(args.runs, args.out, videos)}")
 
 
-def cmd_demo(args) -> int | None:
-    from .demo import Plan, load_demo, run_demo
-    from .demo.base import read_reference
+def demo_plan(args):
+    """The demo a `mirai demo` command line asks for: --quick and --config files over demo.yaml, --set, --seeds."""
+    from .demo import Plan, load_demo
     from .demo.plan import QUICK_CONFIG
+
+    seeds = [f"demo.seeds={args.seeds}"] if args.seeds else []
+    return Plan.make(args.out, load_demo([QUICK_CONFIG] * args.quick + args.config, args.overrides + seeds))
+
+
+def cmd_demo(args) -> int | None:
+    from .demo import run_demo
+    from .demo.base import read_reference
     from .demo.report import summary_lines
     from .device import pick_device
     from .training.loop import TrainingInterrupted
     from .video import check_output
 
-    seeds = [f"demo.seeds={args.seeds}"] if args.seeds else []
-    plan = Plan.make(args.out, load_demo([QUICK_CONFIG] * args.quick + args.config, args.overrides + seeds))
+    plan = demo_plan(args)
     if args.dry_run:
         print("\n".join(plan.describe()))
         return
