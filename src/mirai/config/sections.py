@@ -129,6 +129,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # 81 frames -> 21 latent frames (data.clip_frames: 21), chunks of 3 latent frames.
     "wan1.3b": dict(arch="wan", prediction="velocity", dim=1536, depth=30, heads=12, ffn_dim=8960, text_dim=4096,
                     channels=16, patch_size=2, image_size=60, image_width=104, frames_per_chunk=3),
+    # Wan2.1-T2V-14B: the paper's real score and foresight encoder (same tokens as the 1.3B, 40 layers of 5120).
+    "wan14b": dict(arch="wan", prediction="velocity", dim=5120, depth=40, heads=40, ffn_dim=13824, text_dim=4096,
+                   channels=16, patch_size=2, image_size=60, image_width=104, frames_per_chunk=3),
     # diffusers' own test shape (2 heads x 12), 16 latent channels to pair with a tiny Wan VAE.
     "wan-tiny": dict(arch="wan", prediction="velocity", dim=24, depth=2, heads=2, ffn_dim=32, text_dim=16,
                      channels=16, patch_size=2, image_size=16, frames_per_chunk=3, rope_max_seq_len=32),

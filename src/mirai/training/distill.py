@@ -25,6 +25,7 @@ from ..data.datasets import build_dataset, unconditional_prompt
 from ..device import pick_device
 from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
+from ..references import load_reference
 from ..sampling.rollout import iter_rollout
 
 
@@ -69,7 +70,7 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     if not d.teacher:
         raise ckpt.CheckpointError("distill.teacher is empty: name the stage-1 causal run to distil from")
     device = pick_device(cfg.train.device)
-    teacher = ckpt.load_model(d.teacher, expect_attention="causal").eval().to(device)
+    teacher = load_reference(d.teacher, cfg.model, "causal", "distill.teacher").eval().to(device)
     ckpt.check_same_family(teacher.cfg, cfg.model, d.teacher, "the ODE student")
     schedule = FlowSchedule.from_config(cfg.schedule)
     ts = student_timesteps(cfg, schedule)

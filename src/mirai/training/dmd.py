@@ -28,6 +28,7 @@ from ..config import Config, ConfigError
 from ..data.datasets import build_dataset
 from ..device import autocast_context
 from ..diffusion.schedule import FlowSchedule
+from ..references import load_reference
 from ..rng import rand, randn
 from ..sampling.guided import guided_velocity
 from ..sampling.rollout import rollout_with_exit
@@ -147,7 +148,7 @@ class DMDStage(Stage):
         super().__init__(cfg)
         tc = cfg.train
         self.model = init_generator(cfg).to(self.device)
-        self.teacher = ckpt.load_model(cfg.dmd.teacher, expect_attention="bidirectional").eval().requires_grad_(False)
+        self.teacher = load_reference(cfg.dmd.teacher, cfg.model, "bidirectional", "dmd.teacher").eval().requires_grad_(False)
         self.teacher.to(self.device)
         ckpt.check_same_family(self.teacher.cfg, self.model.cfg, cfg.dmd.teacher, "the generator")
         self.critic = copy.deepcopy(self.teacher).train().requires_grad_(True)

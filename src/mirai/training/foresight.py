@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checkpoint as ckpt, distributed as dist
+from .. import distributed as dist
 from ..config import Config, ForesightConfig
 from ..models.attention import chunk_causal_mask
 from ..models.predictor import Predictor
+from ..references import load_reference
 from .dmd import GeneratorRollout, GeneratorTerm
 
 # --------------------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def build_encoder(cfg: Config, teacher: nn.Module) -> TeacherEncoder:
     f = cfg.foresight
     model = teacher
     if f.encoder != "teacher":  # a separately trained frozen bidirectional model
-        model = ckpt.load_model(f.encoder, expect_attention="bidirectional")
+        model = load_reference(f.encoder, cfg.model, "bidirectional", "foresight.encoder")
     block = f.encoder_block or model.cfg.depth // 2
     return TeacherEncoder(model, block, causal=f.encoder_mask == "causal")
 

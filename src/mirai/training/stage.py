@@ -23,6 +23,7 @@ from ..models.attention import use_flex
 from ..diffusion.schedule import FlowSchedule
 from ..data.cache import read_cache_manifest, read_empty_prompt
 from ..models.build import build_model, is_conditional
+from ..references import load_reference
 
 
 @dataclass
@@ -128,14 +129,11 @@ def init_generator(cfg: Config) -> nn.Module:
         # Stage 1 may start from the bidirectional base model (as Causal-Forcing starts from Wan): same weights
         # layout, only the mask differs. Later stages must start from a causal model.
         kind = None if cfg.train.objective == "teacher_forcing" else cfg.model.attention
-        if wan_io.is_diffusers_folder(cfg.train.init_from):  # a diffusers Wan folder: the bidirectional base
-            if kind == "causal":
-                raise ckpt.CheckpointError(
-                    f"{cfg.train.init_from} is a diffusers base model (bidirectional); the {cfg.train.objective} "
-                    "stage starts from a causal Mirai run (stage 1 may start from the base)")
-            previous = wan_io.load_wan(cfg.train.init_from, cfg.model)
-        else:
-            previous = ckpt.load_model(cfg.train.init_from, expect_attention=kind)
+        if wan_io.is_diffusers_folder(cfg.train.init_from) and kind == "causal":
+            raise ckpt.CheckpointError(
+                f"{cfg.train.init_from} is a diffusers base model (bidirectional); the {cfg.train.objective} "
+                "stage starts from a causal Mirai run (stage 1 may start from the base)")
+        previous = load_reference(cfg.train.init_from, cfg.model, kind, "train.init_from")
         ckpt.check_same_family(previous.cfg, cfg.model, cfg.train.init_from, f"this {cfg.train.objective} stage's model")
         ckpt.load_state(model, previous.state_dict(), cfg.train.init_from)
     return model

@@ -1,0 +1,94 @@
+"""Model references: what a config key such as `dmd.teacher` or `train.init_from` names, and the model it gives.
+
+A reference is one of
+- a Mirai model file, or a run folder (its `model.safetensors`);
+- a local diffusers Wan folder (`config.json` + weights; the run's model config gives what diffusers lacks);
+- `preset:NAME`, a size and no weights (e.g. `preset:wan14b`): the model of that preset with the run's frame size,
+  chunking and prompt. It has no weights, so training refuses it; `mirai plan` (which runs on fake tensors) and
+  the GPU check (random weights) read it inside `random_weights()`.
+
+`reference_config` reads only headers (a file's metadata, a folder's config.json): a plan of a 14B run never
+reads 14B of weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+from torch import nn
+
+from . import checkpoint as ckpt, wan_io
+from .config import ModelConfig, config_from_dict, model_config_from_dict
+from .models.build import build_model
+
+PRESET = "preset:"
+_RANDOM = {"allowed": False}
+
+
+@contextlib.contextmanager
+def random_weights() -> Iterator[None]:
+    """Inside this context a `preset:NAME` reference builds a freshly initialised model (plans, GPU checks, tests)."""
+    before = _RANDOM["allowed"]
+    _RANDOM["allowed"] = True
+    try:
+        yield
+    finally:
+        _RANDOM["allowed"] = before
+
+
+def is_preset(ref: str) -> bool:
+    return str(ref).startswith(PRESET)
+
+
+def preset_config(ref: str, like: ModelConfig) -> ModelConfig:
+    """`like` (the run's model: frame size, chunking, prompt) with the sizes of the preset named by `ref`."""
+    name = str(ref)[len(PRESET):]
+    sized = config_from_dict({"model": {"preset": name}}, model_only=True).model  # unknown names: one ConfigError
+    keys = ("arch", "prediction", "dim", "depth", "heads", "ffn_dim", "mlp_ratio", "text_dim")
+    return dataclasses.replace(like, preset=name, **{k: getattr(sized, k) for k in keys})
+
+
+def reference_config(ref: str, like: ModelConfig, attention: str | None = None) -> ModelConfig:
+    """The model config a reference names, read from headers only; `attention` ("causal"/"bidirectional") is
+    checked for a Mirai file and set for a diffusers folder or a preset (neither stores a mask)."""
+    if is_preset(ref):
+        cfg = preset_config(ref, like)
+    elif wan_io.is_diffusers_folder(ref):
+        cfg = wan_io.wan_model_config(ref, like)
+    else:
+        path = ckpt.resolve_model_path(ref)
+        if not path.is_file():
+            raise ckpt.CheckpointError(f"checkpoint not found: {path}")
+        meta = ckpt.read_meta(path)
+        if "model" not in meta:
+            raise ckpt.CheckpointError(f"{path} holds no model config (kind {meta.get('kind')!r})")
+        cfg = model_config_from_dict(meta["model"])
+        if attention and cfg.attention != attention:
+            raise ckpt.CheckpointError(f"{path} is a {cfg.attention} model, but a {attention} model is needed here")
+        return cfg
+    return dataclasses.replace(cfg, attention=attention) if attention else cfg
+
+
+def load_reference(ref: str, like: ModelConfig, attention: str | None = None, role: str = "model") -> nn.Module:
+    """The model a reference names, with its weights (fp32, on the CPU). role names the key in errors."""
+    if is_preset(ref):
+        if not _RANDOM["allowed"]:
+            raise ckpt.CheckpointError(f"{role} = {ref!r} names a size, not weights: point it at a Mirai run, a model "
+                                       "file or a diffusers folder (presets are for `mirai plan` and the GPU check)")
+        return build_model(reference_config(ref, like, attention))
+    if wan_io.is_diffusers_folder(ref):
+        model = wan_io.load_wan(ref, like)
+        if attention:
+            model.cfg = dataclasses.replace(model.cfg, attention=attention)
+        return model
+    return ckpt.load_model(ref, expect_attention=attention)
+
+
+def describe(ref: str) -> str:
+    """How a reference reads in a plan's table."""
+    if is_preset(ref):
+        return f"{ref} (size only)"
+    return str(Path(ref))
