@@ -59,6 +59,7 @@ def init(device: str = "auto") -> None:
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
+        forget_mesh()
 
 
 def is_distributed() -> bool:
@@ -155,14 +156,30 @@ def checkpoint_blocks(module: nn.Module, on: bool) -> None:
     module.checkpoint_blocks = on
 
 
+_MESHES: dict[str, object] = {}
+
+
+def mesh(device_type: str):
+    """The one 1-D device mesh over every rank of this process group (made once: it reads the ranks' values, which
+    a plan on fake tensors makes before it fakes anything)."""
+    if device_type not in _MESHES:
+        _MESHES[device_type] = init_device_mesh(device_type, (world(),))
+    return _MESHES[device_type]
+
+
+def forget_mesh() -> None:
+    """After the process group is destroyed (a plan's fake one): the meshes made over it are gone too."""
+    _MESHES.clear()
+
+
 def shard(module: nn.Module, cfg: DistConfig, device: torch.device) -> nn.Module:
     """FSDP2 in place: each block its own unit, then the rest; returns the module (now an FSDPModule)."""
-    mesh = init_device_mesh(device.type, (world(),))
+    mesh_ = mesh(device.type)
     dtype = torch.bfloat16 if cfg.param_dtype == "bf16" else None
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
     for block in getattr(module, "blocks", ()):
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(module, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh_, mp_policy=policy)
+    fully_shard(module, mesh=mesh_, mp_policy=policy)
     return module
 
 

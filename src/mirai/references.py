@@ -7,7 +7,8 @@ A reference is one of
   chunking and prompt. It has no weights, so training refuses it; `mirai plan` (which runs on fake tensors) and
   the GPU check (random weights) read it inside `random_weights()`.
 
-`reference_config` reads only headers (a file's metadata, a folder's config.json): a plan of a 14B run never
+Inside `random_weights(everything=True)` (a plan) every reference is built with random weights, and one that
+does not exist yet (the previous stage not trained) as the run's own model. `reference_config` reads only headers (a file's metadata, a folder's config.json): a plan of a 14B run never
 reads 14B of weights.
 """
 
@@ -25,18 +26,19 @@ from .config import ModelConfig, config_from_dict, model_config_from_dict
 from .models.build import build_model
 
 PRESET = "preset:"
-_RANDOM = {"allowed": False}
+_RANDOM = {"allowed": False, "everything": False}
 
 
 @contextlib.contextmanager
-def random_weights() -> Iterator[None]:
-    """Inside this context a `preset:NAME` reference builds a freshly initialised model (plans, GPU checks, tests)."""
-    before = _RANDOM["allowed"]
-    _RANDOM["allowed"] = True
+def random_weights(everything: bool = False) -> Iterator[None]:
+    """Inside this context a `preset:NAME` reference builds a freshly initialised model (plans, GPU checks, tests);
+    with `everything`, every reference does, of the architecture its header names: no weights are read (a plan)."""
+    before = dict(_RANDOM)
+    _RANDOM.update(allowed=True, everything=everything or before["everything"])
     try:
         yield
     finally:
-        _RANDOM["allowed"] = before
+        _RANDOM.update(before)
 
 
 def is_preset(ref: str) -> bool:
@@ -74,10 +76,12 @@ def reference_config(ref: str, like: ModelConfig, attention: str | None = None) 
 
 def load_reference(ref: str, like: ModelConfig, attention: str | None = None, role: str = "model") -> nn.Module:
     """The model a reference names, with its weights (fp32, on the CPU). role names the key in errors."""
-    if is_preset(ref):
+    if is_preset(ref) or _RANDOM["everything"]:
         if not _RANDOM["allowed"]:
             raise ckpt.CheckpointError(f"{role} = {ref!r} names a size, not weights: point it at a Mirai run, a model "
                                        "file or a diffusers folder (presets are for `mirai plan` and the GPU check)")
+        if _RANDOM["everything"] and not exists(ref):  # a plan made before the stage it starts from was trained
+            return build_model(dataclasses.replace(like, attention=attention) if attention else like)
         return build_model(reference_config(ref, like, attention))
     if wan_io.is_diffusers_folder(ref):
         model = wan_io.load_wan(ref, like)
@@ -85,6 +89,11 @@ def load_reference(ref: str, like: ModelConfig, attention: str | None = None, ro
             model.cfg = dataclasses.replace(model.cfg, attention=attention)
         return model
     return ckpt.load_model(ref, expect_attention=attention)
+
+
+def exists(ref: str) -> bool:
+    """Whether a reference names something readable: a preset, a diffusers folder or a model file / run folder."""
+    return is_preset(ref) or wan_io.is_diffusers_folder(ref) or ckpt.resolve_model_path(ref).is_file()
 
 
 def describe(ref: str) -> str:

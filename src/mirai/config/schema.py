@@ -220,8 +220,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"data.clip_frames={cfg.data.clip_frames} is not a multiple of model.frames_per_chunk={m.frames_per_chunk}"
         )
-    if cfg.data.source not in ("synthetic", "folder", "cache"):
-        raise ConfigError(f"data.source must be 'synthetic', 'folder' or 'cache', got '{cfg.data.source}'")
+    if cfg.data.source not in ("synthetic", "folder", "cache", "random"):
+        raise ConfigError(f"data.source must be 'synthetic', 'folder', 'cache' or 'random', got '{cfg.data.source}'")
     if cfg.prepare.missing_caption not in ("skip", "empty"):
         raise ConfigError(f"prepare.missing_caption must be 'skip' or 'empty', got '{cfg.prepare.missing_caption}'")
     if cfg.data.source == "synthetic" and cfg.world.image_size != m.image_size:

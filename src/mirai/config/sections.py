@@ -40,7 +40,10 @@ class DataConfig:
     """Where training clips come from."""
 
     source: str = "synthetic"  # "synthetic" (the built-in world), "folder" (mp4/gif/frame folders, pixels) or
-    #                            "cache" (latents and caption embeddings written by `mirai prepare`)
+    #                            "cache" (latents and caption embeddings written by `mirai prepare`) or "random"
+    #                            (Gaussian clips of the model's frame shape and, for a caption model, Gaussian
+    #                            caption embeddings of prepare.text_len x model.text_dim: for plans, GPU checks and
+    #                            speed tests at real size without data; it teaches nothing)
     path: str = ""  # the folder, for source == "folder" or "cache"
     clip_frames: int = 8  # frames per training clip (must be a multiple of model.frames_per_chunk)
     seed: int = 0  # dataset seed: clip i of the synthetic world is a pure function of (seed, i)

@@ -40,6 +40,23 @@ class SyntheticVideoDataset:
         return {"video": to_model_range(clip.frames), "prompt": torch.from_numpy(PROMPT.encode(clip.scene))}
 
 
+class RandomVideoDataset:
+    """Gaussian clips (T, C, H, W) and, for a caption model, Gaussian caption embeddings (L, text_dim): item i is a
+    pure function of (seed, i). Shapes at real size without data, for GPU checks and speed tests."""
+
+    def __init__(self, frame_shape: tuple[int, int, int], clip_frames: int, seed: int, text: tuple[int, int] | None):
+        self.frame_shape, self.clip_frames, self.seed, self.text = frame_shape, clip_frames, seed, text
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        gen = rng.generator(self.seed, "random-clip", index)
+        item = {"video": torch.randn(self.clip_frames, *self.frame_shape, generator=gen).clamp(-1, 1)}
+        item["prompt"] = torch.randn(*self.text, generator=gen) if self.text else torch.zeros(0, dtype=torch.long)
+        return item
+
+
 class VideoFolderDataset:
     """Clips cut from a folder of videos (mp4, gif, ...) and/or sub-folders of frames (png, jpg)."""
 
@@ -79,6 +96,9 @@ def build_dataset(cfg: Config):
             raise DataError(f"{d.path} holds caption embeddings of width {data.text_dim}, the model reads "
                             f"model.text_dim={m.text_dim}")
         return data
+    if d.source == "random":
+        text = (cfg.prepare.text_len, m.text_dim) if m.text_conditioned else None
+        return RandomVideoDataset(m.frame_shape, d.clip_frames, d.seed, text)
     if m.frame_shape != (3, m.image_size, m.image_size):  # both sources give square RGB frames
         raise DataError(f"data.source={d.source} gives square RGB frames, but the model takes {m.frame_shape} "
                         "(channels, height, width): set model.channels=3 and model.image_width=0 (for latents, "
@@ -88,10 +108,12 @@ def build_dataset(cfg: Config):
     return VideoFolderDataset(d.path, d.clip_frames, cfg.model.image_size, d.frame_stride)
 
 
-def unconditional_prompt(data: DataConfig, model: ModelConfig) -> Tensor | None:
+def unconditional_prompt(data: DataConfig, model: ModelConfig, text_len: int = 0) -> Tensor | None:
     """The "no prompt" of a caption model trained on the cache `data.path`: the empty caption's embedding (L, D)
     that `mirai prepare` wrote (caption dropout, guidance's unconditional branch); None for every other model
     (the structured prompt's "no prompt" is all zeros, see `data.prompt.unconditional`)."""
+    if data.source == "random" and model.text_conditioned:  # random captions: the zero embedding stands for none
+        return torch.zeros(text_len, model.text_dim)
     if data.source != "cache" or not model.text_conditioned:
         return None
     empty = read_empty_prompt(data.path)

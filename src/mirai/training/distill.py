@@ -82,7 +82,7 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
     shards = -(-d.num_videos // d.shard_size)
     shape = cfg.model.frame_shape
     captions = build_dataset(cfg) if cfg.model.text_conditioned else None  # a cache: caption embeddings
-    uncond = unconditional_prompt(cfg.data, cfg.model)
+    uncond = unconditional_prompt(cfg.data, cfg.model, cfg.prepare.text_len)
     uncond = uncond.to(device) if uncond is not None else None
     for s in tqdm(range(dist.rank(), shards, dist.world()), desc="ode pairs", unit="shard", disable=quiet):
         path = out / f"shard_{s:05d}.safetensors"

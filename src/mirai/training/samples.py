@@ -27,7 +27,8 @@ def write_samples(model: nn.Module, schedule: FlowSchedule, dataset, cfg: Config
         dataset = SyntheticVideoDataset(cfg.world, rng.derive_seed(cfg.data.seed, "sample-sheet"), frames)
     held_out = get_batch(dataset, [i % len(dataset) for i in range(num)])  # a small cache may hold fewer clips
     prompt = held_out["prompt"].to(device) if is_conditional(model) else None
-    uncond = unconditional_prompt(cfg.data, model.cfg)  # guidance of a caption model: away from the empty caption
+    # guidance of a caption model: away from the empty caption
+    uncond = unconditional_prompt(cfg.data, model.cfg, cfg.prepare.text_len)
     fpc = cfg.model.frames_per_chunk
     noise = rng.chunk_noise(0, num, frames // fpc, (fpc, *held_out["video"].shape[2:])).to(device)
     gen = rng.generator(0, "sampler")

@@ -63,7 +63,8 @@ class Stage:
         self.device = pick_device(cfg.train.device)
         use_flex(cfg.train.flex_attention)
         self.schedule = FlowSchedule.from_config(cfg.schedule)
-        uncond = unconditional_prompt(cfg.data, cfg.model)  # a caption model's "no prompt": the empty caption
+        # a caption model's "no prompt": the empty caption
+        uncond = unconditional_prompt(cfg.data, cfg.model, cfg.prepare.text_len)
         self.uncond = uncond.to(self.device) if uncond is not None else None
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
@@ -106,6 +107,10 @@ def resolve_model_config(cfg: Config) -> Config:
                               "set model.conditional=false")
         if cfg.model.text_dim == 0:  # the DiT's cross-attention reads embeddings of the cache's width
             cfg.model.text_dim = empty.shape[-1]
+        cfg.model.prompt_vocab = []
+    elif cfg.data.source == "random" and cfg.model.conditional:  # random caption embeddings of model.text_dim
+        if not cfg.model.text_dim:
+            raise ConfigError("data.source=random gives caption embeddings: set model.text_dim, or model.conditional=false")
         cfg.model.prompt_vocab = []
     elif cfg.model.conditional and not cfg.model.prompt_vocab:
         if cfg.data.source != "synthetic":

@@ -118,8 +118,10 @@ class ODEStage(SupervisedStage):
 
     name = "ode"
 
-    def __init__(self, cfg: Config, quiet: bool = False):
-        pairs = ODEPairDataset(generate_pairs(cfg, quiet))  # before the model: resumable, and the longest part
+    def __init__(self, cfg: Config, quiet: bool = False, pairs=None):
+        """pairs: a dataset of ODE pairs (with `.timesteps`); None = the teacher's, generated first (resumable)."""
+        if pairs is None:
+            pairs = ODEPairDataset(generate_pairs(cfg, quiet))  # before the model: resumable, and the longest part
         super().__init__(cfg, dataset=pairs)
         self.sample_dataset = build_dataset(cfg)
 

@@ -1,0 +1,528 @@
+"""One real training step and one streaming rollout of a config, run on fake tensors (shapes, no memory).
+
+`plan_run` builds the stage of a config exactly as `mirai train` does (the same classes, the same `distribute`
+wrapping) with every model reference replaced by its architecture (random weights, headers read only), under
+PyTorch's `FakeTensorMode` and, for N ranks, a fake process group of N ranks seen from rank 0. It then runs the
+stage's own `step` (after warm-up steps that create the optimiser states, with the replay buffer full as it is in
+steady state) and one rollout of the generator, and measures them with PyTorch's tools:
+- memory: `torch.distributed._tools.mem_tracker.MemTracker`, every live tensor by kind (parameters, gradients,
+  optimiser state, activations, temporaries, and here also KV cache and replay buffer), peak per step;
+- FLOPs: `torch.utils.flop_counter.FlopCounterMode`;
+- time: a roofline per operator (its FLOPs at the GPU's peak or its bytes at the GPU's bandwidth, whichever is
+  longer), summed: `Roofline`, priced later per GPU kind (`mirai.plan.report`).
+What a fake tensor cannot say (a loss value, a random draw) is stood in for by `ScalarStandIns`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker, _RefType
+from torch.distributed.tensor import DTensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from .. import references
+from ..config import Config
+from ..device import autocast_context
+from ..models import attention as attention_module
+from ..models.build import build_model
+from ..rng import BatchGenerator
+from ..sampling.rollout import iter_rollout
+from ..training.optim import ema_update
+from ..training.stage import resolve_model_config
+from ..training.stages import STAGES, build_dmd
+from ..training.supervised import ODEStage
+from .attention import planned_sdpa
+
+# --------------------------------------------------------------------------------------------------
+# What is measured
+
+
+class Kind(_RefType):
+    """MemTracker's kinds of memory (the same names, so its own bookkeeping files into them) and two of Mirai's."""
+
+    PARAM = "Parameter"
+    BUFFER = "Buffer"
+    GRAD = "Gradient"
+    ACT = "Activation"
+    TEMP = "Temp"
+    OPT = "Optstate"
+    OTH = "Other"
+    KV = "KV cache"
+    REPLAY = "Replay buffer"
+
+
+KIND_NAMES = {Kind.PARAM: "parameters", Kind.BUFFER: "buffers", Kind.GRAD: "gradients", Kind.OPT: "optimiser",
+              Kind.ACT: "activations", Kind.TEMP: "temporaries", Kind.KV: "kv_cache", Kind.REPLAY: "replay",
+              Kind.OTH: "other"}
+
+
+class PlanTracker(MemTracker):
+    """MemTracker for loops: a rollout calls the generator many times in one step, which MemTracker's module-wise
+    statistics refuse ("multiple iterative calls"); the peak by kind, all a plan reads, does not need them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ref_class = Kind
+
+    def _track_module_params_and_buffers(self, module: nn.Module, install_grad_hooks: bool = True):
+        """MemTracker hooks every parameter's gradient, and a frozen one (the real score) cannot take a hook."""
+        frozen = [p for p in module.parameters() if not p.requires_grad]
+        for p in frozen:  # no hook is installed where one is recorded (these never get a gradient)
+            self._param_to_grad_hook_handles.setdefault(p, (_NO_HOOK, _NO_HOOK))
+        return super()._track_module_params_and_buffers(module, install_grad_hooks)
+
+    def _pre_fw_hook(self, module: nn.Module, inputs) -> None:
+        if module in self.memory_tracking and not self._mod_tracker.is_bw:
+            return
+        super()._pre_fw_hook(module, inputs)
+
+    def mark(self, tensors, kind: Kind) -> None:
+        """File these tensors' storages under `kind` (from now on, and moved there if already tracked)."""
+        for t in tensors:
+            self._update_and_maybe_create_winfos(t, kind)
+
+    def peak(self) -> dict[str, int]:
+        """Bytes by kind at the moment of the peak, and "total"."""
+        snapshots = self.get_tracker_snapshot("peak")
+        out = {name: 0 for name in KIND_NAMES.values()}
+        out["total"] = 0
+        for snap in snapshots.values():
+            for kind, value in snap.items():
+                key = KIND_NAMES.get(kind, "total" if str(kind) == "Total" else "other")
+                out[key] += value
+        return out
+
+
+class _NoHook:
+    def remove(self) -> None:
+        pass
+
+
+_NO_HOOK = _NoHook()
+
+
+class Roofline(TorchDispatchMode):
+    """Per operator: FLOPs (torch's flop formulas) and bytes read and written (its tensors' sizes; views move
+    nothing). `seconds(peak, bandwidth)` is the roofline bound sum(max(flops / peak, bytes / bandwidth))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[int, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(t is DTensor for t in types):
+            return NotImplemented  # count the local operators DTensor runs
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "is_view", False):
+            return out
+        formula = flop_registry.get(func.overloadpacket)
+        flops = formula(*args, **kwargs, out_val=out) if formula else 0
+        moved = sum(t.numel() * t.element_size() for t in _tensors((args, kwargs, out)))
+        self.ops.append((int(flops), int(moved)))
+        return out
+
+    def mark(self) -> int:
+        return len(self.ops)
+
+    def flops(self, start: int = 0, end: int | None = None) -> int:
+        return sum(f for f, _ in self.ops[start:end])
+
+    def bytes(self, start: int = 0, end: int | None = None) -> int:
+        return sum(b for _, b in self.ops[start:end])
+
+    def seconds(self, peak_flops: float, bandwidth: float, start: int = 0, end: int | None = None) -> float:
+        return sum(max(f / peak_flops, b / bandwidth) for f, b in self.ops[start:end])
+
+
+def _tensors(tree) -> Iterator[Tensor]:
+    if isinstance(tree, Tensor):
+        yield tree
+    elif isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
+def _key(t: Tensor) -> int:
+    """The identity of a tensor's storage (what Python hands back may be another wrapper of the same tensor)."""
+    return t.untyped_storage()._cdata
+
+
+class ScalarStandIns(TorchDispatchMode):
+    """What fake tensors cannot give, a Python number, stood in for: a random integer draw is the largest value it
+    can take (DMD's exit step: the last, the most work), a boolean is True (every finite-check passes), any other
+    scalar is 1. Real tensors keep their values, except that random integer draws are made the same way, so a run
+    with real tensors (the check against reality) takes the same branches."""
+
+    RANDINT = {torch.ops.aten.randint.low, torch.ops.aten.randint.low_generator, torch.ops.aten.randint.default,
+               torch.ops.aten.randint.generator}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[int, tuple[Tensor, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.RANDINT:
+            high = args[1] if func in (torch.ops.aten.randint.low, torch.ops.aten.randint.low_generator) else args[0]
+            out = func(*args, **kwargs)
+            if isinstance(out, FakeTensor):
+                self.values[_key(out)] = (out, high - 1)  # the tensor is kept: its key is not reused
+            else:
+                out.fill_(high - 1)
+            return out
+        if func is torch.ops.aten._local_scalar_dense.default and isinstance(args[0], FakeTensor):
+            t = args[0]
+            if _key(t) in self.values:
+                return self.values[_key(t)][1]
+            if t.constant is not None:  # made from Python numbers (a schedule's step list): the fake mode knows it
+                return t.constant.item()
+            return True if t.dtype == torch.bool else (1 if not t.is_floating_point() else 1.0)
+        return func(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fake world
+
+
+@contextlib.contextmanager
+def overwritten_parameters() -> Iterator[None]:
+    """`module.to(...)` replaces fake parameters by new ones instead of swapping them in place: torch always swaps a
+    fake parameter, and refuses to, since the fake mode holds a weak reference to it."""
+    original = nn.Module.to
+
+    def to(module: nn.Module, *args, **kwargs) -> nn.Module:
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        for m in module.modules():
+            for group in (m._parameters, m._buffers):
+                for name, t in group.items():
+                    if t is None:
+                        continue
+                    cast = dtype if dtype is not None and t.is_floating_point() else t.dtype
+                    moved = t.to(device=device or t.device, dtype=cast)
+                    if moved is not t:
+                        group[name] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
+        return module
+
+    nn.Module.to = to
+    try:
+        yield
+    finally:
+        nn.Module.to = original
+
+
+@contextlib.contextmanager
+def fake_process_group(ranks: int) -> Iterator[None]:
+    """A process group of `ranks` fake ranks, this process rank 0 (collectives return at once, move nothing)."""
+    if ranks <= 1:
+        yield
+        return
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if torch_dist.is_initialized():
+        raise RuntimeError("mirai plan runs in a process of its own, not under torchrun")
+    torch_dist.init_process_group("fake", rank=0, world_size=ranks, store=FakeStore())
+    try:
+        from .. import distributed as dist
+
+        dist.mesh("cpu")  # made with real tensors, before fake mode: a device mesh reads its ranks' values
+        yield
+    finally:
+        torch_dist.destroy_process_group()
+        from .. import distributed as dist
+
+        dist.forget_mesh()
+
+
+@contextlib.contextmanager
+def real_schedule() -> Iterator[None]:
+    """A sampler's step list is a few numbers computed from Python numbers (and read back with `.tolist()`): it is
+    computed for real, not faked."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from ..diffusion.schedule import FlowSchedule
+
+    original = FlowSchedule.inference_steps
+
+    def inference_steps(self, *args, **kwargs):
+        with unset_fake_temporarily():
+            return original(self, *args, **kwargs)
+
+    FlowSchedule.inference_steps = inference_steps
+    try:
+        yield
+    finally:
+        FlowSchedule.inference_steps = original
+
+
+@contextlib.contextmanager
+def fused_attention(enabled: bool) -> Iterator[None]:
+    """Attention as the GPU runs it (see `mirai.plan.attention`), masked FLOPs from the mask's block density."""
+    if not enabled:
+        yield
+        return
+    original = F.scaled_dot_product_attention
+
+    def sdpa(q, k, v, attn_mask=None, **kwargs):
+        return planned_sdpa(q, k, v, density=mask_density(attn_mask))
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def mask_density(mask) -> float:
+    """The fraction of (query, key) pairs a mask keeps, from its description; a dense fake mask has no values, so
+    the structured masks are described where they are made (`KNOWN_DENSITY`); anything else counts as dense."""
+    if mask is None:
+        return 1.0
+    return KNOWN_DENSITY.get(id(mask), 1.0)
+
+
+KNOWN_DENSITY: dict[int, float] = {}
+
+
+@contextlib.contextmanager
+def described_masks() -> Iterator[None]:
+    """Record the density of the block-causal and teacher-forcing masks as they are made (on fake tensors their
+    values are unknown): block-causal over K chunks keeps (K + 1) / 2K, teacher forcing its own count."""
+    original_default, original_tf = attention_module.default_mask, attention_module.teacher_forcing_mask
+    import mirai.training.losses as losses
+
+    original_losses_tf = losses.teacher_forcing_mask
+
+    def default_mask(cfg, frames, tokens_per_frame, device):
+        mask = original_default(cfg, frames, tokens_per_frame, device)
+        if mask is not None:
+            K = -(-frames // cfg.frames_per_chunk)
+            KNOWN_DENSITY[id(mask)] = (K + 1) / (2 * K)
+        return mask
+
+    def teacher_forcing_mask(num_chunks, tokens_per_chunk):
+        mask = original_tf(num_chunks, tokens_per_chunk)
+        K = num_chunks
+        kept = (K - 1) * K / 2 + K * (K - 1) / 2 + K  # clean<=clean, noisy>clean, noisy==noisy (in chunk pairs)
+        KNOWN_DENSITY[id(mask)] = kept / (2 * K - 1) ** 2
+        return mask
+
+    attention_module.default_mask, attention_module.teacher_forcing_mask = default_mask, teacher_forcing_mask
+    losses.teacher_forcing_mask = teacher_forcing_mask
+    try:
+        yield
+    finally:
+        attention_module.default_mask, attention_module.teacher_forcing_mask = original_default, original_tf
+        losses.teacher_forcing_mask = original_losses_tf
+        KNOWN_DENSITY.clear()
+
+
+@contextlib.contextmanager
+def marked_kv_caches(tracker: PlanTracker) -> Iterator[None]:
+    """File every KV cache a rollout allocates under "kv_cache"."""
+    original = attention_module.KVCache.allocate.__func__
+
+    def allocate(cls, *args, **kwargs):
+        cache = original(cls, *args, **kwargs)
+        tracker.mark((cache.k, cache.v), Kind.KV)
+        return cache
+
+    attention_module.KVCache.allocate = classmethod(allocate)
+    try:
+        yield
+    finally:
+        attention_module.KVCache.allocate = classmethod(original)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the step
+
+
+@dataclass
+class StepMeasure:
+    """One measured step: peak bytes by kind (rank 0), FLOPs, and the roofline's operator list."""
+
+    name: str
+    peak: dict[str, int]
+    flops: int
+    roofline: Roofline
+
+
+@dataclass
+class RolloutMeasure:
+    frames: int
+    peak: dict[str, int]
+    flops: int
+    first_chunk: tuple[int, int]  # operator range of the first chunk in `roofline`
+    roofline: Roofline
+
+
+@dataclass
+class RunMeasure:
+    stage: str
+    ranks: int
+    rows: int  # clips per rank per optimiser step (all micro-batches)
+    steps: list[StepMeasure] = field(default_factory=list)  # DMD: a generator step, then a critic-only step
+    rollout: RolloutMeasure | None = None
+    parameters: dict[str, int] = field(default_factory=dict)  # per module, whole (not sharded)
+
+
+class RandomPairs:
+    """ODE pairs of the right shapes for a planned ODE step (the teacher's trajectories are not simulated)."""
+
+    def __init__(self, timesteps: Tensor):
+        self.timesteps = timesteps
+
+    def __len__(self) -> int:
+        return 2**62
+
+
+def planning_config(cfg: Config) -> Config:
+    """The config as the plan runs it: random data of the config's shapes on the CPU, nothing written."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.data.source == "cache":  # caption embeddings of model.text_dim; the cache itself is not read
+        cfg.data.source = "random"
+    cfg = resolve_model_config(cfg)  # the world's structured prompt stays one
+    cfg.data.source = "random"
+    cfg.data.num_workers = 0
+    cfg.train.device = "cpu"
+    cfg.train.compile = False
+    cfg.train.flex_attention = False
+    cfg.train.sample_every = 0
+    return cfg
+
+
+def build_planned_stage(cfg: Config):
+    """The stage of cfg.train.objective, as `mirai train` builds it (ODE: with stand-in pairs)."""
+    if cfg.train.objective == "ode":
+        from ..diffusion.schedule import FlowSchedule
+
+        schedule = FlowSchedule.from_config(cfg.schedule)
+        ts = schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps)[:-1]
+        return ODEStage(cfg, quiet=True, pairs=RandomPairs(ts.float()))
+    if cfg.train.objective == "dmd":
+        return build_dmd(cfg, quiet=True)
+    return STAGES[cfg.train.objective](cfg, True)
+
+
+def batch_of(stage, cfg: Config, rows: int) -> dict[str, Tensor]:
+    """This rank's rows of a step's batch, in the shapes the stage's dataset gives."""
+    m = cfg.model
+    prompt = (torch.randn(rows, cfg.prepare.text_len, m.text_dim) if m.text_conditioned
+              else torch.zeros(rows, len(m.prompt_vocab), dtype=torch.long))
+    if cfg.train.objective == "ode":
+        S = len(stage.dataset.timesteps)
+        return {"states": torch.randn(rows, S, cfg.data.clip_frames, *m.frame_shape),
+                "clean": torch.randn(rows, cfg.data.clip_frames, *m.frame_shape), "prompt": prompt}
+    return {"video": torch.randn(rows, cfg.data.clip_frames, *m.frame_shape), "prompt": prompt}
+
+
+def replay_tensors(stage) -> list[Tensor]:
+    return [t for term in getattr(stage, "terms", []) for pair in term.replay for t in pair]
+
+
+def fill_replay(stage) -> None:
+    """Steady state: every term's replay buffer holds `replay_size` entries (copies of the one it has)."""
+    for term in getattr(stage, "terms", []):
+        if term.replay:
+            while len(term.replay) < term.replay.maxlen:
+                term.replay.append(tuple(t.clone() for t in term.replay[-1]))
+
+
+def persistent(stage) -> list:
+    """What lives across steps: every module and optimiser of the stage."""
+    return [*stage.modules.values(), *stage.optimizers.values()]
+
+
+def measured_step(stage, cfg: Config, batch, gen, step: int, name: str) -> StepMeasure:
+    tracker, roofline = PlanTracker(), Roofline()
+    tracker.track_external(*persistent(stage))
+    tracker.mark(replay_tensors(stage), Kind.REPLAY)
+    with marked_kv_caches(tracker), tracker, FlopCounterMode(display=False) as counter, roofline:
+        result = stage.step(batch, step, gen)
+        if result.generator_update is not None:
+            ema_update(stage.ema, stage.model, 0.99)
+    return StepMeasure(name, tracker.peak(), counter.get_total_flops(), roofline)
+
+
+def measured_rollout(cfg: Config, batch: int = 1) -> RolloutMeasure:
+    """The generator alone on one GPU, bf16 weights when training in bf16, rolling out one clip chunk by chunk."""
+    m = cfg.model
+    model = build_model(m).eval().requires_grad_(False)
+    if cfg.train.precision == "bf16":
+        model.to(torch.bfloat16)
+    tracker, roofline = PlanTracker(), Roofline()
+    tracker.track_external(model)
+    from ..diffusion.schedule import FlowSchedule
+
+    noise = torch.randn(batch, cfg.data.clip_frames, *m.frame_shape)
+    prompt = torch.randn(batch, cfg.prepare.text_len, m.text_dim) if m.text_conditioned else None
+    first = (0, 0)
+    with marked_kv_caches(tracker), tracker, FlopCounterMode(display=False) as counter, roofline:
+        with autocast_context(cfg.train.precision, "cpu"):
+            for i, _chunk in enumerate(iter_rollout(model, FlowSchedule.from_config(cfg.schedule), noise, prompt,
+                                                    sample=cfg.sample)):
+                if i == 0:
+                    first = (0, roofline.mark())
+    return RolloutMeasure(batch * cfg.data.clip_frames, tracker.peak(), counter.get_total_flops(), first, roofline)
+
+
+def parameter_counts(stage) -> dict[str, int]:
+    out = {}
+    for name, module in stage.modules.items():
+        out[name] = sum(p.numel() for p in module.parameters())
+    teacher = getattr(stage, "teacher", None)
+    if teacher is not None:
+        out["teacher (frozen)"] = sum(p.numel() for p in teacher.parameters())
+    for term in getattr(stage, "terms", []):
+        encoder = getattr(term, "encoder", None)
+        if encoder is not None and encoder.model is not teacher:
+            out["foresight encoder (frozen)"] = sum(p.numel() for p in encoder.model.parameters())
+    return out
+
+
+def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True, rollout: bool = True) -> RunMeasure:
+    """Build `cfg`'s stage for `ranks` ranks and measure a step (DMD: a generator step and a critic-only step) and,
+    when `rollout`, one rollout. fake=False runs the same with real tensors (random weights): the check against
+    reality, at toy sizes on the CPU. fused: attention as on a GPU (see `fused_attention`)."""
+    cfg = planning_config(cfg)
+    rows = cfg.train.batch_size // ranks
+    if cfg.train.batch_size % (ranks * cfg.dist.grad_accum):
+        from ..config import ConfigError
+
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {ranks} ranks x "
+                          f"dist.grad_accum {cfg.dist.grad_accum}")
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    with fake_process_group(ranks), references.random_weights(everything=True), fused_attention(fused), \
+            described_masks(), real_schedule():
+        with overwritten_parameters() if fake else contextlib.nullcontext(), mode, ScalarStandIns():
+            torch.manual_seed(cfg.train.seed)
+            stage = build_planned_stage(cfg)
+            stage.distribute()
+            gen = BatchGenerator(cfg.train.seed)
+            batch = batch_of(stage, cfg, rows)
+            k = cfg.dmd.critic_updates_per_gen if cfg.train.objective == "dmd" else 1
+            for warm in range(min(k, 2) if k > 1 else 1):  # optimiser states exist (DMD: both optimisers)
+                stage.step(batch, warm * (k - 1) if k > 1 else warm, gen)
+            fill_replay(stage)
+            run = RunMeasure(cfg.train.objective, ranks, rows, parameters=parameter_counts(stage))
+            run.steps.append(measured_step(stage, cfg, batch, gen, k, "generator step" if k > 1 else "step"))
+            if k > 1:
+                run.steps.append(measured_step(stage, cfg, batch, gen, k + 1, "critic-only step"))
+            if rollout and cfg.model.attention == "causal":
+                run.rollout = measured_rollout(cfg)
+    return run
