@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -125,3 +126,17 @@ def test_a_model_file_copied_out_of_its_run_samples_with_its_own_world(tmp_path)
         rollout_inputs(model, default.world, 2, 4, 0, "cpu")
     shutil.copy(run / "config.yaml", alone.parent / "config.yaml")  # an older file: its run's config.yaml
     assert ckpt.run_config(alone, []).world == cfg.world
+
+
+def test_score_models_share_tokens_not_size_and_a_mismatch_names_the_key():
+    from mirai.config import ModelConfig
+
+    gen = ModelConfig(dim=32, depth=2, heads=2, patch_size=4, image_size=16)
+    wider = dataclasses.replace(gen, dim=48, depth=3, heads=3, ffn_dim=96)
+    ckpt.check_same_tokens(wider, gen, "teacher.safetensors", "the generator")  # a 14B beside a 1.3B: allowed
+    with pytest.raises(ckpt.CheckpointError, match=r"does not match .*dim: 48 vs 32"):
+        ckpt.check_same_family(wider, gen, "init.safetensors", "this stage's model")  # init_from: same size
+    for key, value in (("patch_size", 8), ("frames_per_chunk", 3), ("channels", 4), ("text_dim", 16), ("arch", "wan")):
+        with pytest.raises(ckpt.CheckpointError,
+                           match=rf"teacher.safetensors .*does not share the tokens of the generator.*{key}: {value} vs"):
+            ckpt.check_same_tokens(dataclasses.replace(wider, **{key: value}), gen, "teacher.safetensors", "the generator")

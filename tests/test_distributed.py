@@ -227,5 +227,8 @@ def test_a_global_batch_that_does_not_split_is_one_clear_error(tmp_path):
         config_from_dict(config(tmp_path, dist={"grad_accum": 3}))
     with pytest.raises(ConfigError, match="set train.precision=bf16"):
         config_from_dict(config(tmp_path, dist={"generator": "fsdp", "param_dtype": "bf16"}))
-    with pytest.raises(ConfigError, match="dist.grad_accum > 1"):
-        config_from_dict(dmd_config(tmp_path, tmp_path, dist={"grad_accum": 2}))
+    config_from_dict(dmd_config(tmp_path, tmp_path, dist={"grad_accum": 2}))  # DMD accumulates too
+    with pytest.raises(ConfigError, match="dmd.term_grad_every .* dist.grad_accum=2"):
+        config_from_dict(dmd_config(tmp_path, tmp_path, dist={"grad_accum": 2}, dmd={"term_grad_every": 1}))
+    with pytest.raises(ConfigError, match="dist.frozen_dtype must be 'fp32' or 'bf16', got 'fp16'"):
+        config_from_dict(dmd_config(tmp_path, tmp_path, dist={"frozen_dtype": "fp16"}))

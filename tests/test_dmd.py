@@ -137,3 +137,182 @@ def test_exit_rollout_without_grad_matches_inference_at_the_last_step():
         a, _ = rollout_with_exit(model, sched, noise, None, 2, sample=sample, generator=torch.Generator().manual_seed(0))
     b = rollout(model, sched, noise, sample=sample, generator=torch.Generator().manual_seed(0))
     assert (a - b).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------- the stage: score models, frozen dtype, accumulation
+
+import dataclasses
+
+import pytest
+
+from mirai import checkpoint as ckpt
+from mirai.config import config_from_dict
+from mirai.models.build import build_model
+from mirai.rng import BatchGenerator
+from mirai.training.stage import resolve_model_config
+
+TOY = {  # 16 px frames, 2 chunks of 2 frames, a 2-block generator; a 2-step renoise rollout
+    "world": {"image_size": 16, "sprite_sizes": [5], "num_patterns": 1},
+    "model": {"preset": "tiny", "dim": 32, "depth": 2, "heads": 2, "patch_size": 4, "image_size": 16},
+    "data": {"clip_frames": 4},
+    "sample": {"timesteps": [1000, 500], "solver": "renoise", "context_noise": 0.1},
+    "train": {"batch_size": 4, "sample_every": 0, "precision": "fp32", "lr": 1e-3, "objective": "dmd"},
+    "dmd": {"critic_updates_per_gen": 2, "critic_lr": 1e-3},
+    "foresight": {"enabled": True, "weight": 0.5},
+}
+WIDE = {"dim": 48, "depth": 3, "heads": 3}  # the teacher's own size (a 14B beside a 1.3B, at toy scale)
+
+
+WAN_TOY = {"model": {"preset": "wan-tiny", "channels": 3, "image_size": 16}, "data": {"clip_frames": 6}}  # 2 chunks of 3
+WAN_WIDE = {"dim": 48, "depth": 3, "heads": 3, "ffn_dim": 64}
+
+
+def toy_config(models, arch="dit", **sections):
+    data = {k: dict(v) for k, v in TOY.items()}
+    if arch == "wan":
+        data.update(WAN_TOY)
+    data["train"]["init_from"] = str(models / "student.safetensors")
+    data["dmd"]["teacher"] = str(models / "teacher.safetensors")
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return config_from_dict(data)
+
+
+def write_models(folder, arch="dit"):
+    """Random models of the toy tokens: a causal student, a wider and deeper bidirectional teacher, a
+    bidirectional critic of the student's size, and a teacher whose patches differ (other tokens)."""
+    m = resolve_model_config(toy_config(folder, arch)).model
+    wide = WAN_WIDE if arch == "wan" else WIDE
+    for name, attention, seed, size in (("student", "causal", 2, {}), ("teacher", "bidirectional", 1, wide),
+                                        ("critic", "bidirectional", 3, {}),
+                                        ("other_tokens", "bidirectional", 4, {"patch_size": 8})):
+        torch.manual_seed(seed)
+        model = build_model(dataclasses.replace(m, attention=attention, **size))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        ckpt.save_model(model, folder / f"{name}.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return write_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def wan_models(tmp_path_factory):
+    return write_models(tmp_path_factory.mktemp("wan_models"), "wan")
+
+
+def build(cfg):
+    from mirai.training.stages import build_dmd
+
+    torch.manual_seed(0)  # the predictor's initialisation
+    return build_dmd(resolve_model_config(cfg), quiet=True)
+
+
+def toy_batch(stage, n=4):
+    items = [stage.dataset[i] for i in range(n)]
+    return {k: torch.stack([item[k] for item in items]) for k in items[0]}
+
+
+def test_dmd_with_foresight_runs_with_a_wider_teacher_and_a_separate_critic(models):
+    stage = build(toy_config(models, dmd={"critic": str(models / "critic.safetensors")}))
+    assert (stage.teacher.cfg.dim, stage.model.cfg.dim, stage.critic.cfg.dim) == (48, 32, 32)
+    critic_file = ckpt.load_model(models / "critic.safetensors").state_dict()
+    assert all(torch.equal(v, critic_file[k]) for k, v in stage.critic.state_dict().items())  # its initial weights
+    term = stage.terms[0]
+    assert term.encoder.model is stage.teacher and term.encoder.dim == 48 and term.encoder.block == 1  # 3 // 2
+    batch, gen = toy_batch(stage), BatchGenerator(0)
+    records = [stage.step(batch, step, gen).record for step in (0, 1)]
+    assert all(torch.isfinite(torch.tensor(v)) for r in records for v in r.values())
+    assert {"dmd_loss", "foresight_loss", "critic_loss"} <= records[0].keys()
+    assert "predictor_replay_loss" in records[1]
+
+
+def test_without_dmd_critic_the_critic_is_the_teachers_copy(models):
+    stage = build(toy_config(models, foresight={"enabled": False}))
+    teacher = ckpt.load_model(models / "teacher.safetensors").state_dict()
+    assert all(torch.equal(v, teacher[k]) for k, v in stage.critic.state_dict().items())
+    assert stage.critic.cfg.dim == 48 and all(p.requires_grad for p in stage.critic.parameters())
+
+
+@pytest.mark.parametrize("key", ["teacher", "critic", "encoder"])
+def test_score_models_with_other_tokens_are_refused_naming_the_key(models, key):
+    other = str(models / "other_tokens.safetensors")
+    section = {"foresight": {"encoder": other}} if key == "encoder" else {"dmd": {key: other}}
+    with pytest.raises(ckpt.CheckpointError, match=r"other_tokens.safetensors .*does not share the tokens of the "
+                                                   r"generator.*patch_size: 8 vs 4"):
+        build(toy_config(models, **section))
+
+
+def weight_dtypes(model):
+    """(dtypes of the weights outside norm layers, dtypes of the norm layers' gains)."""
+    from mirai.models.build import NORMS
+
+    norms = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters()}
+    params = list(model.parameters())
+    return {p.dtype for p in params if id(p) not in norms}, {p.dtype for p in params if id(p) in norms}
+
+
+def test_a_bf16_frozen_teacher_and_encoder_give_finite_losses(models):
+    cfg = toy_config(models, dist={"frozen_dtype": "bf16"}, dmd={"critic": str(models / "critic.safetensors")},
+                     foresight={"encoder": str(models / "teacher.safetensors")})  # a separate encoder, cast alike
+    stage = build(cfg)
+    encoder = stage.terms[0].encoder.model
+    assert encoder is not stage.teacher
+    for model in stage.teacher, encoder:  # bf16 but the norm gains (fp32: the models normalise in fp32)
+        assert weight_dtypes(model) == ({torch.bfloat16}, {torch.float32})
+    assert {p.dtype for p in [*stage.critic.parameters(), *stage.model.parameters()]} == {torch.float32}
+    record = stage.step(toy_batch(stage), 0, BatchGenerator(0)).record  # train.precision=fp32: no outer autocast
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("dmd_loss", "foresight_loss", "critic_loss"))
+
+
+def test_the_papers_recipe_at_toy_size_wan_bf16_wide_teacher_and_encoder_separate_critic(wan_models):
+    """Wan generator; a wider, deeper Wan real score = foresight encoder, held in bf16; a critic of the
+    generator's size from its own file."""
+    cfg = toy_config(wan_models, "wan", dist={"frozen_dtype": "bf16"},
+                     dmd={"critic": str(wan_models / "critic.safetensors")})
+    stage = build(cfg)
+    assert (stage.teacher.cfg.dim, stage.terms[0].encoder.dim, stage.critic.cfg.dim) == (48, 48, 24)
+    assert stage.teacher.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    batch, gen = toy_batch(stage), BatchGenerator(0)
+    records = [stage.step(batch, step, gen).record for step in (0, 1)]
+    assert all(torch.isfinite(torch.tensor(v)) for r in records for v in r.values())
+    assert {"dmd_loss", "foresight_loss", "critic_loss"} <= records[0].keys()
+
+
+def test_a_bf16_teacher_copied_into_the_critic_leaves_the_critic_fp32(models):
+    stage = build(toy_config(models, dist={"frozen_dtype": "bf16"}, foresight={"enabled": False}))
+    teacher = ckpt.load_model(models / "teacher.safetensors").state_dict()
+    assert all(torch.equal(v, teacher[k]) for k, v in stage.critic.state_dict().items())  # not rounded to bf16
+    assert weight_dtypes(stage.teacher)[0] == {torch.bfloat16}
+
+
+def trained(stage, names=("model", "critic", "predictor")):
+    return {f"{n}.{k}": v.detach().clone() for n in names for k, v in stage.modules[n].state_dict().items()}
+
+
+def test_grad_accumulation_updates_as_the_whole_batch(models):
+    """Batch 4 in 2 micro-batches of 2 = batch 4 at once: the generator (with the foresight term), the critic and
+    the predictor (on the generator update and on the critic-only step's replay) end with the same weights."""
+    critic = {"critic": str(models / "critic.safetensors")}
+    whole, split = (build(toy_config(models, dmd=critic, dist={"grad_accum": a})) for a in (1, 2))
+    batch = toy_batch(whole)
+    start = trained(whole)
+    gens = BatchGenerator(0), BatchGenerator(0)
+    for step in (0, 1):  # 0: generator + critic update; 1: critic only, the predictor replays step 0's entry
+        records = [stage.step(batch, step, gen).record for stage, gen in zip((whole, split), gens)]
+        a, b = trained(whole), trained(split)
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0, msg=f"step {step}: {name}")
+        for key in ("critic_loss", "dmd_loss", "foresight_loss", "predictor_replay_loss", "dmd_grad_norm",
+                    "gen_grad_norm", "critic_grad_norm"):  # the norms: Adam's first steps would hide a loss scale
+            if key in records[0]:
+                assert records[1][key] == pytest.approx(records[0][key], rel=1e-4, abs=1e-6), (step, key)
+        for module in ("model", "critic", "predictor"):  # every trained module moved, far beyond the tolerance
+            moved = max((a[k] - start[k]).abs().max().item() for k in a if k.startswith(module + "."))
+            assert moved > 1e-4, (step, module)
+    assert gens[0].get_state().equal(gens[1].get_state())  # the same draws consumed
+    assert len(split.terms[0].replay) == 1 and split.terms[0].replay[0][0].shape[0] == 4  # one entry per update

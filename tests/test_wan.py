@@ -291,3 +291,23 @@ def test_tiny_wan_pipeline_teacher_forcing_ode_dmd_foresight(pixel_wan, tmp_path
     assert main(["sample", "--ckpt", str(run), "--frames", "6", "--num", "1", "--out", str(out)]) == 0
     assert main(["export", "wan", str(run), "--out", str(tmp_path / "exported")]) == 0
     assert diffusers.WanTransformer3DModel.from_pretrained(tmp_path / "exported").config.in_channels == 3
+
+
+def test_a_bf16_load_is_the_fp32_weights_rounded_and_runs_under_its_autocast(latent_wan):
+    """A frozen 14B real score loads as bf16 (dist.frozen_dtype): every tensor bf16, no fp32 model on the way."""
+    from mirai.device import weights_autocast
+
+    folder, _ = latent_wan
+    full = wan_io.load_wan(folder, base(attention="bidirectional")).eval()
+    half = wan_io.load_wan(folder, base(attention="bidirectional"), dtype=torch.bfloat16).eval()
+    norms = {f"{name}.{k}" for name, m in half.named_modules() if isinstance(m, torch.nn.LayerNorm | torch.nn.RMSNorm)
+             for k, _ in m.named_parameters()}
+    assert norms and {v.dtype for k, v in half.state_dict().items() if k not in norms} == {torch.bfloat16}
+    assert {v.dtype for k, v in half.state_dict().items() if k in norms} == {torch.float32}  # gains: fp32 (CPU norms)
+    assert all(torch.equal(v, full.state_dict()[k].to(v.dtype)) for k, v in half.state_dict().items())
+    x, text = video(C=16), torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
+    t = torch.full((2, 6), 0.37)
+    with torch.no_grad(), weights_autocast(half, "cpu"):
+        low = half(x, t, text)
+    out = full(x, t, text).detach()
+    assert (low.float() - out).abs().max() < 0.05 * out.abs().max()

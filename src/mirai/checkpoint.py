@@ -245,11 +245,29 @@ def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path) ->
     module.load_state_dict(state)
 
 
+# What makes a token (and a frame of them): models that agree on these read and write the same sequences, whatever
+# their width. Size: what else a weights file must share to load into another model.
+TOKEN_KEYS = ("arch", "image_size", "image_width", "channels", "patch_size", "frames_per_chunk", "prompt_vocab",
+              "text_dim")
+SIZE_KEYS = ("dim", "depth", "heads", "ffn_dim")
+
+
+def config_diff(a: ModelConfig, b: ModelConfig, keys: tuple[str, ...]) -> list[str]:
+    """'key: a's value vs b's value' for each key where the two configs differ."""
+    return [f"{k}: {getattr(a, k)} vs {getattr(b, k)}" for k in keys if getattr(a, k) != getattr(b, k)]
+
+
+def check_same_tokens(a: ModelConfig, b: ModelConfig, name: str, role: str) -> None:
+    """Two model configs must agree on what a token is (frames, patches, chunking, prompt); their widths, depths,
+    heads and FFN may differ (a 14B real score judging a 1.3B generator's videos)."""
+    diff = config_diff(a, b, TOKEN_KEYS)
+    if diff:
+        raise CheckpointError(f"{name} ({a.preset}) does not share the tokens of {role} ({b.preset}): " + "; ".join(diff))
+
+
 def check_same_family(a: ModelConfig, b: ModelConfig, name: str, role: str) -> None:
     """Two model configs must agree on what a token is (frames, patches, chunking) and on size."""
-    keys = ("arch", "image_size", "image_width", "channels", "patch_size", "frames_per_chunk", "dim", "depth", "heads",
-            "prompt_vocab", "ffn_dim", "text_dim")
-    diff = [f"{k}: {getattr(a, k)} vs {getattr(b, k)}" for k in keys if getattr(a, k) != getattr(b, k)]
+    diff = config_diff(a, b, TOKEN_KEYS + SIZE_KEYS)
     if diff:
         raise CheckpointError(f"{name} ({a.preset}) does not match {role} ({b.preset}): " + "; ".join(diff))
 

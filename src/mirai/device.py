@@ -23,6 +23,16 @@ def autocast_context(precision: str, device="cpu"):
     return torch.autocast(kind, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
 
+def weights_autocast(model: torch.nn.Module, device):
+    """bf16 autocast around a model whose weights are bf16 (a frozen model, dist.frozen_dtype=bf16), else nothing:
+    its fp32 inputs and own fp32 tensors (timestep features, rotary angles) then meet bf16 weights through
+    autocast's casts, whatever train.precision is."""
+    weight = next(model.parameters(), None)
+    if weight is None or weight.dtype != torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def pick_device(name: str) -> torch.device:
     """"auto" is CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N" when that device exists."""
     if name == "auto":

@@ -19,11 +19,12 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from . import checkpoint as ckpt, wan_io
 from .config import ModelConfig, config_from_dict, model_config_from_dict
-from .models.build import build_model
+from .models.build import build_model, to_dtype
 
 PRESET = "preset:"
 _RANDOM = {"allowed": False, "everything": False}
@@ -74,21 +75,23 @@ def reference_config(ref: str, like: ModelConfig, attention: str | None = None) 
     return dataclasses.replace(cfg, attention=attention) if attention else cfg
 
 
-def load_reference(ref: str, like: ModelConfig, attention: str | None = None, role: str = "model") -> nn.Module:
-    """The model a reference names, with its weights (fp32, on the CPU). role names the key in errors."""
+def load_reference(ref: str, like: ModelConfig, attention: str | None = None, role: str = "model",
+                   dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model a reference names, with its weights as `dtype`, on the CPU. role names the key in errors.
+    A diffusers folder (or a preset) is built and read as `dtype` directly; a Mirai file loads in fp32, then is cast."""
     if is_preset(ref) or _RANDOM["everything"]:
         if not _RANDOM["allowed"]:
             raise ckpt.CheckpointError(f"{role} = {ref!r} names a size, not weights: point it at a Mirai run, a model "
                                        "file or a diffusers folder (presets are for `mirai plan` and the GPU check)")
         if _RANDOM["everything"] and not exists(ref):  # a plan made before the stage it starts from was trained
-            return build_model(dataclasses.replace(like, attention=attention) if attention else like)
-        return build_model(reference_config(ref, like, attention))
+            return build_model(dataclasses.replace(like, attention=attention) if attention else like, dtype)
+        return build_model(reference_config(ref, like, attention), dtype)
     if wan_io.is_diffusers_folder(ref):
-        model = wan_io.load_wan(ref, like)
+        model = wan_io.load_wan(ref, like, dtype)
         if attention:
             model.cfg = dataclasses.replace(model.cfg, attention=attention)
         return model
-    return ckpt.load_model(ref, expect_attention=attention)
+    return to_dtype(ckpt.load_model(ref, expect_attention=attention), dtype)
 
 
 def exists(ref: str) -> bool:

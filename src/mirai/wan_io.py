@@ -108,17 +108,19 @@ def read_weights(folder: str | Path) -> tuple[dict[str, Tensor], Path]:
     return tensors, files[0] if len(files) == 1 else index
 
 
-def load_wan(folder: str | Path, base: ModelConfig) -> nn.Module:
-    """A Mirai Wan model with the folder's weights (fp32). Prompt tables come from the folder's
-    `mirai_prompt_embed.safetensors` when it has one that fits, else they keep their fresh initialisation."""
+def load_wan(folder: str | Path, base: ModelConfig, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A Mirai Wan model with the folder's weights, as `dtype` (bf16 for a frozen 14B: the model is built in bf16
+    and each tensor read is cast alone, so no fp32 copy of the whole model is made). Prompt tables come from the
+    folder's `mirai_prompt_embed.safetensors` when it has one that fits, else they keep their fresh initialisation."""
     cfg = wan_model_config(folder, base)
-    model = build_model(cfg)
+    model = build_model(cfg, dtype)
     tensors, source = read_weights(folder)
-    state = {k: v.float() for k, v in tensors.items()}
+    own = model.state_dict()  # each tensor as the model holds it (norm gains stay fp32, see `to_dtype`)
+    state = {k: tensors.pop(k).to(own[k].dtype if k in own else dtype) for k in list(tensors)}  # pop: one copy at a time
     own_prompt = {k: v for k, v in model.state_dict().items() if k.startswith(PROMPT_PREFIX)}
     prompt_path = Path(folder) / PROMPT_FILE
     if own_prompt and prompt_path.is_file():
-        saved = {k: v for k, v in ckpt.load(prompt_path)[0].items()}
+        saved = {k: v.to(own[k].dtype) if k in own else v for k, v in ckpt.load(prompt_path)[0].items()}
         if {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in own_prompt.items()}:
             own_prompt = saved
     ckpt.load_state(model, {**state, **own_prompt}, source)

@@ -247,9 +247,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"foresight.target_source must be 'rollout' or 'real', got '{f.target_source}'")
     if not f.window or min(f.window) < 0:
         raise ConfigError(f"foresight.window must be a non-empty list of offsets >= 0, got {f.window}")
-    for key in ("student_block", "encoder_block"):
-        if not 0 <= getattr(f, key) <= m.depth:
-            raise ConfigError(f"foresight.{key}={getattr(f, key)} must be within 0..model.depth={m.depth}")
+    if not 0 <= f.student_block <= m.depth:
+        raise ConfigError(f"foresight.student_block={f.student_block} must be within 0..model.depth={m.depth}")
+    if f.encoder_block < 0:  # its upper bound is the encoder's depth, which may differ (checked when it loads)
+        raise ConfigError(f"foresight.encoder_block={f.encoder_block} must be >= 0")
     validate_world(cfg.world)
     for key in ("generator", "critic", "predictor"):
         if getattr(cfg.dist, key) not in DIST_STRATEGIES:
@@ -261,9 +262,11 @@ def validate(cfg: Config) -> None:
     if cfg.dist.param_dtype == "bf16" and cfg.train.precision != "bf16":
         raise ConfigError("dist.param_dtype=bf16 runs the model under bf16 autocast (its own fp32 tensors, such as "
                           f"timestep features, meet bf16 weights): set train.precision=bf16, not '{cfg.train.precision}'")
-    if cfg.dist.grad_accum > 1 and cfg.train.objective == "dmd":
-        raise ConfigError("dist.grad_accum > 1 is for the teacher, teacher forcing and ODE stages; the DMD stage "
-                          "updates with its whole batch (use more processes or a smaller train.batch_size)")
+    if cfg.dist.frozen_dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"dist.frozen_dtype must be 'fp32' or 'bf16', got '{cfg.dist.frozen_dtype}'")
+    if cfg.dist.grad_accum > 1 and cfg.dmd.term_grad_every:  # each part's norm would be of one micro-batch
+        raise ConfigError("dmd.term_grad_every is a diagnostic of whole-batch updates: set it to 0 with "
+                          f"dist.grad_accum={cfg.dist.grad_accum}")
     if cfg.train.batch_size % cfg.dist.grad_accum:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) is not divisible by "
                           f"dist.grad_accum={cfg.dist.grad_accum}")

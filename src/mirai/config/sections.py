@@ -218,7 +218,10 @@ class DistillConfig:
 class DMDConfig:
     """Stage 3, self-rollout distribution matching distillation (see `mirai.dmd`)."""
 
-    teacher: str = ""  # the bidirectional teacher: frozen real score; the critic starts from it
+    teacher: str = ""  # the bidirectional teacher: frozen real score (a reference: a Mirai run or file, a diffusers
+    #                    Wan folder); its width and depth may differ from the generator's, its tokens may not
+    critic: str = ""  # the critic's (fake score's) initial weights, a bidirectional reference with the generator's
+    #                   tokens (e.g. a 1.3B base beside a 14B teacher); "" = a copy of the teacher
     critic_lr: float = 4.0e-4
     critic_updates_per_gen: int = 5  # the generator is updated once per this many critic updates
     t_min: float = 0.02  # DMD noise levels t ~ U(t_min, t_max)
@@ -264,7 +267,11 @@ class DistConfig:
     param_dtype: str = "fp32"  # FSDP mixed precision: "bf16" computes with bf16 copies of the sharded fp32
     #                            weights and reduces gradients in fp32 (needs train.precision=bf16); "fp32" keeps
     #                            fp32
-    grad_accum: int = 1  # micro-batches per optimiser step (teacher, teacher forcing and ODE stages)
+    grad_accum: int = 1  # micro-batches per optimiser step (every stage; DMD: the generator's, the critic's and
+    #                      the foresight predictor's updates)
+    frozen_dtype: str = "fp32"  # dtype of the frozen DMD real score and of a separate foresight encoder: "bf16"
+    #                             halves their memory (cast on the CPU, before they reach the device; they then run
+    #                             under bf16 autocast); the trained critic stays fp32
     activation_checkpointing: bool = False  # recompute each block's activations in backward instead of keeping
     #                                         them (less memory, one more forward); also in a single process
 

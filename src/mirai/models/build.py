@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..config import ModelConfig
@@ -24,9 +25,32 @@ def is_conditional(model: nn.Module) -> bool:
     return model.prompt_embed is not None or model.cfg.text_conditioned
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """A freshly initialised model of `cfg.arch` (validated by the config)."""
-    return ARCHS[cfg.arch](cfg)
+def build_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A freshly initialised model of `cfg.arch` (validated by the config), its tensors of `dtype`. A bf16 model is
+    built in bf16 (torch's default dtype set while it is built): a 14B model never exists in fp32 on the way."""
+    if dtype == torch.float32:
+        return ARCHS[cfg.arch](cfg)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = ARCHS[cfg.arch](cfg)
+    finally:
+        torch.set_default_dtype(before)
+    return to_dtype(model, dtype)
+
+
+NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)
+
+
+def to_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The model's tensors as `dtype` (in place), but its norm layers' gains: they stay fp32, because the models
+    normalise in fp32 (`norm(x.float())`) and a CPU layer norm refuses fp32 inputs with bf16 gains."""
+    model.to(dtype)
+    if dtype != torch.float32:
+        for module in model.modules():
+            if isinstance(module, NORMS):
+                module.float()
+    return model
 
 
 def load_autoencoder(spec: str, device="cpu") -> Autoencoder:

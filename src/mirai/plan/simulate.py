@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 

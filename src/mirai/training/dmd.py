@@ -4,8 +4,13 @@ The causal generator rolls a whole video out with its KV cache exactly as at inf
 drawn per rollout and shared by all chunks, and gradients flow only through that step of each chunk.
 The video is then judged by two bidirectional score models at a random noise level t:
 - the real score: the frozen bidirectional teacher (with classifier-free guidance for prompts);
-- the fake score: a critic initialised from the teacher and trained by flow matching on the generator's
-  detached samples, `critic_updates_per_gen` times per generator update.
+- the fake score: a critic initialised from the teacher (or from `dmd.critic`, e.g. a 1.3B model beside a 14B
+  teacher) and trained by flow matching on the generator's detached samples, `critic_updates_per_gen` times per
+  generator update.
+Both score models share the generator's tokens (`ckpt.check_same_tokens`), not its width or depth. The frozen
+teacher may be held in bf16 (`dist.frozen_dtype`). With `dist.grad_accum` > 1, each update (the generator's and
+the critic's) is the sum of micro-batches that replay the step's draws and keep their own rows of them, so it is
+the update of the whole batch at once.
 DMD's gradient on the sample is (fake_x0 - real_x0) / mean|x - real_x0| (DMD2 eq. 7 normalisation).
 
 Other generator losses are composed onto the stage as `GeneratorTerm`s (Video-Mirai's foresight alignment
@@ -15,6 +20,7 @@ after each generator update and on critic-only steps, without knowing what they 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -24,16 +30,17 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import checkpoint as ckpt, distributed as dist
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, DistConfig
 from ..data.datasets import build_dataset
-from ..device import autocast_context
+from ..device import autocast_context, weights_autocast
 from ..diffusion.schedule import FlowSchedule
+from ..models.build import to_dtype
 from ..references import load_reference
 from ..rng import rand, randn
 from ..sampling.guided import guided_velocity
 from ..sampling.rollout import rollout_with_exit
 from .losses import bidirectional_loss
-from .optim import check_finite, optimize, part_grad_norms
+from .optim import check_finite, clip_and_step, part_grad_norms
 from .stage import Stage, StepOutput, init_generator
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +66,8 @@ def predict_x0(model: nn.Module, schedule: FlowSchedule, x_t: Tensor, t: Tensor,
                cfg_scale: float = 1.0, uncond: Tensor | None = None) -> Tensor:
     """Clean estimate of a score model at per-frame noise t (B, T), with optional classifier-free guidance (away
     from `uncond`, the empty caption's embedding, for captions)."""
-    v = guided_velocity(model, x_t, t, prompt, cfg_scale, uncond)
+    with weights_autocast(model, x_t.device):  # a bf16 frozen teacher (dist.frozen_dtype)
+        v = guided_velocity(model, x_t, t, prompt, cfg_scale, uncond)
     return schedule.x0_from_velocity(x_t, v.float(), t)
 
 
@@ -116,6 +124,15 @@ class GeneratorTerm:
     def distribute(self) -> None:
         """Wrap the term's trained modules for a multi-process run (called once by the stage's `distribute`)."""
 
+    def begin_generator_update(self) -> None:
+        """Called before the first micro-batch of a generator update (`loss` is then called once per micro-batch,
+        each loss's backward adding to the term's gradients)."""
+
+    def gradient_sync(self, sync: bool):
+        """A context in which a micro-batch's backward reduces the term's gradients across ranks (sync, the last
+        micro-batch) or only accumulates them (`dist.gradient_sync` on its wrapped modules)."""
+        return contextlib.nullcontext()
+
     def after_generator_step(self) -> None:
         """Called after the generator's optimiser stepped (the backward pass has filled this term's grads)."""
 
@@ -134,6 +151,62 @@ class GeneratorTerm:
 # The stage
 
 
+FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def frozen_dtype(d: DistConfig) -> torch.dtype:
+    return FROZEN_DTYPES[d.frozen_dtype]
+
+
+def shards_frozen(d: DistConfig) -> bool:
+    """Whether `distribute` shards the frozen models (dist.teacher=fsdp under torchrun): they wait on the CPU."""
+    return dist.is_distributed() and d.teacher == "fsdp"
+
+
+def freeze(model: nn.Module, d: DistConfig, device) -> nn.Module:
+    """A frozen model: eval, no gradient, cast to dist.frozen_dtype on the CPU (a 14B teacher never reaches the
+    device in fp32), then moved to the device, unless `distribute` will shard it first (`place_frozen`)."""
+    model = to_dtype(model.eval().requires_grad_(False), frozen_dtype(d))
+    return model if shards_frozen(d) else model.to(device)
+
+
+def place_frozen(model: nn.Module, d: DistConfig, device) -> None:
+    """In `distribute`: shard a frozen model kept on the CPU by `freeze`. FSDP2 moves each block to the device as
+    it shards it, so the unsharded model is never on one GPU whole."""
+    if shards_frozen(d):
+        dist.shard(model, d, device)
+
+
+def micro_batches(accum: int, gen: torch.Generator, rows: int):
+    """For m in range(accum): (m, the rows of micro-batch m in this process's batch, a context in which gen's
+    per-sample draws are micro-batch m's rows of the whole batch's). The generator's state is replayed at each
+    micro-batch, so every micro-batch makes the step's draws (the same exit step); accum 1 changes nothing."""
+    first, total = getattr(gen, "first_row", 0), getattr(gen, "total_rows", 0) or rows * accum
+    start = gen.get_state()
+    for m in range(accum):
+        if accum == 1:
+            yield m, slice(None), contextlib.nullcontext()
+            continue
+        gen.set_state(start)
+        yield m, slice(m * rows, (m + 1) * rows), gen.rows(first + m * rows, total)
+
+
+def rows_of(x: Tensor | None, part: slice) -> Tensor | None:
+    return None if x is None else x[part]
+
+
+def combined(records: list[dict[str, float]]) -> dict[str, float]:
+    """The micro-batches' records as one: means, and norms combined as the whole batch's (root mean square of
+    equal-sized parts' per-sample-normalised norms)."""
+    if len(records) == 1:
+        return records[0]
+    out = {}
+    for key in records[0]:
+        values = torch.tensor([r[key] for r in records], dtype=torch.float64)
+        out[key] = float(values.square().mean().sqrt() if key.endswith("grad_norm") else values.mean())
+    return out
+
+
 class DMDStage(Stage):
     """Stage 3. One step = one critic update; the generator is updated every `critic_updates_per_gen` steps."""
 
@@ -148,10 +221,7 @@ class DMDStage(Stage):
         super().__init__(cfg)
         tc = cfg.train
         self.model = init_generator(cfg).to(self.device)
-        self.teacher = load_reference(cfg.dmd.teacher, cfg.model, "bidirectional", "dmd.teacher").eval().requires_grad_(False)
-        self.teacher.to(self.device)
-        ckpt.check_same_family(self.teacher.cfg, self.model.cfg, cfg.dmd.teacher, "the generator")
-        self.critic = copy.deepcopy(self.teacher).train().requires_grad_(True)
+        self.teacher, self.critic = self.score_models(cfg)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         betas = tuple(cfg.dmd.betas)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=betas, weight_decay=tc.weight_decay)
@@ -166,6 +236,21 @@ class DMDStage(Stage):
         self.dataset = self.sample_dataset = build_dataset(cfg)
         self.step_ts = self.schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps).tolist()  # once
 
+    def score_models(self, cfg: Config) -> tuple[nn.Module, nn.Module]:
+        """The frozen real score (dist.frozen_dtype, see `freeze`) and the trained critic (fp32, on the device),
+        both checked to share the generator's tokens. A critic copied from the teacher is copied before the
+        teacher is cast, so it starts from the teacher's own fp32 weights."""
+        d = cfg.dmd
+        teacher = load_reference(d.teacher, cfg.model, "bidirectional", "dmd.teacher",
+                                 frozen_dtype(cfg.dist) if d.critic else torch.float32)
+        ckpt.check_same_tokens(teacher.cfg, self.model.cfg, d.teacher, "the generator")
+        if d.critic:
+            critic = load_reference(d.critic, cfg.model, "bidirectional", "dmd.critic")
+            ckpt.check_same_tokens(critic.cfg, self.model.cfg, d.critic, "the generator")
+        else:
+            critic = copy.deepcopy(teacher)
+        return freeze(teacher, cfg.dist, self.device), critic.to(self.device).train().requires_grad_(True)
+
     def distribute(self) -> None:
         """The generator (and EMA) as every stage, then the critic, the frozen teacher and the terms' modules."""
         super().distribute()
@@ -176,8 +261,7 @@ class DMDStage(Stage):
         if self.cfg.dmd.term_grad_every:  # each rank would see only its own rows' gradients (and FSDP only shards)
             raise ConfigError("dmd.term_grad_every is a single-process diagnostic: set it to 0 under torchrun")
         self.forward_critic = dist.parallelize(self.critic, d.critic, d, self.device, self.opt_critic)
-        if d.teacher == "fsdp":
-            dist.shard(self.teacher, d, self.device)
+        place_frozen(self.teacher, d, self.device)
         for term in self.terms:
             term.distribute()
 
@@ -217,14 +301,16 @@ class DMDStage(Stage):
         m = self.cfg.model
         return randn((batch_size, self.cfg.data.clip_frames, *m.frame_shape), gen, self.device)
 
-    def generator_step(self, noise: Tensor, prompt: Tensor | None, real: Tensor, step: int,
-                       gen: torch.Generator) -> tuple[Tensor, dict[str, float], bool]:
-        """Self-rollout with an exit-step gradient, DMD loss + the terms' losses, one generator update.
-        Returns the generated video (detached, the critic's next sample), the record, and whether the generator
-        was updated (False only when a non-finite value made the step be skipped, train.on_nonfinite=skip)."""
-        policy = self.cfg.train.on_nonfinite
-        exit_step = int(torch.randint(0, len(self.step_ts) - 1, (1,), generator=gen))
-        self.model.train()
+    def draw_exit_step(self, gen: torch.Generator) -> int:
+        """The step of the rollout whose gradient is kept: one for the whole batch (a plain, not per-sample, draw)."""
+        return int(torch.randint(0, len(self.step_ts) - 1, (1,), generator=gen))
+
+    def generator_loss(self, prompt: Tensor | None, real: Tensor, gen: torch.Generator
+                       ) -> tuple[Tensor, dict[str, Tensor], dict[str, float], Tensor]:
+        """One (micro-)batch's self-rollout with an exit-step gradient, DMD loss + the terms' losses: (the loss,
+        its parts, the record, the generated video (B, T, C, H, W) with gradient)."""
+        noise = self.noise(real.shape[0], gen)
+        exit_step = self.draw_exit_step(gen)
         video, hidden = rollout_with_exit(self.forward_model, self.schedule, noise, prompt, exit_step,
                                           sample=self.cfg.sample, generator=gen, return_hidden=self.student_block)
         loss, grad_norm = generator_dmd_loss(video, self.teacher, self.forward_critic, self.schedule, prompt, self.cfg,
@@ -237,36 +323,86 @@ class DMDStage(Stage):
             parts[f"{term.name} term"] = term_loss
             loss = loss + term_loss
             record.update(term_record)
-        if not check_finite({k: dist.mean(v) for k, v in parts.items()}, step, self.name, policy):
-            return video.detach(), {**record, "skipped_nonfinite": 1.0}, False
-        every = self.cfg.dmd.term_grad_every
-        if every and (step // self.cfg.dmd.critic_updates_per_gen) % every == 0:
-            record.update(part_grad_norms(self.model, parts))
-        gen_grad_norm = optimize(self.opt, self.model, loss, self.cfg.train.grad_clip, step=step, stage=self.name,
-                                 what="the generator loss", policy=policy)
+        return loss, parts, record, video
+
+    def generator_step(self, prompt: Tensor | None, real: Tensor, step: int,
+                       gen: torch.Generator) -> tuple[Tensor, dict[str, float], bool]:
+        """One generator update from `dist.grad_accum` micro-batches (each backward adds loss / accum; gradients
+        are reduced across ranks at the last one). Returns the generated video (detached, the critic's next
+        sample), the record, and whether the generator was updated (False only when a non-finite value made the
+        step be skipped, train.on_nonfinite=skip)."""
+        policy, accum = self.cfg.train.on_nonfinite, self.cfg.dist.grad_accum
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        for term in self.terms:
+            term.begin_generator_update()
+        videos, records = [], []
+        for m, part, rows in micro_batches(accum, gen, real.shape[0] // accum):
+            last = m == accum - 1
+            syncs = [dist.gradient_sync(self.forward_model, last), *(t.gradient_sync(last) for t in self.terms)]
+            with rows, contextlib.ExitStack() as stack:
+                for sync in syncs:
+                    stack.enter_context(sync)
+                loss, parts, record, video = self.generator_loss(rows_of(prompt, part), real[part], gen)
+                videos.append(video.detach())
+                records.append(record)
+                if not check_finite({k: dist.mean(v) for k, v in parts.items()}, step, self.name, policy):
+                    self.opt.zero_grad(set_to_none=True)
+                    return torch.cat(videos), {**combined(records), "skipped_nonfinite": 1.0}, False
+                every = self.cfg.dmd.term_grad_every  # (schema: only with grad_accum 1)
+                if every and (step // self.cfg.dmd.critic_updates_per_gen) % every == 0:
+                    record.update(part_grad_norms(self.model, parts))
+                (loss / accum).backward()
+        record, video = combined(records), torch.cat(videos)
+        gen_grad_norm = clip_and_step(self.opt, self.model, self.cfg.train.grad_clip, step=step, stage=self.name,
+                                      what="the generator loss", policy=policy)
         if gen_grad_norm is None:
-            return video.detach(), {**record, "skipped_nonfinite": 1.0}, False
+            return video, {**record, "skipped_nonfinite": 1.0}, False
         record["gen_grad_norm"] = gen_grad_norm
         for term in self.terms:
             term.after_generator_step()
-        return video.detach(), record, True
+        return video, record, True
+
+    @torch.no_grad()
+    def critic_only_rollout(self, prompt: Tensor | None, batch_size: int, gen: torch.Generator) -> Tensor:
+        """The critic's sample on steps without a generator update: (B, T, C, H, W), micro-batch by micro-batch
+        (the draws of the whole batch's rollout)."""
+        accum, videos = self.cfg.dist.grad_accum, []
+        for _, part, rows in micro_batches(accum, gen, batch_size // accum):
+            with rows:
+                micro_prompt = rows_of(prompt, part)
+                noise = self.noise(batch_size // accum, gen)
+                video, _ = rollout_with_exit(self.forward_model, self.schedule, noise, micro_prompt,
+                                             self.draw_exit_step(gen), sample=self.cfg.sample, generator=gen)
+            videos.append(video)
+        return torch.cat(videos)
 
     def critic_step(self, fake: Tensor, prompt: Tensor | None, step: int, gen: torch.Generator) -> dict[str, float]:
-        """One flow-matching update of the fake score on generated videos.
+        """One flow-matching update of the fake score on generated videos, from `dist.grad_accum` micro-batches.
 
         The fake score learns with the loss the real score was trained with (train.loss_t_floor), so that
         fake - real measures the distributions, not two different weightings over t. A critic loss far above
         its running average is flagged (`critic_collapse` in the log and a warning): DMD's gradient is only as
         good as the fake score."""
-        tc = self.cfg.train
-        with autocast_context(tc.precision, self.device):
-            critic_loss = bidirectional_loss(self.forward_critic, self.schedule, fake, prompt, gen, per_chunk_t=False,
-                                             t_floor=tc.loss_t_floor)
-        global_loss = dist.mean(critic_loss)  # the whole batch's: the monitor and the skip decision agree on all ranks
-        if not check_finite({"critic_loss": global_loss}, step, self.name, tc.on_nonfinite):
-            return {"skipped_nonfinite": 1.0}
-        grad_norm = optimize(self.opt_critic, self.critic, critic_loss, tc.grad_clip, step=step, stage=self.name,
-                             what="the critic loss", policy=tc.on_nonfinite)
+        tc, accum = self.cfg.train, self.cfg.dist.grad_accum
+        self.opt_critic.zero_grad(set_to_none=True)
+        losses, global_losses = [], []
+        for m, part, rows in micro_batches(accum, gen, fake.shape[0] // accum):
+            with rows, dist.gradient_sync(self.forward_critic, m == accum - 1):
+                with autocast_context(tc.precision, self.device):
+                    critic_loss = bidirectional_loss(self.forward_critic, self.schedule, fake[part],
+                                                     rows_of(prompt, part), gen, per_chunk_t=False,
+                                                     t_floor=tc.loss_t_floor)
+                global_loss = dist.mean(critic_loss)  # the whole batch's: the monitor and the skip decision agree
+                if not check_finite({"critic_loss": global_loss}, step, self.name, tc.on_nonfinite):
+                    self.opt_critic.zero_grad(set_to_none=True)
+                    return {"skipped_nonfinite": 1.0}
+                (critic_loss / accum).backward()
+            losses.append(critic_loss.detach())
+            global_losses.append(global_loss)
+        critic_loss, global_loss = torch.stack(losses).mean(), torch.stack(global_losses).mean()
+        grad_norm = clip_and_step(self.opt_critic, self.critic, tc.grad_clip, step=step, stage=self.name,
+                                  what="the critic loss", policy=tc.on_nonfinite)
         record = {"critic_loss": critic_loss.item()}
         if grad_norm is None:
             return {**record, "skipped_nonfinite": 1.0}
@@ -279,17 +415,14 @@ class DMDStage(Stage):
         return record
 
     def step(self, batch: dict[str, Tensor], step: int, gen: torch.Generator) -> StepOutput:
-        noise, prompt = self.noise(batch["video"].shape[0], gen), self.prompt_of(batch)
+        prompt, real = self.prompt_of(batch), batch["video"]
         k = self.cfg.dmd.critic_updates_per_gen
         updated = False
         with autocast_context(self.cfg.train.precision, self.device):
             if step % k == 0:
-                fake, record, updated = self.generator_step(noise, prompt, batch["video"], step, gen)
+                fake, record, updated = self.generator_step(prompt, real, step, gen)
             else:
-                with torch.no_grad():
-                    exit_step = int(torch.randint(0, len(self.step_ts) - 1, (1,), generator=gen))
-                    fake, _ = rollout_with_exit(self.forward_model, self.schedule, noise, prompt, exit_step,
-                                                sample=self.cfg.sample, generator=gen)
+                fake = self.critic_only_rollout(prompt, real.shape[0], gen)
                 record = {}
                 for term in self.terms:
                     record.update(term.critic_only_step(gen))

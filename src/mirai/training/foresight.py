@@ -2,7 +2,8 @@
 
 1. A frozen foresight encoder reads the *completed* clean rollout non-causally (it sees the future) and
    returns per-token features (B, T, N, D_enc). Default: the bidirectional teacher (the DMD real score),
-   one no-grad pass at t = 0 with the prompt, stopped after `encoder_block` blocks.
+   one no-grad pass at t = 0 with the prompt, stopped after `encoder_block` blocks. A separate encoder
+   (`foresight.encoder`) shares the generator's tokens, not its width or depth (the paper's 14B beside a 1.3B).
 2. Targets: for chunk i, the mean of the encoder's tokens of chunks i + d, d in `window` (default {0, 1};
    offsets past the end are left out, the last chunk keeps what exists), matched by frame-in-chunk and
    spatial index, with stop-gradient.
@@ -23,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import distributed as dist
-from ..config import Config, ForesightConfig
+from .. import checkpoint as ckpt, distributed as dist
+from ..config import Config, ConfigError, ForesightConfig
+from ..device import weights_autocast
 from ..models.attention import chunk_causal_mask
 from ..models.predictor import Predictor
 from ..references import load_reference
-from .dmd import GeneratorRollout, GeneratorTerm
+from .dmd import GeneratorRollout, GeneratorTerm, freeze, frozen_dtype, place_frozen
 
 # --------------------------------------------------------------------------------------------------
 # Encoders
@@ -51,15 +53,23 @@ class TeacherEncoder(nn.Module):
             fpc, n = self.model.cfg.frames_per_chunk, self.model.tokens_per_frame
             mask = chunk_causal_mask((torch.arange(T, device=video.device) // fpc).repeat_interleave(n))
         t = torch.zeros(B, T, device=video.device)
-        return self.model(video, t, prompt, mask=mask, stop_after=self.block).float()
+        with weights_autocast(self.model, video.device):  # a bf16 encoder (dist.frozen_dtype)
+            return self.model(video, t, prompt, mask=mask, stop_after=self.block).float()
 
 
-def build_encoder(cfg: Config, teacher: nn.Module) -> TeacherEncoder:
+def build_encoder(cfg: Config, teacher: nn.Module, generator: nn.Module, device) -> TeacherEncoder:
+    """The teacher as it is (the stage placed it), or a separate frozen bidirectional model with the generator's
+    tokens (its own width and depth), cast and placed as the teacher is (`dmd.freeze`)."""
     f = cfg.foresight
     model = teacher
-    if f.encoder != "teacher":  # a separately trained frozen bidirectional model
-        model = load_reference(f.encoder, cfg.model, "bidirectional", "foresight.encoder")
+    if f.encoder != "teacher":
+        model = load_reference(f.encoder, cfg.model, "bidirectional", "foresight.encoder", frozen_dtype(cfg.dist))
+        ckpt.check_same_tokens(model.cfg, generator.cfg, f.encoder, "the generator")
+        model = freeze(model, cfg.dist, device)
     block = f.encoder_block or model.cfg.depth // 2
+    if block > model.cfg.depth:
+        raise ConfigError(f"foresight.encoder_block={block} must be within 0..{model.cfg.depth}, the depth of the "
+                          f"encoder ({f.encoder})")
     return TeacherEncoder(model, block, causal=f.encoder_mask == "causal")
 
 
@@ -115,18 +125,29 @@ class ForesightTerm(GeneratorTerm):
         f: ForesightConfig = cfg.foresight
         self.cfg = cfg
         self.device = device
-        self.encoder = build_encoder(cfg, teacher).to(device)
+        self.encoder = build_encoder(cfg, teacher, generator, device)
+        self.separate_encoder = self.encoder.model is not teacher  # the term places it (else the stage does)
         self.predictor = build_predictor(cfg, generator, self.encoder.dim).to(device)
         self.opt_predictor = torch.optim.AdamW(self.predictor.parameters(), lr=f.predictor_lr, betas=(0.9, 0.999))
         self.modules = {"predictor": self.predictor}
         self.optimizers = {"predictor": self.opt_predictor}
         self.forward_predictor = self.predictor  # its DDP wrapper in a multi-process run
-        self.replay: collections.deque = collections.deque(maxlen=f.replay_size)
+        self.replay: collections.deque = collections.deque(maxlen=f.replay_size)  # one entry per generator update
+        self.new_update = True  # the next `loss` starts a replay entry (later micro-batches join it)
         self.student_block = f.student_block or cfg.model.depth // 2
 
     def distribute(self) -> None:
         d = self.cfg.dist
         self.forward_predictor = dist.parallelize(self.predictor, d.predictor, d, self.device, self.opt_predictor)
+        if self.separate_encoder:
+            place_frozen(self.encoder.model, d, self.device)
+
+    def begin_generator_update(self) -> None:
+        self.opt_predictor.zero_grad(set_to_none=True)  # the predictor steps with the generator, on all micro-batches
+        self.new_update = True
+
+    def gradient_sync(self, sync: bool):
+        return dist.gradient_sync(self.forward_predictor, sync)
 
     def extra_state(self) -> dict[str, Tensor]:
         """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs. Each rank
@@ -156,9 +177,17 @@ class ForesightTerm(GeneratorTerm):
         target = self.targets(video, rollout.prompt, rollout.real)
         t = torch.full((video.shape[0],), float(rollout.t_exit), device=video.device)
         align = foresight_loss(self.forward_predictor(rollout.hidden, t), target)
-        self.replay.append((rollout.hidden.detach(), target, t))
-        self.opt_predictor.zero_grad(set_to_none=True)  # the predictor steps with the generator
+        self.remember((rollout.hidden.detach(), target, t))
         return self.cfg.foresight.weight * align, {"foresight_loss": align.item()}
+
+    def remember(self, pair: tuple[Tensor, Tensor, Tensor]) -> None:
+        """Keep a micro-batch's (hidden, target, t) rows: the micro-batches of one update are joined into one
+        entry, so a replayed entry is the whole batch's, as without accumulation."""
+        if self.new_update or not self.replay:
+            self.replay.append(pair)
+            self.new_update = False
+        else:
+            self.replay[-1] = tuple(torch.cat([a, b]) for a, b in zip(self.replay[-1], pair))
 
     def after_generator_step(self) -> None:
         torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), self.cfg.train.grad_clip)
