@@ -21,8 +21,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import (Attention, CrossAttention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles,
-                        token_positions)
+from .attention import (Attention, ChunkMask, CrossAttention, KVCache, attention_inputs, default_mask, flex_mask,
+                        rope_angles, token_positions)
 from ..config import ModelConfig
 
 
@@ -217,7 +217,7 @@ class CausalVideoDiT(nn.Module):
         t: Tensor,
         prompt: Tensor | None = None,
         *,
-        mask: Tensor | None | str = "default",
+        mask: Tensor | ChunkMask | None | str = "default",
         frame_pos: Tensor | None = None,
         kv_cache: KVCache | None = None,
         commit: bool = False,
@@ -228,15 +228,15 @@ class CausalVideoDiT(nn.Module):
 
         x: (B, T, C, H, W) noisy frames; t: (B, T) per-frame noise level in [0, 1];
         prompt: (B, P) ints (the structured prompt), (B, L, text_dim) caption embeddings (a caption model) or None
-        (= dropped); mask: "default" (from cfg.attention), None (full) or a
-        bool (L, L) tensor; frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
+        (= dropped); mask: "default" (from cfg.attention), None (full), a bool (L, L) tensor or an
+        `attention.ChunkMask` (a structured mask, never made (L, L) on CUDA); frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
         kv_cache: attend to cached chunks too (x is then one chunk); commit: also write this chunk's keys;
         return_hidden=k: also return the tokens after block k as (B, T, N, D);
         stop_after=k: return only those tokens, without running the blocks after k.
         """
         B, T = x.shape[:2]
         mask, frame_pos = attention_inputs(self.cfg, self.tokens_per_frame, T, x.device, mask, frame_pos, kv_cache, commit)
-        mask = flex_mask(mask)
+        mask = flex_mask(mask, x.device)
         angles = rope_angles(*token_positions(frame_pos, self.grid), self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
 
         c = self.t_embed(t)  # (B, T, D)

@@ -29,7 +29,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import KVCache, RMSNorm, apply_rope, attend, attention_inputs, flex_mask, rope_angles, token_positions
+from .attention import (ChunkMask, KVCache, RMSNorm, apply_rope, attend, attention_inputs, flex_mask, rope_angles,
+                        token_positions)
 from .dit import run_blocks, timestep_features
 
 
@@ -219,7 +220,7 @@ class WanVideoModel(nn.Module):
         t: Tensor,
         prompt: Tensor | None = None,
         *,
-        mask: Tensor | None | str = "default",
+        mask: Tensor | ChunkMask | None | str = "default",
         frame_pos: Tensor | None = None,
         kv_cache: KVCache | None = None,
         commit: bool = False,
@@ -230,7 +231,7 @@ class WanVideoModel(nn.Module):
         structured prompt, (B, S, text_dim) float text embeddings, or None (dropped)."""
         B, T = x.shape[:2]
         mask, frame_pos = attention_inputs(self.cfg, self.tokens_per_frame, T, x.device, mask, frame_pos, kv_cache, commit)
-        mask = flex_mask(mask)
+        mask = flex_mask(mask, x.device)
         head_dim = self.cfg.dim // self.cfg.heads
         angles = rope_angles(*token_positions(frame_pos, self.grid), head_dim, self.cfg.rope_theta, torch.float64)
 

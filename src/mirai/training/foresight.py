@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .. import distributed as dist
 from ..config import Config, ForesightConfig
-from ..models.attention import chunk_causal_mask
+from ..models.attention import ChunkMask
 from ..models.predictor import Predictor
 from ..references import load_reference
 from .dmd import GeneratorRollout, GeneratorTerm
@@ -49,7 +49,7 @@ class TeacherEncoder(nn.Module):
         mask = None
         if self.causal:
             fpc, n = self.model.cfg.frames_per_chunk, self.model.tokens_per_frame
-            mask = chunk_causal_mask((torch.arange(T, device=video.device) // fpc).repeat_interleave(n))
+            mask = ChunkMask("causal", fpc * n, -(-T // fpc), T * n)
         t = torch.zeros(B, T, device=video.device)
         return self.model(video, t, prompt, mask=mask, stop_after=self.block).float()
 
