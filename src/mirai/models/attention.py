@@ -335,6 +335,15 @@ class KVCache:
         self.total_chunks += 1
 
 
+def cache_dtype(name: str, device) -> torch.dtype:
+    """The KV cache's dtype for `sample.kv_cache_dtype` on `device` ("auto": autocast's dtype when autocast
+    is on there, fp32 otherwise)."""
+    if name == "auto":
+        kind = torch.device(device if device is not None else "cpu").type
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
 # --------------------------------------------------------------------------------------------------
 # Attention
 
