@@ -16,7 +16,7 @@ grow past (sink + window + 1) chunks, however long the rollout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -293,6 +293,18 @@ class KVCache:
     def layer(self, i: int) -> tuple[Tensor, Tensor]:
         """Valid (k, v) of layer i: (B, heads, length, head_dim) views."""
         return self.k[i, :, :, : self.length], self.v[i, :, :, : self.length]
+
+    def snapshot(self) -> "KVCache":
+        """A read-only cache of the chunks committed so far, for a forward recomputed later: activation
+        checkpointing recomputes in backward, after later chunks were committed, and must read exactly the keys
+        the forward read. The valid slots are views (commits only append past them, so they stay as they are),
+        except in a rolling cache, whose window `make_room` moves in place: there they are cloned (as much memory
+        as the keys an uncheckpointed forward keeps for backward). The snapshot is full, so it refuses commits;
+        it is valid until the cache is reset and reused."""
+        k, v = self.k[:, :, :, : self.length], self.v[:, :, :, : self.length]
+        if self.window_chunks > 0:
+            k, v = k.clone(), v.clone()
+        return replace(self, k=k, v=v)  # the same text context list (written once, at the first forward)
 
     def next_frame_position(self) -> int:
         """Temporal position of the first frame of the next chunk."""

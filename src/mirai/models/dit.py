@@ -250,9 +250,10 @@ class CausalVideoDiT(nn.Module):
             c_skip, c_out, c_in = (s[..., None, None, None] for s in edm_scalings(t, self.cfg.sigma_data))
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
+        recompute, kv_cache = checkpointed_cache(self.checkpoint_blocks, kv_cache, commit)
         h, hidden = run_blocks(self.blocks, h,
                                lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit, context),
-                               T, return_hidden, stop_after, self.checkpoint_blocks and kv_cache is None)
+                               T, return_hidden, stop_after, recompute)
         if h is None:
             return hidden
         if commit:
@@ -263,6 +264,15 @@ class CausalVideoDiT(nn.Module):
         if self.cfg.prediction in ("x0", "edm"):  # v = (x_t - x0) / t; exact for t > 0 (t = 0 only writes the cache)
             out = (x - out) / t.clamp_min(1e-3).to(out.dtype)[..., None, None, None]
         return (out, hidden) if return_hidden is not None else out
+
+
+def checkpointed_cache(on: bool, kv_cache: KVCache | None, commit: bool) -> tuple[bool, KVCache | None]:
+    """Whether a forward recomputes its blocks in backward (`checkpoint_blocks` on, with gradient), and the
+    cache its blocks then read: a snapshot, since the cache grows before backward (the exit-step forwards of
+    `rollout_with_exit`). A committing forward is never recomputed: it would write its chunk a second time."""
+    if not on or commit or not torch.is_grad_enabled():
+        return False, kv_cache
+    return True, (kv_cache.snapshot() if kv_cache is not None else None)
 
 
 def run_blocks(blocks: nn.ModuleList, h: Tensor, step, frames: int, return_hidden: int | None,

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from .attention import (ChunkMask, KVCache, RMSNorm, apply_rope, attend, attention_inputs, flex_mask, rope_angles,
                         token_positions)
-from .dit import run_blocks, timestep_features
+from .dit import checkpointed_cache, run_blocks, timestep_features
 
 
 class WanAttention(nn.Module):
@@ -238,9 +238,10 @@ class WanVideoModel(nn.Module):
         temb, mods = self.condition_embedder(t)  # (B, T, D), (B, T, 6, D)
         context = self.condition_embedder.text_embedder(self.text(prompt, B, x.device))
         h = self.embed_patches(x)
+        recompute, kv_cache = checkpointed_cache(self.checkpoint_blocks, kv_cache, commit)
         h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, mods, context, T, angles, mask, kv_cache, i,
                                                                          commit), T, return_hidden, stop_after,
-                               self.checkpoint_blocks and kv_cache is None)
+                               recompute)
         if h is None:
             return hidden
         if commit:
