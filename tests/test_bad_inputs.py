@@ -105,6 +105,8 @@ CASES = {
                             "ConfigError: unknown config key 'sample.windw_chunks'. Did you mean 'window_chunks'? "
                             "Valid keys: cfg_scale, context_noise, kv_cache_dtype, sink_chunks, solver, steps, "
                             "timesteps, window_chunks"),
+    "config: replay device": (config({"foresight": {"replay_device": "gpu"}}),
+                              "ConfigError: foresight.replay_device must be 'cpu' or 'device', got 'gpu'"),
     "config: kv cache dtype": (config({"sample": {"kv_cache_dtype": "fp16"}}),
                                "ConfigError: sample.kv_cache_dtype must be 'auto', 'fp32' or 'bf16', got 'fp16'"),
     "config: probability > 1": (config({"train": {"prompt_dropout": 1.5}}),

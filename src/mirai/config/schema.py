@@ -247,6 +247,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"foresight.encoder_mask must be 'bidirectional' or 'causal', got '{f.encoder_mask}'")
     if f.target_source not in ("rollout", "real"):
         raise ConfigError(f"foresight.target_source must be 'rollout' or 'real', got '{f.target_source}'")
+    if f.replay_device not in ("cpu", "device"):
+        raise ConfigError(f"foresight.replay_device must be 'cpu' or 'device', got '{f.replay_device}'")
     if not f.window or min(f.window) < 0:
         raise ConfigError(f"foresight.window must be a non-empty list of offsets >= 0, got {f.window}")
     for key in ("student_block", "encoder_block"):

@@ -247,6 +247,9 @@ class ForesightConfig:
     predictor_depth: int = 3  # DiT layers of the predictor (0 = a linear map alone)
     predictor_lr: float = 4.0e-4
     replay_size: int = 32  # (student feature, target) batches kept to train the predictor on critic-only steps
+    replay_device: str = "cpu"  # where the replay buffer is kept: "cpu" (pinned host memory when CUDA is there,
+    #                             moved to the device when a pair is replayed: the same numbers, none of the device's
+    #                             memory; ~10 GB at Wan 1.3B's size) or "device" (on the training device)
 
 
 @dataclass
