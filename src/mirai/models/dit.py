@@ -229,7 +229,8 @@ class CausalVideoDiT(nn.Module):
         x: (B, T, C, H, W) noisy frames; t: (B, T) per-frame noise level in [0, 1];
         prompt: (B, P) ints (the structured prompt), (B, L, text_dim) caption embeddings (a caption model) or None
         (= dropped); mask: "default" (from cfg.attention), None (full), a bool (L, L) tensor or an
-        `attention.ChunkMask` (a structured mask, never made (L, L) on CUDA); frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
+        `attention.ChunkMask` (a structured mask, never made (L, L) on CUDA);
+        frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
         kv_cache: attend to cached chunks too (x is then one chunk); commit: also write this chunk's keys;
         return_hidden=k: also return the tokens after block k as (B, T, N, D);
         stop_after=k: return only those tokens, without running the blocks after k.
