@@ -1,7 +1,12 @@
-import torch
+import warnings
 
-from mirai.models.attention import (KVCache, apply_rope, chunk_causal_mask, rope_angles, teacher_forcing_mask,
-                             token_positions)
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask
+
+from mirai.models.attention import (ChunkMask, KVCache, apply_rope, chunk_causal_mask, default_mask, rope_angles,
+                                    run_flex, teacher_forcing_mask, token_positions)
 from tests.conftest import make_model
 
 
@@ -76,3 +81,68 @@ def test_rolling_eviction_reindexes_keys_one_chunk_earlier():
     k0, _ = cache.layer(0)
     torch.testing.assert_close(k0[:, :, :tpc], rotated(0, 0), atol=1e-5, rtol=0)
     torch.testing.assert_close(k0[:, :, tpc:], rotated(2, 1), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# ChunkMask: the structured masks as descriptions (no (L, L) tensor for FlexAttention)
+
+# (kind, tokens_per_chunk, num_chunks, length): L a multiple of 128 or not, chunks aligned to blocks or not
+CHUNK_MASKS = [("causal", 48, 5, 0), ("causal", 128, 3, 0), ("causal", 100, 4, 350), ("causal", 7, 40, 0),
+               ("teacher_forcing", 48, 3, 0), ("teacher_forcing", 128, 3, 0), ("teacher_forcing", 130, 4, 0),
+               ("teacher_forcing", 33, 6, 0)]
+
+
+@pytest.mark.parametrize("spec", CHUNK_MASKS)
+def test_chunk_mask_dense_is_the_dense_helpers_mask_and_mask_mod_agrees(spec):
+    kind, n, k, length = spec
+    m = ChunkMask(kind, n, k, length)
+    if kind == "causal":
+        want = chunk_causal_mask(torch.arange(m.L) // n)
+    else:
+        want = teacher_forcing_mask(k, n)
+    assert m.dense().dtype == torch.bool and torch.equal(m.dense(), want)
+    q, kv = torch.arange(m.L)[:, None], torch.arange(m.L)[None, :]
+    zero = torch.zeros((), dtype=torch.long)
+    assert torch.equal(m.mask_mod(zero, zero, q, kv), want)
+
+
+@pytest.mark.parametrize("spec", CHUNK_MASKS)
+def test_chunk_block_mask_has_the_block_structure_of_the_dense_reference(spec):
+    m = ChunkMask(*spec)
+    dense = m.dense()
+    reference = create_block_mask(lambda b, h, q, k: dense[q, k], None, None, m.L, m.L, device="cpu")
+    built = m.block_mask(torch.device("cpu"))
+    assert built.seq_lengths == reference.seq_lengths == (m.L, m.L)
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks",
+                 "q_indices", "full_q_num_blocks", "full_q_indices"):
+        assert torch.equal(getattr(built, name), getattr(reference, name)), name
+    assert torch.equal(built.to_dense(), reference.to_dense())
+
+
+def test_the_chunk_mask_cases_have_full_partial_and_empty_tiles():
+    """Else the structure test above could pass with one kind of tile wrong."""
+    tiles = [ChunkMask(*spec).block_mask(torch.device("cpu")) for spec in CHUNK_MASKS]
+    assert any(b.full_kv_num_blocks.sum() > 0 for b in tiles) and any(b.kv_num_blocks.sum() > 0 for b in tiles)
+    assert any((b.to_dense() == 0).any() for b in tiles)
+
+
+def test_chunk_block_mask_runs_flex_attention_as_sdpa_with_the_dense_mask():
+    m = ChunkMask("teacher_forcing", 100, 3)
+    q, k, v = torch.randn(3, 1, 2, m.L, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+    with warnings.catch_warnings():  # eager FlexAttention on the CPU warns (once) that it is unfused
+        warnings.simplefilter("ignore")
+        out = run_flex(q, k, v, m.block_mask(torch.device("cpu")))
+    assert (out - F.scaled_dot_product_attention(q, k, v, attn_mask=m.dense())).abs().max() < 1e-5
+
+
+def test_the_models_take_a_chunk_mask_or_its_dense_tensor_alike():
+    model = make_model()
+    x, t = torch.randn(2, 6, 3, 16, 16), torch.rand(2, 6)
+    chunk = ChunkMask("causal", model.tokens_per_chunk, 3)
+    with torch.no_grad():
+        default, described, dense = model(x, t), model(x, t, mask=chunk), model(x, t, mask=chunk.dense())
+        full = model(x, t, mask=None)
+    assert torch.equal(default, described) and torch.equal(default, dense)
+    assert not torch.allclose(default, full)  # the mask is applied at all
+    assert torch.equal(default_mask(model.cfg, 5, model.tokens_per_frame, "cpu"),
+                       chunk_causal_mask((torch.arange(5) // 2).repeat_interleave(model.tokens_per_frame)))

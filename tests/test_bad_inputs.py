@@ -103,8 +103,12 @@ CASES = {
                            "ConfigError: config key 'train.steps': expected an integer, got 'many'"),
     "config: unknown key": (config({"sample": {"windw_chunks": 2}}),
                             "ConfigError: unknown config key 'sample.windw_chunks'. Did you mean 'window_chunks'? "
-                            "Valid keys: cfg_scale, context_noise, sink_chunks, solver, steps, timesteps, "
-                            "window_chunks"),
+                            "Valid keys: cfg_scale, context_noise, kv_cache_dtype, sink_chunks, solver, steps, "
+                            "timesteps, window_chunks"),
+    "config: replay device": (config({"foresight": {"replay_device": "gpu"}}),
+                              "ConfigError: foresight.replay_device must be 'cpu' or 'device', got 'gpu'"),
+    "config: kv cache dtype": (config({"sample": {"kv_cache_dtype": "fp16"}}),
+                               "ConfigError: sample.kv_cache_dtype must be 'auto', 'fp32' or 'bf16', got 'fp16'"),
     "config: probability > 1": (config({"train": {"prompt_dropout": 1.5}}),
                                 "ConfigError: train.prompt_dropout must be in [0, 1], got 1.5"),
     "config: occluder_prob < 0": (config({"world": {"occluder_prob": -0.1}}),
@@ -144,7 +148,7 @@ CASES = {
                            "ConfigError: world.num_colors must be >= 1, got 0"),
     "config: preset not a name": (config({"model": {"preset": ["tiny"]}}),
                                   "ConfigError: unknown model preset '['tiny']'; choose one of "
-                                  "['base', 'small', 'tiny', 'wan-tiny', 'wan1.3b']"),
+                                  "['base', 'small', 'tiny', 'wan-tiny', 'wan1.3b', 'wan14b']"),
     "config: override without =": (lambda tmp: ("call", lambda: load_config(None, ["train.steps"])),
                                    "ConfigError: override 'train.steps' is not of the form section.key=value"),
     # the CLI

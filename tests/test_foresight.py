@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mirai.config import ForesightConfig, SampleConfig
@@ -103,3 +104,46 @@ def test_targets_come_from_the_real_clip_when_asked():
     default = foresight_term(teacher)  # "rollout": the generator's own completed video, as the paper
     assert torch.equal(default.targets(rollout, None, real), foresight_targets(default.encoder(rollout, None), 2, [0, 1]))
     assert not torch.allclose(default.targets(rollout, None, real), from_real)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the replay buffer lives (foresight.replay_device)
+
+
+def replayed_update(replay_device: str, device: str = "cpu"):
+    """One generator-step pair into the buffer, one critic-only replay of it: (predictor params, the term)."""
+    from mirai.training.dmd import GeneratorRollout
+
+    teacher = make_model(attention="bidirectional").to(device)
+    term = foresight_term(teacher, replay_device=replay_device)
+    if device != "cpu":
+        term.device, term.encoder, term.predictor = device, term.encoder.to(device), term.predictor.to(device)
+    torch.manual_seed(5)
+    hidden = torch.randn(2, 6, 16, 32, device=device)
+    rollout = GeneratorRollout(video=video().to(device), hidden=hidden, prompt=None, real=video(1).to(device),
+                               t_exit=0.5)
+    term.loss(rollout, torch.Generator().manual_seed(0))
+    logs = term.critic_only_step(torch.Generator().manual_seed(0))
+    return [p.detach().cpu().clone() for p in term.predictor.parameters()], term, hidden, logs
+
+
+def test_a_replayed_pair_gives_the_same_predictor_update_wherever_the_buffer_is():
+    on_host, host_term, host_hidden, host_logs = replayed_update("cpu")
+    on_device, device_term, device_hidden, device_logs = replayed_update("device")
+    assert host_logs == device_logs and all(torch.equal(a, b) for a, b in zip(on_host, on_device))
+    stored = host_term.replay[0][0]
+    assert stored.device.type == "cpu" and stored.is_pinned() == torch.cuda.is_available()
+    assert stored.data_ptr() != host_hidden.data_ptr() and torch.equal(stored, host_hidden)  # a copy, same values
+    assert device_term.replay[0][0].data_ptr() == device_hidden.data_ptr()  # "device": kept as it was (today)
+    resumed = foresight_term(host_term.encoder.model, replay_device="cpu")
+    resumed.load_extra_state(host_term.extra_state())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.replay[0], host_term.replay[0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned host memory vs device memory)")
+def test_on_cuda_the_host_buffer_is_pinned_and_replays_the_same_update():
+    on_host, host_term, _, _ = replayed_update("cpu", "cuda")
+    on_device, device_term, _, _ = replayed_update("device", "cuda")
+    assert host_term.replay[0][0].is_pinned() and device_term.replay[0][0].is_cuda
+    assert all(torch.equal(a, b) for a, b in zip(on_host, on_device))

@@ -181,3 +181,76 @@ def test_bf16_autocast_forward_and_backward_raise_no_warning(kw):
     assert set(seen) == {(torch.bfloat16, torch.float32, torch.bfloat16)}
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
     assert (out.float() - reference).abs().max() < 0.05 * reference.abs().max()  # bf16 rounding, not another map
+
+
+# --------------------------------------------------------------------------------------------------
+# Activation checkpointing of the forwards that read the KV cache (the exit steps of rollout_with_exit)
+
+
+def wan_tiny():
+    from mirai.config import model_config_from_dict
+    from mirai.models.build import build_model
+
+    torch.manual_seed(0)
+    return build_model(model_config_from_dict({"preset": "wan-tiny"})).eval()
+
+
+def exit_rollout_gradients(model, on: bool, sample) -> tuple[list[torch.Tensor], int]:
+    """Gradients of a loss on rollout_with_exit's video, and the bytes autograd saved for backward outside
+    checkpointed blocks (a checkpointed block keeps its inputs only, and recomputes the rest in backward)."""
+    from mirai.diffusion.schedule import FlowSchedule
+    from mirai.sampling.rollout import rollout_with_exit
+
+    C, H = model.cfg.channels, model.cfg.image_size
+    noise = torch.randn(2, 4 * model.cfg.frames_per_chunk, C, H, H, generator=torch.Generator().manual_seed(0))
+    model.zero_grad(set_to_none=True)
+    model.checkpoint_blocks, saved = on, [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            video, _ = rollout_with_exit(model, FlowSchedule(shift=3.0), noise, None, 1, sample=sample,
+                                         generator=torch.Generator().manual_seed(1))
+        (video.float() - 0.3).square().mean().backward()  # backward after every chunk was committed
+    finally:
+        model.checkpoint_blocks = False
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None], saved[0]
+
+
+@pytest.mark.parametrize("arch", ["dit", "wan"])
+@pytest.mark.parametrize("window", [0, 2])  # 2: a rolling cache (sink 1 + window 2) that shifts before backward
+def test_checkpointed_cached_forwards_give_the_same_gradients_and_keep_less(arch, window):
+    from mirai.config import SampleConfig
+
+    model = make_model() if arch == "dit" else wan_tiny()
+    sample = SampleConfig(steps=3, context_noise=0.1, sink_chunks=1, window_chunks=window)
+    plain, plain_bytes = exit_rollout_gradients(model, False, sample)
+    checkpointed, checkpointed_bytes = exit_rollout_gradients(model, True, sample)
+    assert len(plain) == len(checkpointed) == len(list(model.parameters()))
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    assert checkpointed_bytes < plain_bytes / 3, (checkpointed_bytes, plain_bytes)
+
+
+@torch.no_grad()
+def test_a_cache_snapshot_keeps_what_the_forward_read():
+    model = make_model()
+    cache = KVCache.allocate(model.cfg, batch=1, max_chunks=3)
+    chunk = torch.randn(1, 2, 3, 16, 16)
+    model(chunk, torch.zeros(1, 2), kv_cache=cache, commit=True)
+    snap = cache.snapshot()
+    keys = snap.k.clone()
+    model(chunk, torch.zeros(1, 2), kv_cache=cache, commit=True)  # a later chunk is appended
+    assert snap.length == model.tokens_per_chunk and torch.equal(snap.k, keys)
+    with pytest.raises(RuntimeError, match="full"):
+        model(chunk, torch.zeros(1, 2), kv_cache=snap, commit=True)
+    rolling = KVCache.allocate(model.cfg, batch=1, max_chunks=0, sink_chunks=1, window_chunks=1)
+    model(chunk, torch.zeros(1, 2), kv_cache=rolling, commit=True)
+    model(chunk * 2, torch.zeros(1, 2), kv_cache=rolling, commit=True)
+    snap, keys = rolling.snapshot(), rolling.k.clone()
+    rolling.make_room()  # shifts the window in place: the snapshot is a copy
+    model(chunk * 3, torch.zeros(1, 2), kv_cache=rolling, commit=True)
+    assert torch.equal(snap.k, keys) and not torch.equal(rolling.k, keys)

@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import torch
 
 from mirai.config import SampleConfig
-from mirai.sampling.rollout import iter_rollout, rollout
+from mirai.models.attention import KVCache, cache_dtype
+from mirai.sampling.rollout import iter_rollout, rollout, rollout_with_exit
 from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
@@ -112,3 +115,46 @@ def test_guided_caption_rollout_equals_uncached_and_follows_the_negative_prompt(
     cached = run(model, noise(), sample, captions, uncond=empty)
     assert (cached - run(model, noise(), sample, captions, uncond=empty, use_cache=False)).abs().max() < 1e-4
     assert not torch.allclose(cached, run(model, noise(), sample, captions, uncond=negative))
+
+
+# --------------------------------------------------------------------------------------------------
+# The KV cache's dtype (sample.kv_cache_dtype)
+
+
+def allocated_dtypes(monkeypatch) -> list:
+    """The dtype of every KV cache the rollouts allocate from now on."""
+    import mirai.sampling.rollout as rollout_module
+
+    seen, allocate = [], KVCache.allocate
+
+    def spy(*args, **kw):
+        cache = allocate(*args, **kw)
+        seen.append(cache.k.dtype)
+        return cache
+
+    monkeypatch.setattr(rollout_module.KVCache, "allocate", spy)
+    return seen
+
+
+def test_auto_cache_dtype_without_autocast_is_fp32_and_the_same_rollout(model, monkeypatch):
+    seen = allocated_dtypes(monkeypatch)
+    sample = SampleConfig(steps=2, solver="renoise", context_noise=0.2)
+    auto, fp32 = run(model, noise(), sample), run(model, noise(), replace(sample, kv_cache_dtype="fp32"))
+    assert seen == [torch.float32, torch.float32] and torch.equal(auto, fp32)
+    gen = [torch.Generator().manual_seed(3) for _ in range(2)]
+    exits = [rollout_with_exit(model, SCHED, noise(), None, 1, sample=replace(sample, kv_cache_dtype=d), generator=g)[0]
+             for d, g in zip(("auto", "fp32"), gen)]
+    assert seen[2:] == [torch.float32, torch.float32] and torch.equal(*exits)
+
+
+def test_auto_cache_dtype_under_bf16_autocast_is_bf16_and_matches_the_fp32_cache(model, monkeypatch):
+    seen = allocated_dtypes(monkeypatch)
+    sample = SampleConfig(steps=2, solver="renoise", context_noise=0.2, sink_chunks=1, window_chunks=2)  # rolls
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = run(model, noise(T=10), sample)
+        fp32 = run(model, noise(T=10), replace(sample, kv_cache_dtype="fp32"))
+        plain = run(model, noise(T=10), replace(sample, kv_cache_dtype="bf16", window_chunks=0))
+    assert seen == [torch.bfloat16, torch.float32, torch.bfloat16]
+    assert (auto.float() - fp32.float()).abs().max() < 1e-2  # keys are bf16 under autocast: only rolls round
+    assert (auto.float() - plain.float()).abs().max() > 0  # the window did roll
+    assert cache_dtype("bf16", "cpu") == torch.bfloat16 and cache_dtype("auto", "cpu") == torch.float32

@@ -151,8 +151,9 @@ class DataParallel(DistributedDataParallel):
 
 
 def checkpoint_blocks(module: nn.Module, on: bool) -> None:
-    """Per-block activation checkpointing of a video model (`models.dit.run_blocks`): full-sequence forwards
-    with gradient recompute each block's activations in backward instead of keeping them."""
+    """Per-block activation checkpointing of a video model (`models.dit.run_blocks`): forwards with gradient
+    (full-sequence ones and those reading the KV cache without committing) recompute each block's activations
+    in backward instead of keeping them."""
     module.checkpoint_blocks = on
 
 

@@ -228,6 +228,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"world.image_size={cfg.world.image_size} differs from model.image_size={m.image_size}")
     if cfg.sample.solver not in ("euler", "renoise"):
         raise ConfigError(f"sample.solver must be 'euler' or 'renoise', got '{cfg.sample.solver}'")
+    if cfg.sample.kv_cache_dtype not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"sample.kv_cache_dtype must be 'auto', 'fp32' or 'bf16', got '{cfg.sample.kv_cache_dtype}'")
     objectives = ("teacher_forcing", "bidirectional", "ode", "dmd")
     if cfg.train.objective not in objectives:
         raise ConfigError(f"train.objective must be one of {objectives}, got '{cfg.train.objective}'")
@@ -245,6 +247,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"foresight.encoder_mask must be 'bidirectional' or 'causal', got '{f.encoder_mask}'")
     if f.target_source not in ("rollout", "real"):
         raise ConfigError(f"foresight.target_source must be 'rollout' or 'real', got '{f.target_source}'")
+    if f.replay_device not in ("cpu", "device"):
+        raise ConfigError(f"foresight.replay_device must be 'cpu' or 'device', got '{f.replay_device}'")
     if not f.window or min(f.window) < 0:
         raise ConfigError(f"foresight.window must be a non-empty list of offsets >= 0, got {f.window}")
     if not 0 <= f.student_block <= m.depth:

@@ -162,6 +162,9 @@ class SampleConfig:
     cfg_scale: float = 1.0  # classifier-free guidance (1 = off)
     sink_chunks: int = 1  # rolling cache: the first S chunks always kept
     window_chunks: int = 0  # rolling cache: the last W chunks kept; 0 = keep everything (no rolling)
+    kv_cache_dtype: str = "auto"  # "auto" (the autocast dtype where autocast is on for the cache's device, else
+    #                               fp32: under bf16 autocast the keys are bf16 already, an fp32 cache only doubles
+    #                               its memory), "fp32" or "bf16"
 
 
 @dataclass
@@ -250,6 +253,9 @@ class ForesightConfig:
     predictor_depth: int = 3  # DiT layers of the predictor (0 = a linear map alone)
     predictor_lr: float = 4.0e-4
     replay_size: int = 32  # (student feature, target) batches kept to train the predictor on critic-only steps
+    replay_device: str = "cpu"  # where the replay buffer is kept: "cpu" (pinned host memory when CUDA is there,
+    #                             moved to the device when a pair is replayed: the same numbers, none of the device's
+    #                             memory; ~10 GB at Wan 1.3B's size) or "device" (on the training device)
 
 
 @dataclass

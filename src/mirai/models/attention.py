@@ -4,7 +4,9 @@ Token layout everywhere: a video (B, T, C, H, W) becomes (B, T * N, D) tokens, f
 N = (H / p) * (W / p) tokens per frame. Chunks are groups of `frames_per_chunk` consecutive frames.
 
 Attention runs through `attend`: SDPA (with a boolean mask, the CPU path) or, on CUDA, FlexAttention with a
-block mask built once per forward from the same boolean mask (`flex_mask`); both compute the same thing.
+block mask built once per forward (`flex_mask`); both compute the same thing. The structured masks (block-causal,
+teacher forcing) are a `ChunkMask` description: dense for SDPA, and a block mask computed block by block for
+FlexAttention, so that no (L, L) tensor exists on the GPU (at Wan's 32,760 tokens one is 1 GB).
 
 The KV cache stores keys *after* the rotary rotation. A rolling cache (sink chunks + a window of recent
 chunks) evicts the oldest window chunk and re-indexes the remaining window one chunk earlier in time by
@@ -14,7 +16,7 @@ grow past (sink + window + 1) chunks, however long the rollout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -84,17 +86,102 @@ def teacher_forcing_mask(num_chunks: int, tokens_per_chunk: int) -> Tensor:
     return torch.cat([top, bottom], dim=0)
 
 
-def default_mask(cfg, frames: int, tokens_per_frame: int, device) -> Tensor | None:
-    """The model's own mask per `cfg.attention`: block-causal over chunks of `frames_per_chunk`, or None."""
+FLEX_BLOCK = 128  # FlexAttention's sparse block size (tokens per q and kv block)
+
+
+@dataclass(frozen=True)
+class ChunkMask:
+    """A structured chunk mask as a description, so that no (L, L) tensor is needed to build a block mask.
+
+    kind "causal": block-causal over `num_chunks` chunks (a chunk sees itself and earlier);
+    kind "teacher_forcing": [clean chunks 0..K-2][noisy chunks 0..K-1] as `teacher_forcing_mask` (K = num_chunks).
+    Both are piecewise constant over runs of `tokens_per_chunk` tokens ("segments"): the mask between two tokens
+    depends only on their segments, which is what `block_mask` uses.
+    """
+
+    kind: str  # "causal" or "teacher_forcing"
+    tokens_per_chunk: int
+    num_chunks: int  # chunks of the sequence ("causal") or K, the noisy chunks ("teacher_forcing")
+    length: int = 0  # tokens (0 = all chunks full); "causal" with a partial last chunk: the full mask's corner
+
+    def __post_init__(self):
+        if self.kind not in ("causal", "teacher_forcing"):
+            raise ValueError(f"ChunkMask kind must be 'causal' or 'teacher_forcing', got '{self.kind}'")
+
+    @property
+    def segments(self) -> int:
+        """Runs of tokens_per_chunk tokens: the chunks, clean and noisy ones for teacher forcing."""
+        return self.num_chunks if self.kind == "causal" else 2 * self.num_chunks - 1
+
+    @property
+    def L(self) -> int:
+        return self.length or self.segments * self.tokens_per_chunk
+
+    def mask_mod(self, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        """FlexAttention's mask_mod: may token q attend to token kv (index tensors, elementwise ops only)."""
+        n = self.tokens_per_chunk
+        if self.kind == "causal":
+            return q // n >= kv // n
+        n_clean = (self.num_chunks - 1) * n
+        clean_q, clean_k = q < n_clean, kv < n_clean
+        qc = torch.where(clean_q, q, q - n_clean) // n  # the chunk index within its half
+        kc = torch.where(clean_k, kv, kv - n_clean) // n
+        noisy_sees = (clean_k & (kc < qc)) | (~clean_k & (kc == qc))
+        return (clean_q & clean_k & (kc <= qc)) | (~clean_q & noisy_sees)
+
+    def dense(self, device=None) -> Tensor:
+        """The boolean (L, L) mask (the SDPA path), the very tensor the dense helpers build."""
+        if self.kind == "causal":
+            return chunk_causal_mask(torch.arange(self.L, device=device) // self.tokens_per_chunk)
+        return teacher_forcing_mask(self.num_chunks, self.tokens_per_chunk).to(device)
+
+    def block_counts(self, device=None, block: int = FLEX_BLOCK) -> Tensor:
+        """(nq, nk) allowed (q, kv) pairs in each block x block tile, the padding past L counting as masked
+        (as `create_block_mask` pads): O @ M @ O^T with O (n_blocks, segments) the tokens each segment has in
+        each block and M the (segments, segments) mask. float64 counts are exact far beyond 2^31 tokens."""
+        S, n, L = self.segments, self.tokens_per_chunk, self.L
+        seg_mask = ChunkMask(self.kind, 1, self.num_chunks).dense(device).double()
+        blocks = -(-L // block)
+        b0 = torch.arange(blocks, device=device, dtype=torch.float64)[:, None] * block
+        s0 = torch.arange(S, device=device, dtype=torch.float64)[None] * n
+        overlap = (torch.minimum(b0 + block, (s0 + n).clamp(max=L)) - torch.maximum(b0, s0)).clamp(min=0)
+        return overlap @ seg_mask @ overlap.T
+
+    def block_mask(self, device=None) -> BlockMask:
+        """The FlexAttention block mask, from block-level counts: no (L, L) tensor is ever made. Full tiles skip
+        the mask_mod, partial ones evaluate it, empty ones are skipped."""
+        counts = self.block_counts(device)
+        area = FLEX_BLOCK * FLEX_BLOCK
+        partial, full = ordered_blocks((counts > 0) & (counts < area)), ordered_blocks(counts == area)
+        return BlockMask.from_kv_blocks(*partial, *full, BLOCK_SIZE=FLEX_BLOCK, mask_mod=self.mask_mod,
+                                        seq_lengths=(self.L, self.L))
+
+
+def ordered_blocks(tiles: Tensor) -> tuple[Tensor, Tensor]:
+    """Boolean (nq, nk) tiles -> (1, 1, nq) counts and (1, 1, nq, nk) kv indices, the marked ones first in
+    ascending order (the layout `create_block_mask` makes)."""
+    tiles = tiles.to(torch.int32)[None, None]
+    return tiles.sum(-1, dtype=torch.int32), torch.argsort(tiles, dim=-1, descending=True, stable=True).to(torch.int32)
+
+
+def default_chunk_mask(cfg, frames: int, tokens_per_frame: int) -> ChunkMask | None:
+    """The model's own mask per `cfg.attention` as a description: block-causal over chunks, or None."""
     if cfg.attention == "bidirectional":
         return None
-    chunk_ids = torch.arange(frames, device=device) // cfg.frames_per_chunk
-    return chunk_causal_mask(chunk_ids.repeat_interleave(tokens_per_frame))
+    fpc = cfg.frames_per_chunk
+    return ChunkMask("causal", fpc * tokens_per_frame, -(-frames // fpc), frames * tokens_per_frame)
+
+
+def default_mask(cfg, frames: int, tokens_per_frame: int, device) -> Tensor | None:
+    """The model's own mask per `cfg.attention`: block-causal over chunks of `frames_per_chunk`, or None."""
+    mask = default_chunk_mask(cfg, frames, tokens_per_frame)
+    return None if mask is None else mask.dense(device)
 
 
 def block_mask(mask: Tensor) -> BlockMask:
     """A boolean (L, L) mask as a FlexAttention block mask: fully masked 128-token blocks are skipped, which
-    is where block-causal and teacher-forcing masks save compute."""
+    is where block-causal and teacher-forcing masks save compute. (A caller's own mask; the structured ones
+    go through `ChunkMask.block_mask`, which needs no (L, L) tensor.)"""
     L = mask.shape[0]
     return create_block_mask(lambda b, h, q, k: mask[q, k], None, None, L, L, device=mask.device)
 
@@ -106,8 +193,12 @@ def use_flex(enabled: bool) -> None:
     FLEX["enabled"] = bool(enabled)
 
 
-def flex_mask(mask: Tensor | None) -> Tensor | BlockMask | None:
-    """The mask attention runs with: a block mask on CUDA (FlexAttention), the boolean mask elsewhere (SDPA)."""
+def flex_mask(mask: Tensor | ChunkMask | None, device=None) -> Tensor | BlockMask | None:
+    """The mask attention runs with: a block mask on CUDA (FlexAttention), the boolean mask elsewhere (SDPA).
+    A ChunkMask becomes one or the other on `device`; a boolean tensor stays where it is."""
+    if isinstance(mask, ChunkMask):
+        device = torch.device(device if device is not None else "cpu")
+        return mask.block_mask(device) if device.type == "cuda" and FLEX["enabled"] else mask.dense(device)
     return block_mask(mask) if mask is not None and mask.is_cuda and FLEX["enabled"] else mask
 
 
@@ -125,8 +216,9 @@ def run_flex(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask) -> Tensor:
 
 
 def attention_inputs(cfg, tokens_per_frame: int, frames: int, device, mask, frame_pos: Tensor | None,
-                     kv_cache: "KVCache | None", commit: bool) -> tuple[Tensor | BlockMask | None, Tensor]:
-    """The mask and the frames' temporal positions of a forward over `frames` frames (see the models' forward)."""
+                     kv_cache: "KVCache | None", commit: bool) -> tuple[Tensor | ChunkMask | None, Tensor]:
+    """The mask (a tensor or ChunkMask as given, the model's ChunkMask for "default") and the frames' temporal
+    positions of a forward over `frames` frames (see the models' forward); `flex_mask` makes the mask runnable."""
     if kv_cache is not None:
         if frames != cfg.frames_per_chunk:
             raise ValueError(f"with a KV cache, x must be one chunk of {cfg.frames_per_chunk} frames, got {frames}")
@@ -136,8 +228,8 @@ def attention_inputs(cfg, tokens_per_frame: int, frames: int, device, mask, fram
         if frame_pos is None:  # the chunk sits right after the cached ones
             start = kv_cache.next_frame_position()
             frame_pos = torch.arange(start, start + frames, device=device)
-    elif isinstance(mask, str):
-        mask = default_mask(cfg, frames, tokens_per_frame, device)
+    elif isinstance(mask, str):  # "default": described, made dense or a block mask by `flex_mask`
+        mask = default_chunk_mask(cfg, frames, tokens_per_frame)
     if frame_pos is None:
         frame_pos = torch.arange(frames, device=device)
     return mask, frame_pos
@@ -202,6 +294,18 @@ class KVCache:
         """Valid (k, v) of layer i: (B, heads, length, head_dim) views."""
         return self.k[i, :, :, : self.length], self.v[i, :, :, : self.length]
 
+    def snapshot(self) -> "KVCache":
+        """A read-only cache of the chunks committed so far, for a forward recomputed later: activation
+        checkpointing recomputes in backward, after later chunks were committed, and must read exactly the keys
+        the forward read. The valid slots are views (commits only append past them, so they stay as they are),
+        except in a rolling cache, whose window `make_room` moves in place: there they are cloned (as much memory
+        as the keys an uncheckpointed forward keeps for backward). The snapshot is full, so it refuses commits;
+        it is valid until the cache is reset and reused."""
+        k, v = self.k[:, :, :, : self.length], self.v[:, :, :, : self.length]
+        if self.window_chunks > 0:
+            k, v = k.clone(), v.clone()
+        return replace(self, k=k, v=v)  # the same text context list (written once, at the first forward)
+
     def next_frame_position(self) -> int:
         """Temporal position of the first frame of the next chunk."""
         return self.num_chunks * self.frames_per_chunk
@@ -241,6 +345,15 @@ class KVCache:
         """After all layers wrote: the chunk is committed."""
         self.num_chunks += 1
         self.total_chunks += 1
+
+
+def cache_dtype(name: str, device) -> torch.dtype:
+    """The KV cache's dtype for `sample.kv_cache_dtype` on `device` ("auto": autocast's dtype when autocast
+    is on there, fp32 otherwise)."""
+    if name == "auto":
+        kind = torch.device(device if device is not None else "cpu").type
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 # --------------------------------------------------------------------------------------------------

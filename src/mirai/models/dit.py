@@ -21,8 +21,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import (Attention, CrossAttention, KVCache, attention_inputs, default_mask, flex_mask, rope_angles,
-                        token_positions)
+from .attention import (Attention, ChunkMask, CrossAttention, KVCache, attention_inputs, default_mask, flex_mask,
+                        rope_angles, token_positions)
 from ..config import ModelConfig
 
 
@@ -217,7 +217,7 @@ class CausalVideoDiT(nn.Module):
         t: Tensor,
         prompt: Tensor | None = None,
         *,
-        mask: Tensor | None | str = "default",
+        mask: Tensor | ChunkMask | None | str = "default",
         frame_pos: Tensor | None = None,
         kv_cache: KVCache | None = None,
         commit: bool = False,
@@ -228,15 +228,16 @@ class CausalVideoDiT(nn.Module):
 
         x: (B, T, C, H, W) noisy frames; t: (B, T) per-frame noise level in [0, 1];
         prompt: (B, P) ints (the structured prompt), (B, L, text_dim) caption embeddings (a caption model) or None
-        (= dropped); mask: "default" (from cfg.attention), None (full) or a
-        bool (L, L) tensor; frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
+        (= dropped); mask: "default" (from cfg.attention), None (full), a bool (L, L) tensor or an
+        `attention.ChunkMask` (a structured mask, never made (L, L) on CUDA);
+        frame_pos: (T,) temporal positions (default 0..T-1, or after the cache);
         kv_cache: attend to cached chunks too (x is then one chunk); commit: also write this chunk's keys;
         return_hidden=k: also return the tokens after block k as (B, T, N, D);
         stop_after=k: return only those tokens, without running the blocks after k.
         """
         B, T = x.shape[:2]
         mask, frame_pos = attention_inputs(self.cfg, self.tokens_per_frame, T, x.device, mask, frame_pos, kv_cache, commit)
-        mask = flex_mask(mask)
+        mask = flex_mask(mask, x.device)
         angles = rope_angles(*token_positions(frame_pos, self.grid), self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
 
         c = self.t_embed(t)  # (B, T, D)
@@ -250,9 +251,10 @@ class CausalVideoDiT(nn.Module):
             c_skip, c_out, c_in = (s[..., None, None, None] for s in edm_scalings(t, self.cfg.sigma_data))
             x_in = x * c_in.to(x.dtype)
         h = (self.patch_embed(self.patchify(x_in)).view(B, T, self.tokens_per_frame, -1) + self.spatial_pos).flatten(1, 2)
+        recompute, kv_cache = checkpointed_cache(self.checkpoint_blocks, kv_cache, commit)
         h, hidden = run_blocks(self.blocks, h,
                                lambda block, i, h: block(h, c, T, angles, mask, kv_cache, i, commit, context),
-                               T, return_hidden, stop_after, self.checkpoint_blocks and kv_cache is None)
+                               T, return_hidden, stop_after, recompute)
         if h is None:
             return hidden
         if commit:
@@ -263,6 +265,15 @@ class CausalVideoDiT(nn.Module):
         if self.cfg.prediction in ("x0", "edm"):  # v = (x_t - x0) / t; exact for t > 0 (t = 0 only writes the cache)
             out = (x - out) / t.clamp_min(1e-3).to(out.dtype)[..., None, None, None]
         return (out, hidden) if return_hidden is not None else out
+
+
+def checkpointed_cache(on: bool, kv_cache: KVCache | None, commit: bool) -> tuple[bool, KVCache | None]:
+    """Whether a forward recomputes its blocks in backward (`checkpoint_blocks` on, with gradient), and the
+    cache its blocks then read: a snapshot, since the cache grows before backward (the exit-step forwards of
+    `rollout_with_exit`). A committing forward is never recomputed: it would write its chunk a second time."""
+    if not on or commit or not torch.is_grad_enabled():
+        return False, kv_cache
+    return True, (kv_cache.snapshot() if kv_cache is not None else None)
 
 
 def run_blocks(blocks: nn.ModuleList, h: Tensor, step, frames: int, return_hidden: int | None,

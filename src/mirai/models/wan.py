@@ -29,8 +29,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .attention import KVCache, RMSNorm, apply_rope, attend, attention_inputs, flex_mask, rope_angles, token_positions
-from .dit import run_blocks, timestep_features
+from .attention import (ChunkMask, KVCache, RMSNorm, apply_rope, attend, attention_inputs, flex_mask, rope_angles,
+                        token_positions)
+from .dit import checkpointed_cache, run_blocks, timestep_features
 
 
 class WanAttention(nn.Module):
@@ -219,7 +220,7 @@ class WanVideoModel(nn.Module):
         t: Tensor,
         prompt: Tensor | None = None,
         *,
-        mask: Tensor | None | str = "default",
+        mask: Tensor | ChunkMask | None | str = "default",
         frame_pos: Tensor | None = None,
         kv_cache: KVCache | None = None,
         commit: bool = False,
@@ -230,16 +231,17 @@ class WanVideoModel(nn.Module):
         structured prompt, (B, S, text_dim) float text embeddings, or None (dropped)."""
         B, T = x.shape[:2]
         mask, frame_pos = attention_inputs(self.cfg, self.tokens_per_frame, T, x.device, mask, frame_pos, kv_cache, commit)
-        mask = flex_mask(mask)
+        mask = flex_mask(mask, x.device)
         head_dim = self.cfg.dim // self.cfg.heads
         angles = rope_angles(*token_positions(frame_pos, self.grid), head_dim, self.cfg.rope_theta, torch.float64)
 
         temb, mods = self.condition_embedder(t)  # (B, T, D), (B, T, 6, D)
         context = self.condition_embedder.text_embedder(self.text(prompt, B, x.device))
         h = self.embed_patches(x)
+        recompute, kv_cache = checkpointed_cache(self.checkpoint_blocks, kv_cache, commit)
         h, hidden = run_blocks(self.blocks, h, lambda block, i, h: block(h, mods, context, T, angles, mask, kv_cache, i,
                                                                          commit), T, return_hidden, stop_after,
-                               self.checkpoint_blocks and kv_cache is None)
+                               recompute)
         if h is None:
             return hidden
         if commit:

@@ -19,7 +19,7 @@ from ..config import SampleConfig
 from ..diffusion.guidance import guidance_batch, is_guided
 from ..diffusion.schedule import FlowSchedule
 from ..diffusion.solvers import solver_step
-from ..models.attention import KVCache
+from ..models.attention import KVCache, cache_dtype
 from ..rng import randn
 from .guided import guided_velocity
 
@@ -97,7 +97,8 @@ def iter_rollout(
     total = num_chunks + len(context_chunks)
     if use_cache:
         cache = KVCache.allocate(model.cfg, cache_batch(prompt, sample.cfg_scale, B), total,
-                                 sample.sink_chunks, sample.window_chunks, device=noise.device)
+                                 sample.sink_chunks, sample.window_chunks, device=noise.device,
+                                 dtype=cache_dtype(sample.kv_cache_dtype, noise.device))
     elif sample.window_chunks > 0:
         raise ValueError("a rolling window needs the KV cache (use_cache=True)")
     history: list[Tensor] = []  # uncached reference: the chunks as written to the cache
@@ -164,7 +165,8 @@ def rollout_with_exit(
     if not 0 <= exit_step < len(ts) - 1:
         raise ValueError(f"exit_step {exit_step} is outside the {len(ts) - 1} denoising steps")
     num_chunks = T // fpc
-    cache = KVCache.allocate(model.cfg, B, num_chunks, sample.sink_chunks, sample.window_chunks, device=noise.device)
+    cache = KVCache.allocate(model.cfg, B, num_chunks, sample.sink_chunks, sample.window_chunks, device=noise.device,
+                             dtype=cache_dtype(sample.kv_cache_dtype, noise.device))
     chunks, hiddens = [], []
 
     def velocity(x: Tensor, t: float) -> Tensor:

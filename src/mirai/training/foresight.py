@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import checkpoint as ckpt, distributed as dist
 from ..config import Config, ConfigError, ForesightConfig
 from ..device import weights_autocast
-from ..models.attention import chunk_causal_mask
+from ..models.attention import ChunkMask
 from ..models.predictor import Predictor
 from ..references import load_reference
 from .dmd import GeneratorRollout, GeneratorTerm, freeze, frozen_dtype, place_frozen
@@ -51,7 +51,7 @@ class TeacherEncoder(nn.Module):
         mask = None
         if self.causal:
             fpc, n = self.model.cfg.frames_per_chunk, self.model.tokens_per_frame
-            mask = chunk_causal_mask((torch.arange(T, device=video.device) // fpc).repeat_interleave(n))
+            mask = ChunkMask("causal", fpc * n, -(-T // fpc), T * n)
         t = torch.zeros(B, T, device=video.device)
         with weights_autocast(self.model, video.device):  # a bf16 encoder (dist.frozen_dtype)
             return self.model(video, t, prompt, mask=mask, stop_after=self.block).float()
@@ -153,19 +153,26 @@ class ForesightTerm(GeneratorTerm):
         """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs. Each rank
         replays its own rows of the batches; the file holds them joined, as one process would have them."""
         out = {}
-        for i, pair in enumerate(self.replay):
-            hidden, target, t = (dist.gather_rows(x) for x in pair)
+        for i, pair in enumerate(self.replay):  # gathered on the device (NCCL's), a single process's as stored
+            hidden, target, t = (dist.gather_rows(x.to(self.device)) if dist.is_distributed() else x for x in pair)
             out.update({f"replay.{i}.hidden": hidden, f"replay.{i}.target": target, f"replay.{i}.t": t})
         return out
 
     def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
         self.replay.clear()
-        device = next(self.predictor.parameters()).device
         i = 0
         while f"replay.{i}.hidden" in tensors:
-            self.replay.append(tuple(dist.own_rows(tensors[f"replay.{i}.{k}"]).to(device)
+            self.replay.append(tuple(self.stored(dist.own_rows(tensors[f"replay.{i}.{k}"]))
                                      for k in ("hidden", "target", "t")))
             i += 1
+
+    def stored(self, x: Tensor) -> Tensor:
+        """x as the replay buffer keeps it (`foresight.replay_device`): on the device, or copied to host memory
+        (pinned where CUDA is, so that the copy back when replayed is a fast DMA). The values are the same."""
+        if self.cfg.foresight.replay_device == "device":
+            return x.detach().to(next(self.predictor.parameters()).device)
+        host = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=torch.cuda.is_available())
+        return host.copy_(x.detach())  # blocking: a saved checkpoint may read it on the host right after
 
     def targets(self, video: Tensor, prompt: Tensor | None, real: Tensor | None) -> Tensor:
         source = real if self.cfg.foresight.target_source == "real" else video.detach()
@@ -177,7 +184,7 @@ class ForesightTerm(GeneratorTerm):
         target = self.targets(video, rollout.prompt, rollout.real)
         t = torch.full((video.shape[0],), float(rollout.t_exit), device=video.device)
         align = foresight_loss(self.forward_predictor(rollout.hidden, t), target)
-        self.remember((rollout.hidden.detach(), target, t))
+        self.remember(tuple(self.stored(x) for x in (rollout.hidden.detach(), target, t)))
         return self.cfg.foresight.weight * align, {"foresight_loss": align.item()}
 
     def remember(self, pair: tuple[Tensor, Tensor, Tensor]) -> None:
@@ -197,7 +204,8 @@ class ForesightTerm(GeneratorTerm):
         """Train the predictor on a replayed (student feature, target) pair: keeps phi ahead of the generator."""
         if not self.replay:
             return {}
-        hidden, target, t = self.replay[int(torch.randint(len(self.replay), (1,), generator=gen))]
+        pair = self.replay[int(torch.randint(len(self.replay), (1,), generator=gen))]
+        hidden, target, t = (x.to(self.device, non_blocking=True) for x in pair)
         loss = foresight_loss(self.forward_predictor(hidden, t), target)
         self.opt_predictor.zero_grad(set_to_none=True)
         loss.backward()

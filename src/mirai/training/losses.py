@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..data.prompt import unconditional
 from ..diffusion.schedule import FlowSchedule
-from ..models.attention import teacher_forcing_mask
+from ..models.attention import ChunkMask
 from ..rng import rand, randint, randn
 
 
@@ -56,7 +56,7 @@ def teacher_forcing_forward(model: nn.Module, ctx: Tensor, t_ctx: Tensor, x_nois
     T, fpc = x_noisy.shape[1], model.cfg.frames_per_chunk
     seq = torch.cat([ctx, x_noisy], dim=1)
     frame_pos = torch.cat([torch.arange(T - fpc), torch.arange(T)]).to(x_noisy.device)
-    mask = teacher_forcing_mask(T // fpc, model.tokens_per_chunk).to(x_noisy.device)
+    mask = ChunkMask("teacher_forcing", model.tokens_per_chunk, T // fpc)  # described: no (L, L) tensor on CUDA
     return model(seq, torch.cat([t_ctx, t_noisy], dim=1), prompt, mask=mask, frame_pos=frame_pos)[:, T - fpc :]
 
 
