@@ -164,6 +164,19 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("ckpt", help="a run folder or a model.safetensors file")
     x.add_argument("--out", required=True, help="the diffusers folder to write")
 
+    n = sub.add_parser("plan", help="what a run needs per GPU: one real step on fake tensors, memory by kind, FLOPs, "
+                                    "time, fits")
+    n.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="the run's config (repeatable, merged in order), e.g. configs/wan/dmd_foresight.yaml")
+    n.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set dist.activation_checkpointing=false")
+    n.add_argument("--gpus", type=at_least(1), default=1, help="GPUs (ranks) the run trains on")
+    n.add_argument("--gpu", action="append", default=[], choices=["a100", "h100", "h200", "rtx4090", "l40s"],
+                   help="GPU kinds to price and check (repeatable; default all)")
+    n.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation the step time is priced at")
+    n.add_argument("--no-fix", action="store_true", help="do not plan the changes that make a failing kind fit")
+    n.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
     b.add_argument("what", choices=["sampling", "train", "foresight", "fps", "ddp"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -370,6 +383,15 @@ def cmd_bench(args) -> None:
     print(json.dumps(result, indent=None if args.json else 2))
 
 
+def cmd_plan(args) -> None:
+    from .config import load_config
+    from .plan import make_plan
+
+    cfg = load_config(args.config, args.overrides)
+    plan = make_plan(cfg, args.gpus, args.gpu, args.mfu, fix=not args.no_fix)
+    print(json.dumps(plan.to_json(), indent=2) if args.json else "\n".join(plan.table()))
+
+
 def cmd_import(args) -> None:
     from . import wan_io
     from .config import load_config
@@ -391,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"world": cmd_world, "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
-                    "compare": cmd_compare, "bench": cmd_bench, "demo": cmd_demo, "import": cmd_import,
+                    "compare": cmd_compare, "bench": cmd_bench, "plan": cmd_plan, "demo": cmd_demo, "import": cmd_import,
                     "export": cmd_export}
         code = commands[args.command](args)
     except Exception as e:

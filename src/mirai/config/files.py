@@ -51,8 +51,9 @@ def config_file(name: str | Path) -> Path:
     if path.is_file():
         return path
     shipped = shipped_configs()
-    for candidate in (shipped / path.name, shipped / f"{path.name}.yaml"):
-        if path.parent in (Path("."), Path("configs")) and candidate.is_file():
+    inside = path.relative_to("configs") if path.parts[:1] == ("configs",) else path  # configs/wan/x.yaml -> wan/x.yaml
+    for candidate in (shipped / inside, shipped / f"{inside}.yaml"):
+        if candidate.is_file():
             return candidate
     names = ", ".join(sorted(p.name for p in shipped.glob("*.yaml")))
     raise ConfigError(f"config file not found: {name} (shipped configs, usable by name: {names})")

@@ -182,7 +182,7 @@ def fixes_for(plan: Plan, ranks: int, fused: bool) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {g.name: [] for g in failing}
     cfg = plan.cfg
     candidates = [(f.name, lambda c, f=f: f.apply(c) if f.applies(c, ranks) else None) for f in FIXES]
-    candidates += [(f"half the micro-batch (dist.grad_accum x2), repeatedly",
+    candidates += [("half the micro-batch (dist.grad_accum x2), repeatedly",
                     lambda c: _micro_batch_halved(c, ranks))]
     for name, change in candidates:
         if not failing:

@@ -34,6 +34,7 @@ from .. import references
 from ..config import Config
 from ..device import autocast_context
 from ..models import attention as attention_module
+from ..models.attention import ChunkMask
 from ..models.build import build_model
 from ..rng import BatchGenerator
 from ..sampling.rollout import iter_rollout
@@ -286,48 +287,54 @@ def fused_attention(enabled: bool) -> Iterator[None]:
         F.scaled_dot_product_attention = original
 
 
+@dataclass(frozen=True)
+class PlannedMask:
+    """What a GPU builds from a chunk mask, a block mask of a few KB, reduced to what the plan needs of it."""
+
+    density: float  # the fraction of (query, key) pairs it keeps
+
+
 def mask_density(mask) -> float:
-    """The fraction of (query, key) pairs a mask keeps, from its description; a dense fake mask has no values, so
-    the structured masks are described where they are made (`KNOWN_DENSITY`); anything else counts as dense."""
-    if mask is None:
-        return 1.0
-    return KNOWN_DENSITY.get(id(mask), 1.0)
+    """The fraction of (query, key) pairs a mask keeps; a dense fake mask has no values and counts as full."""
+    return mask.density if isinstance(mask, PlannedMask) else 1.0
 
 
-KNOWN_DENSITY: dict[int, float] = {}
+def chunk_mask_density(mask: ChunkMask) -> float:
+    """Kept pairs / L^2 of a chunk mask. Block-causal: chunk i (n_i tokens) sees the n_0 + ... + n_i tokens up to it;
+    teacher forcing: K^2 chunk pairs of (2K - 1)^2 (clean j sees clean <= j; noisy i sees clean < i and itself)."""
+    n, L = mask.tokens_per_chunk, mask.L
+    if mask.kind == "teacher_forcing":
+        K = mask.num_chunks
+        return K * K / (2 * K - 1) ** 2
+    sizes = [min(n, L - i * n) for i in range(mask.num_chunks)]
+    seen, kept = 0, 0
+    for size in sizes:
+        seen += size
+        kept += size * seen
+    return kept / L**2
 
 
 @contextlib.contextmanager
-def described_masks() -> Iterator[None]:
-    """Record the density of the block-causal and teacher-forcing masks as they are made (on fake tensors their
-    values are unknown): block-causal over K chunks keeps (K + 1) / 2K, teacher forcing its own count."""
-    original_default, original_tf = attention_module.default_mask, attention_module.teacher_forcing_mask
-    import mirai.training.losses as losses
+def planned_masks(enabled: bool) -> Iterator[None]:
+    """In a GPU plan a chunk mask becomes a `PlannedMask` (the GPU's block mask holds no L x L tensor)."""
+    if not enabled:
+        yield
+        return
+    import mirai.models.dit as dit
+    import mirai.models.wan as wan
 
-    original_losses_tf = losses.teacher_forcing_mask
+    original = attention_module.flex_mask
 
-    def default_mask(cfg, frames, tokens_per_frame, device):
-        mask = original_default(cfg, frames, tokens_per_frame, device)
-        if mask is not None:
-            K = -(-frames // cfg.frames_per_chunk)
-            KNOWN_DENSITY[id(mask)] = (K + 1) / (2 * K)
-        return mask
+    def flex_mask(mask, device=None):
+        return PlannedMask(chunk_mask_density(mask)) if isinstance(mask, ChunkMask) else original(mask, device)
 
-    def teacher_forcing_mask(num_chunks, tokens_per_chunk):
-        mask = original_tf(num_chunks, tokens_per_chunk)
-        K = num_chunks
-        kept = (K - 1) * K / 2 + K * (K - 1) / 2 + K  # clean<=clean, noisy>clean, noisy==noisy (in chunk pairs)
-        KNOWN_DENSITY[id(mask)] = kept / (2 * K - 1) ** 2
-        return mask
-
-    attention_module.default_mask, attention_module.teacher_forcing_mask = default_mask, teacher_forcing_mask
-    losses.teacher_forcing_mask = teacher_forcing_mask
+    for module in (attention_module, dit, wan):
+        module.flex_mask = flex_mask
     try:
         yield
     finally:
-        attention_module.default_mask, attention_module.teacher_forcing_mask = original_default, original_tf
-        losses.teacher_forcing_mask = original_losses_tf
-        KNOWN_DENSITY.clear()
+        for module in (attention_module, dit, wan):
+            module.flex_mask = original
 
 
 @contextlib.contextmanager
@@ -507,7 +514,7 @@ def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True,
                           f"dist.grad_accum {cfg.dist.grad_accum}")
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with fake_process_group(ranks), references.random_weights(everything=True), fused_attention(fused), \
-            described_masks(), real_schedule():
+            planned_masks(fused), real_schedule():
         with overwritten_parameters() if fake else contextlib.nullcontext(), mode, ScalarStandIns():
             torch.manual_seed(cfg.train.seed)
             stage = build_planned_stage(cfg)
