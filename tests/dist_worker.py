@@ -4,7 +4,8 @@
 
 JOBS.json: a list of {"config": a config dict, "stop_at": int | null, "wrong_rows": bool}. Each job is one
 `train()` call, in order, in every process. `wrong_rows` deliberately breaks the data sharding (every rank
-trains on rank 0's rows): the tests check that their comparison catches it.
+trains on rank 0's rows): the tests check that their comparison catches it. `count_reads` records how many
+elements of each tensor of the training state this rank read on resume, in OUT_DIR/reads_<rank>.json.
 """
 
 import json
@@ -14,7 +15,18 @@ import torch
 
 from mirai import distributed as dist
 from mirai.config import config_from_dict
-from mirai.training import loop
+from mirai.training import loop, state
+
+
+READ = state.read
+
+
+def counting(read, counts: dict):
+    def wrapped(f, key, like):
+        t = read(f, key, like)
+        counts[key] = counts.get(key, 0) + t.numel()
+        return t
+    return wrapped
 
 
 def main(path: str) -> None:
@@ -22,7 +34,12 @@ def main(path: str) -> None:
     right = dist.batch_share
     for job in json.loads(open(path).read()):
         loop.dist.batch_share = (lambda *a: (0, right(*a)[1])) if job.get("wrong_rows") else right
+        counts = {}
+        state.read = counting(state.read, counts) if job.get("count_reads") else READ
         loop.train(config_from_dict(job["config"]), stop_at=job.get("stop_at"), quiet=True)
+        if job.get("count_reads"):
+            out = job["config"]["train"]["out_dir"]
+            open(f"{out}/reads_{dist.rank()}.json", "w").write(json.dumps(counts))
     dist.shutdown()
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from mirai import checkpoint as ckpt
 from mirai.config import ConfigError, config_from_dict, to_dict
@@ -111,6 +112,8 @@ def runs(tmp_path_factory):
         {"config": config(root / "one_to_two", steps=4)},
         {"config": dmd_config(root / "dmd_two_to_one", models, dist=fsdp_all), "stop_at": 3},
         {"config": ode_config(root / "ode", models)},
+        {"config": config(root / "fsdp_resume", steps=4, dist={"generator": "fsdp"}), "stop_at": 2},
+        {"config": config(root / "fsdp_resume", steps=4, dist={"generator": "fsdp"}), "count_reads": True},
     ]
     torchrun(jobs, root)
     return root
@@ -176,6 +179,18 @@ def test_checkpoints_resume_on_another_world_size(runs, one):
 def test_dmd_checkpoint_of_sharded_ranks_resumes_in_one_process(runs, one):
     train(config_from_dict(dmd_config(runs / "dmd_two_to_one", runs / "models")), quiet=True)
     assert max_diff(runs / "dmd_two_to_one", one / "dmd") < TOL
+
+
+def test_sharded_resume_is_exact_and_each_rank_reads_only_its_rows(runs, one):
+    assert max_diff(runs / "fsdp_resume", one / "tf4") < TOL  # 2 sharded ranks wrote step 2 and went on
+    reads = [json.loads((runs / "fsdp_resume" / f"reads_{r}.json").read_text()) for r in (0, 1)]
+    with safe_open(runs / "fsdp_resume" / "ckpt.safetensors", "pt") as f:
+        sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    sharded = [k for k in sizes if k.startswith(("model.", "ema.", "optim_model.")) and len(sizes[k]) and sizes[k][0] > 1]
+    assert sharded and all(k in reads[0] for k in sharded)
+    for k in sharded:  # the two ranks' rows make the tensor once, neither read it whole
+        assert reads[0][k] + reads[1].get(k, 0) == torch.Size(sizes[k]).numel(), k
+        assert max(reads[0][k], reads[1].get(k, 0)) < torch.Size(sizes[k]).numel(), k
 
 
 # --------------------------------------------------------------------------------------------------
