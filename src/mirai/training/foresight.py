@@ -130,20 +130,21 @@ class ForesightTerm(GeneratorTerm):
 
     def extra_state(self) -> dict[str, Tensor]:
         """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs. Each rank
-        replays its own rows of the batches; the file holds them joined, as one process would have them."""
+        replays its own rows of the batches and saves them as such (`rows.`: see `training.rank_rows`)."""
         out = {}
         for i, pair in enumerate(self.replay):
-            hidden, target, t = (dist.gather_rows(x) for x in pair)
-            out.update({f"replay.{i}.hidden": hidden, f"replay.{i}.target": target, f"replay.{i}.t": t})
+            out.update({f"rows.replay.{i}.{k}": x for k, x in zip(("hidden", "target", "t"), pair)})
         return out
 
     def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        """tensors: this rank's rows under `rows.replay.`; a file written before rows had their own keys holds
+        the joined rows under `replay.` (split by rank here)."""
         self.replay.clear()
         device = next(self.predictor.parameters()).device
+        prefix, split = ("rows.replay", lambda x: x) if "rows.replay.0.hidden" in tensors else ("replay", dist.own_rows)
         i = 0
-        while f"replay.{i}.hidden" in tensors:
-            self.replay.append(tuple(dist.own_rows(tensors[f"replay.{i}.{k}"]).to(device)
-                                     for k in ("hidden", "target", "t")))
+        while f"{prefix}.{i}.hidden" in tensors:
+            self.replay.append(tuple(split(tensors[f"{prefix}.{i}.{k}"]).to(device) for k in ("hidden", "target", "t")))
             i += 1
 
     def targets(self, video: Tensor, prompt: Tensor | None, real: Tensor | None) -> Tensor:

@@ -14,14 +14,21 @@ from safetensors import safe_open
 from torch import nn
 
 from .. import checkpoint as ckpt, distributed as dist
+from . import rank_rows
 from ..config import Config, to_dict
 
 
 def save_training_state(path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                         gen: torch.Generator, step: int, cfg: Config, extra: dict | None = None) -> None:
     """modules must hold "model" (the trained generator), and the module of each optimiser under its name;
-    extra: a stage's own tensors (e.g. a replay buffer). Every rank calls this; rank 0 writes."""
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.gen": gen.get_state(), **ckpt.prefixed(extra or {}, "extra")}
+    extra: a stage's own tensors (e.g. a replay buffer; those under `rows.`: this rank's rows, see `rank_rows`).
+    Every rank calls this; rank 0 writes the state file, each rank of several its rows' file first."""
+    extra = extra or {}
+    if dist.world() > 1:
+        rows, extra = rank_rows.split(extra)
+        rank_rows.save(path, step, rows)
+        dist.barrier()  # every rank's rows are on disk before the state file commits the step
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.gen": gen.get_state(), **ckpt.prefixed(extra, "extra")}
     optim_meta = {}
     for name, module in modules.items():
         tensors.update(ckpt.prefixed(dist.full_state(module), name))
@@ -29,9 +36,11 @@ def save_training_state(path: Path, modules: dict[str, nn.Module], optimizers: d
         opt_tensors, optim_meta[name] = ckpt.optimizer_tensors(dist.full_optimizer_state(modules[name], opt))
         tensors.update(ckpt.prefixed(opt_tensors, f"optim_{name}"))
     meta = {"kind": "train_state", "step": step, "config": to_dict(cfg), "model": to_dict(modules["model"].cfg),
-            "optim": optim_meta}
+            "optim": optim_meta, "rows_world": dist.world()}
     if dist.is_main():
         ckpt.atomic_save(tensors, path, meta)
+        if dist.world() > 1:
+            rank_rows.remove_other_steps(path, step)
     dist.barrier()  # the file exists for every rank once this returns
 
 
@@ -54,7 +63,17 @@ def load_training_state(path: Path, modules: dict[str, nn.Module], optimizers: d
         torch.set_rng_state(f.get_tensor("rng.torch"))
         gen.set_state(f.get_tensor("rng.gen"))
         extra = {k[len("extra."):]: f.get_tensor(k) for k in keys if k.startswith("extra.")}
-    return int(meta["step"]), extra
+    return int(meta["step"]), own_rows(path, meta, extra)
+
+
+def own_rows(path: Path, meta: dict, extra: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The extra state with this rank's rows: from the ranks' files when several wrote the step, else from the
+    state file, where one process left them whole (split by rank here: any world size resumes it)."""
+    saved_world = int(meta.get("rows_world", 1))
+    if saved_world == 1:
+        rows, rest = rank_rows.split(extra)
+        return {**rest, **{k: dist.own_rows(v) for k, v in rows.items()}}
+    return {**extra, **rank_rows.load(path, int(meta["step"]), saved_world)}
 
 
 def verified_meta(path: Path) -> dict:
