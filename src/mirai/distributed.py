@@ -127,6 +127,15 @@ def gather_rows(t: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order (small things: lists, plans); [obj] in one process."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def own_rows(t: Tensor) -> Tensor:
     """This rank's rows of a global batch's tensor (the inverse of `gather_rows`, for any world size)."""
     if not is_distributed():
