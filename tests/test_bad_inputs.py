@@ -103,7 +103,7 @@ CASES = {
                            "ConfigError: config key 'train.steps': expected an integer, got 'many'"),
     "config: unknown key": (config({"sample": {"windw_chunks": 2}}),
                             "ConfigError: unknown config key 'sample.windw_chunks'. Did you mean 'window_chunks'? "
-                            "Valid keys: cfg_scale, context_noise, sink_chunks, solver, steps, timesteps, "
+                            "Valid keys: cfg_scale, context_noise, precision, sink_chunks, solver, steps, timesteps, "
                             "window_chunks"),
     "config: probability > 1": (config({"train": {"prompt_dropout": 1.5}}),
                                 "ConfigError: train.prompt_dropout must be in [0, 1], got 1.5"),
@@ -125,6 +125,8 @@ CASES = {
                                     "ConfigError: dmd.critic_updates_per_gen must be >= 1, got 0"),
     "config: zero shard size": (config({"distill": {"shard_size": 0}}),
                                 "ConfigError: distill.shard_size must be >= 1, got 0"),
+    "config: sample precision": (config({"sample": {"precision": "fp16"}}),
+                                 "ConfigError: sample.precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"),
     "config: zero replay": (config({"foresight": {"replay_size": 0}}),
                             "ConfigError: foresight.replay_size must be >= 1, got 0"),
     "config: negative window offset": (config({"foresight": {"window": [-1, 0]}}),

@@ -159,6 +159,7 @@ class SampleConfig:
     cfg_scale: float = 1.0  # classifier-free guidance (1 = off)
     sink_chunks: int = 1  # rolling cache: the first S chunks always kept
     window_chunks: int = 0  # rolling cache: the last W chunks kept; 0 = keep everything (no rolling)
+    precision: str = "auto"  # "auto" (bf16 autocast on a CUDA GPU with native bf16; fp32 on a CPU), "bf16" or "fp32"
 
 
 @dataclass
@@ -209,6 +210,8 @@ class DistillConfig:
     teacher_steps: int = 16  # Euler steps of the teacher per chunk
     shard_size: int = 64  # videos per shard file (the writer resumes shard by shard)
     teacher_cfg_scale: float = 1.0  # classifier-free guidance of the teacher's trajectories
+    precision: str = "auto"  # the teacher's rollouts: "auto" (bf16 autocast on a CUDA GPU with native bf16; fp32
+    #                          on a CPU), "bf16" or "fp32"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ..data.cache import LatentDataset
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
 from ..data.datasets import build_dataset, unconditional_prompt
-from ..device import pick_device
+from ..device import inference_autocast, pick_device
 from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
 from ..references import load_reference
@@ -95,8 +95,9 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         gen = rng.generator(cfg.train.seed, "ode-noise", s)
         noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
         cond = prompt.to(device) if is_conditional(teacher) else None
-        states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale,
-                                             uncond)
+        with inference_autocast(d.precision, device):  # bf16 on a GPU ("auto"); a CPU's pairs as before
+            states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps,
+                                                 d.teacher_cfg_scale, uncond)
         write_shard(path, states, clean, prompt, torch.tensor(ts))
     dist.barrier()  # every shard is written before any rank reads them
     return out
