@@ -146,7 +146,7 @@ CASES = {
                            "ConfigError: world.num_colors must be >= 1, got 0"),
     "config: preset not a name": (config({"model": {"preset": ["tiny"]}}),
                                   "ConfigError: unknown model preset '['tiny']'; choose one of "
-                                  "['base', 'small', 'tiny', 'wan-tiny', 'wan1.3b']"),
+                                  "['base', 'small', 'tiny', 'wan-tiny', 'wan1.3b', 'wan14b']"),
     "config: override without =": (lambda tmp: ("call", lambda: load_config(None, ["train.steps"])),
                                    "ConfigError: override 'train.steps' is not of the form section.key=value"),
     # the CLI
