@@ -103,8 +103,8 @@ CASES = {
                            "ConfigError: config key 'train.steps': expected an integer, got 'many'"),
     "config: unknown key": (config({"sample": {"windw_chunks": 2}}),
                             "ConfigError: unknown config key 'sample.windw_chunks'. Did you mean 'window_chunks'? "
-                            "Valid keys: cfg_scale, context_noise, kv_cache_dtype, sink_chunks, solver, steps, "
-                            "timesteps, window_chunks"),
+                            "Valid keys: cfg_scale, context_noise, kv_cache_dtype, precision, sink_chunks, solver, "
+                            "steps, timesteps, window_chunks"),
     "config: replay device": (config({"foresight": {"replay_device": "gpu"}}),
                               "ConfigError: foresight.replay_device must be 'cpu' or 'device', got 'gpu'"),
     "config: kv cache dtype": (config({"sample": {"kv_cache_dtype": "fp16"}}),
@@ -129,6 +129,8 @@ CASES = {
                                     "ConfigError: dmd.critic_updates_per_gen must be >= 1, got 0"),
     "config: zero shard size": (config({"distill": {"shard_size": 0}}),
                                 "ConfigError: distill.shard_size must be >= 1, got 0"),
+    "config: sample precision": (config({"sample": {"precision": "fp16"}}),
+                                 "ConfigError: sample.precision must be 'auto', 'bf16' or 'fp32', got 'fp16'"),
     "config: zero replay": (config({"foresight": {"replay_size": 0}}),
                             "ConfigError: foresight.replay_size must be >= 1, got 0"),
     "config: negative window offset": (config({"foresight": {"window": [-1, 0]}}),

@@ -59,3 +59,33 @@ def test_pairs_written_then_read_back_are_identical(tmp_path):
         assert torch.equal(ds[i]["prompt"], prompt[i])
     with pytest.raises(ckpt.CheckpointError, match="no ODE pair shards"):
         ODEPairDataset(tmp_path / "empty")
+
+
+class InMemoryPairs:
+    """The dataset as it was before it streamed: every shard loaded and concatenated."""
+
+    def __init__(self, folder):
+        parts = [ckpt.load(f)[0] for f in sorted(folder.glob("shard_*.safetensors"))]
+        self.timesteps = parts[0]["timesteps"]
+        self.tensors = {k: torch.cat([p[k] for p in parts]) for k in ("states", "clean", "prompt")}
+
+    def __getitem__(self, i):
+        return {"states": self.tensors["states"][i].float(), "clean": self.tensors["clean"][i].float(),
+                "prompt": self.tensors["prompt"][i]}
+
+
+def test_pairs_stream_from_disk_and_equal_the_in_memory_dataset(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    ts = torch.tensor([1.0, 0.5])
+    for s, n in enumerate([2, 3, 1]):  # shards of unequal sizes: items numbered across them
+        write_shard(tmp_path / f"shard_{s:05d}.safetensors", torch.randn(n, 2, 4, 3, 8, 8).half(),
+                    torch.randn(n, 4, 3, 8, 8).half(), torch.randint(0, 5, (n, 10)), ts)
+    old = InMemoryPairs(tmp_path)
+    monkeypatch.setattr(ckpt, "load_file", lambda *a, **kw: pytest.fail("a shard was loaded whole"))
+    ds = ODEPairDataset(tmp_path)
+    assert len(ds) == 6 and torch.equal(ds.timesteps, old.timesteps)
+    for i in range(6):
+        a, b = ds[i], old[i]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a), i
+    with pytest.raises(IndexError):
+        ds[6]

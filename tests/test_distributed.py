@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from mirai import checkpoint as ckpt
 from mirai.config import ConfigError, config_from_dict, to_dict
 from mirai.models.build import build_model
 from mirai.rng import BatchGenerator, rand, randn
+from mirai.training import rank_rows
 from mirai.training.loop import train
 from mirai.training.stage import resolve_model_config
 
@@ -71,8 +73,14 @@ def write_models(folder: Path) -> Path:
 
 
 def tensors(run: Path) -> dict[str, torch.Tensor]:
-    """Everything a run's training state holds but the global RNG state (per process, not trained)."""
-    return {k: v for k, v in ckpt.load(run / "ckpt.safetensors")[0].items() if k != "rng.torch"}
+    """Everything a run's training state holds but the global RNG state (per process, not trained); the ranks'
+    rows (replay buffer) joined in rank order, as one process holds them in its state file."""
+    state, meta = ckpt.load(run / "ckpt.safetensors")
+    files = sorted(rank_rows.step_folder(run / "ckpt.safetensors", meta["step"]).glob("rank_*.safetensors"))
+    assert len(files) == (meta["rows_world"] if meta["rows_world"] > 1 else 0)
+    ranks = [ckpt.load(f)[0] for f in files]
+    joined = {f"extra.{k}": torch.cat([r[k] for r in ranks]) for k in (ranks[0] if ranks else {})}
+    return {k: v for k, v in {**state, **joined}.items() if k != "rng.torch"}
 
 
 def max_diff(a: Path, b: Path) -> float:
@@ -98,6 +106,7 @@ def runs(tmp_path_factory):
     models = write_models(root / "models")
     torch.set_num_threads(1)
     train(config_from_dict(config(root / "one_to_two", steps=4)), stop_at=2, quiet=True)  # resumed by 2 ranks
+    train(config_from_dict(dmd_config(root / "dmd_one_to_two", models)), stop_at=2, quiet=True)  # its replay too
     ddp_all = {"generator": "ddp", "critic": "ddp", "predictor": "ddp"}
     fsdp_all = {"generator": "fsdp", "critic": "fsdp", "predictor": "fsdp", "teacher": "fsdp"}
     jobs = [
@@ -111,6 +120,11 @@ def runs(tmp_path_factory):
         {"config": config(root / "one_to_two", steps=4)},
         {"config": dmd_config(root / "dmd_two_to_one", models, dist=fsdp_all), "stop_at": 3},
         {"config": ode_config(root / "ode", models)},
+        {"config": dmd_config(root / "dmd_one_to_two", models, dist=ddp_all)},
+        {"config": dmd_config(root / "dmd_resume", models, dist=ddp_all), "stop_at": 2},
+        {"config": dmd_config(root / "dmd_resume", models, dist=ddp_all), "plant_orphan": 4},  # a killed step 4
+        {"config": config(root / "fsdp_resume", steps=4, dist={"generator": "fsdp"}), "stop_at": 2},
+        {"config": config(root / "fsdp_resume", steps=4, dist={"generator": "fsdp"}), "count_reads": True},
     ]
     torchrun(jobs, root)
     return root
@@ -151,9 +165,23 @@ def test_gradient_accumulation_across_ranks_equals_one_batch(runs, one):
 def test_dmd_with_foresight_equals_one_process(runs, one, strategy):
     run = runs / f"dmd_{strategy}"
     assert max_diff(run, one / "dmd") < TOL
-    state = ckpt.load(run / "ckpt.safetensors")[0]
-    assert any(k.startswith("predictor.") for k in state) and "extra.replay.0.hidden" in state
-    assert state["extra.replay.0.hidden"].shape[0] == TOY["train"]["batch_size"]  # the ranks' rows, joined
+    state, meta = ckpt.load(run / "ckpt.safetensors")
+    assert any(k.startswith("predictor.") for k in state) and not any(k.startswith("extra.rows.") for k in state)
+    for rank in (0, 1):  # each rank's own rows, in its own file stamped with the step
+        rows, stamp = ckpt.load(rank_rows.rank_file(run / "ckpt.safetensors", meta["step"], rank))
+        assert rows["rows.replay.0.hidden"].shape[0] == TOY["train"]["batch_size"] // 2
+        assert (stamp["step"], stamp["rank"], stamp["world"]) == (meta["step"], rank, 2)
+    reference = ckpt.load(one / "dmd" / "ckpt.safetensors")[0]
+    assert reference["extra.rows.replay.0.hidden"].shape[0] == TOY["train"]["batch_size"]  # one process: inside
+
+
+def test_replay_rows_resume_exactly_on_the_same_and_another_world_size(runs, one):
+    assert max_diff(runs / "dmd_resume", one / "dmd") < TOL  # 2 ranks wrote step 2 (and a killed step 4), 2 went on
+    assert max_diff(runs / "dmd_one_to_two", one / "dmd") < TOL  # 1 process wrote step 2, 2 ranks went on
+    folders = sorted(p.name for p in (runs / "dmd_resume" / "replay").iterdir())
+    assert folders == ["step_00000004"]  # the committed step's rank files alone
+    stamps = [ckpt.read_meta(f)["step"] for f in (runs / "dmd_resume" / "replay" / folders[0]).iterdir()]
+    assert stamps == [4, 4]  # the killed step's stale files were replaced, not kept
 
 
 def test_ode_pairs_are_split_across_ranks_and_the_stage_trains_alike(runs, one):
@@ -178,8 +206,34 @@ def test_dmd_checkpoint_of_sharded_ranks_resumes_in_one_process(runs, one):
     assert max_diff(runs / "dmd_two_to_one", one / "dmd") < TOL
 
 
+def test_sharded_resume_is_exact_and_each_rank_reads_only_its_rows(runs, one):
+    assert max_diff(runs / "fsdp_resume", one / "tf4") < TOL  # 2 sharded ranks wrote step 2 and went on
+    reads = [json.loads((runs / "fsdp_resume" / f"reads_{r}.json").read_text()) for r in (0, 1)]
+    with safe_open(runs / "fsdp_resume" / "ckpt.safetensors", "pt") as f:
+        sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    sharded = [k for k in sizes if k.startswith(("model.", "ema.", "optim_model.")) and len(sizes[k]) and sizes[k][0] > 1]
+    assert sharded and all(k in reads[0] for k in sharded)
+    for k in sharded:  # the two ranks' rows make the tensor once, neither read it whole
+        assert reads[0][k] + reads[1].get(k, 0) == torch.Size(sizes[k]).numel(), k
+        assert max(reads[0][k], reads[1].get(k, 0)) < torch.Size(sizes[k]).numel(), k
+
+
 # --------------------------------------------------------------------------------------------------
 # One process: the pieces the multi-process runs rest on
+
+
+def test_rank_rows_are_re_split_and_a_stale_or_missing_rank_file_is_refused(tmp_path):
+    state = tmp_path / "ckpt.safetensors"
+    rows = [torch.arange(6.0).reshape(3, 2), torch.arange(6.0, 12.0).reshape(3, 2)]
+    for rank, r in enumerate(rows):
+        ckpt.atomic_save({"rows.x": r}, rank_rows.rank_file(state, 2, rank), {"step": 2, "rank": rank, "world": 2})
+    assert torch.equal(rank_rows.load(state, 2, 2)["rows.x"], torch.cat(rows))  # one process: every row, in order
+    ckpt.atomic_save({"rows.x": rows[1]}, rank_rows.rank_file(state, 2, 1), {"step": 1, "rank": 1, "world": 2})
+    with pytest.raises(ckpt.CheckpointError, match="rank_00001.safetensors is stamped .* stale"):
+        rank_rows.load(state, 2, 2)
+    rank_rows.rank_file(state, 2, 1).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="not found: .*rank_00001.safetensors"):
+        rank_rows.load(state, 2, 2)
 
 
 def test_batch_generator_rows_are_the_rows_of_the_global_draw():

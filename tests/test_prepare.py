@@ -2,6 +2,10 @@
 unusable files named; and the cache read back as a dataset."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,8 @@ from mirai.data.cache import LatentDataset
 from mirai.data.captions import check_folder, scan_folder
 from mirai.checkpoint import load
 from tests.conftest import tiny_text_encoder_folder, tiny_vae_folder, write_video_folder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -75,7 +81,7 @@ def test_prepare_resumes_after_a_kill_mid_shard_with_identical_shards(folders, t
 
     def killed_on_third_batch(self):
         calls["n"] += 1
-        if calls["n"] == 3:  # shard 0 written; shard 1 holds one clip in memory
+        if calls["n"] == 3:  # shard 0 written (batches of 2 and 1: none spans shards); shard 1 not yet
             raise KeyboardInterrupt
         encode(self)
 
@@ -90,6 +96,28 @@ def test_prepare_resumes_after_a_kill_mid_shard_with_identical_shards(folders, t
     for name in ref:
         assert all(torch.equal(ref[name][k], again[name][k]) for k in ref[name])
     assert resumed == json.loads((tmp_path / "ref" / "manifest.json").read_text())
+
+
+def test_prepare_under_torchrun_splits_the_shards_and_writes_the_one_process_cache(folders, tmp_path):
+    p = settings(folders)
+    one = prep.prepare(folders / "videos", tmp_path / "one", p, quiet=True)
+    sets = [f"prepare.{k}={getattr(p, k)}" for k in ("frames", "height", "width", "text_len", "batch_size",
+                                                     "shard_size", "clips_per_video")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mirai",
+           "prepare", str(folders / "videos"), "--out", str(tmp_path / "two"), "--vae", p.vae,
+           "--text-encoder", p.text_encoder, "--device", "cpu"] + [a for s in sets for a in ("--set", s)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 alone reports
+    two = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert two == json.loads((tmp_path / "one" / "manifest.json").read_text()) == one
+    a, b = shard_tensors(tmp_path / "one"), shard_tensors(tmp_path / "two")
+    assert list(a) == list(b) == [f"shard_0000{i}.safetensors" for i in range(3)]  # rank 0: 0 and 2, rank 1: 1
+    for name in a:
+        assert a[name].keys() == b[name].keys() and all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
+    empty = [load(tmp_path / d / "empty_prompt.safetensors")[0] for d in ("one", "two")]
+    assert all(torch.equal(empty[0][k], empty[1][k]) for k in empty[0])
 
 
 def test_prepare_refuses_other_settings_in_the_same_cache(folders, tmp_path):

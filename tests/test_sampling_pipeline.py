@@ -71,6 +71,25 @@ def test_the_pipeline_is_a_direct_rollout_of_its_inputs(world_run):
     assert np.array_equal(pipe.video(pipe.inputs(2, 8, seed=3))[0], to_uint8(direct))
 
 
+def test_sampling_on_a_cpu_stays_fp32_where_the_cpu_has_bf16_kernels(world_run, monkeypatch):
+    """precision "auto" on a CPU: no autocast, the same numbers as before, even where bf16 would be native."""
+    from mirai import device
+
+    monkeypatch.setattr(device, "bf16_native", lambda: True)
+    pipe = Pipeline.load(world_run)
+    reference = streamed(pipe, pipe.inputs(2, 8, seed=3))
+    entered = []
+    real = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **kw: entered.append(a) or real(*a, **kw))
+    assert pipe.cfg.sample.precision == "auto"
+    assert torch.equal(streamed(pipe, pipe.inputs(2, 8, seed=3)), reference)
+    assert np.array_equal(pipe.video(pipe.inputs(2, 8, seed=3))[0], to_uint8(reference))
+    assert entered == []
+    bf16 = Pipeline.load(world_run, overrides=["sample.precision=bf16"])  # forced: the autocast is really entered
+    low = streamed(bf16, bf16.inputs(2, 8, seed=3))
+    assert entered and low.dtype == torch.float32 and not torch.equal(low, reference)
+
+
 def test_a_run_folder_and_its_model_file_give_the_same_video(world_run):
     from_folder = Pipeline.load(world_run, overrides=["sample.steps=1"])
     from_file = Pipeline.load(world_run / "model.safetensors", overrides=["sample.steps=1"])

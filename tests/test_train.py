@@ -31,6 +31,43 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert len(losses) == 6 and all(l == l for l in losses)
 
 
+def test_resume_reads_the_state_one_tensor_at_a_time(tmp_path, monkeypatch):
+    """The state file is never read whole (load_file), and each of its tensors is read once, alone."""
+    from mirai.training import state
+
+    cfg = tiny_cfg(tmp_path / "run")
+    train(cfg, stop_at=2, quiet=True)
+    reads = []
+
+    class Counting:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_slice(self, key):
+            return self.handle.get_slice(key)  # shapes (header only); rows of sharded modules
+
+        def get_tensor(self, key):
+            reads.append(key)
+            return self.handle.get_tensor(key)
+
+    real_open = state.safe_open
+    monkeypatch.setattr(state, "safe_open", lambda *a, **kw: Counting(real_open(*a, **kw)))
+    monkeypatch.setattr(ckpt, "load_file", lambda *a, **kw: pytest.fail("the state file was read whole"))
+    train(cfg, stop_at=3, quiet=True)
+    with real_open(tmp_path / "run" / "ckpt.safetensors", "pt") as f:
+        assert sorted(reads) == sorted(f.keys())  # each tensor once (the file now holds step 3: same names)
+
+
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path)
     train(cfg, stop_at=2, quiet=True)

@@ -130,6 +130,23 @@ def test_export_loads_in_diffusers_with_the_same_weights(latent_wan, tmp_path):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())
 
 
+@pytest.mark.parametrize("vocab", [[], VOCAB], ids=["text", "structured"])
+def test_export_of_a_mirai_built_wan_holds_only_diffusers_tensors(tmp_path, vocab):
+    """A Wan trained in Mirai (caption embeddings, or the structured prompt) exports only the tensors
+    WanTransformer3DModel knows; the prompt tables, when the model has them, go to the sidecar file."""
+    cfg = base(conditional=True, prompt_vocab=vocab)
+    torch.manual_seed(0)
+    model = wan_io.build_model(cfg)
+    ckpt.save_model(model, tmp_path / "model.safetensors")
+    out = wan_io.export_wan(tmp_path / "model.safetensors", tmp_path / "exported")
+    _, info = diffusers.WanTransformer3DModel.from_pretrained(out, output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
+    assert (out / wan_io.PROMPT_FILE).is_file() == bool(vocab)
+    again = wan_io.load_wan(out, cfg).state_dict()
+    assert again.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+
+
 def test_model_file_keys_are_diffusers_keys(latent_wan):
     folder, ref = latent_wan
     model = wan_io.load_wan(folder, base(prompt_vocab=VOCAB))

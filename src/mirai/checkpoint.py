@@ -228,11 +228,17 @@ def load_model(path: str | Path, expect_attention: str | None = None) -> nn.Modu
 
 def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path) -> None:
     """load_state_dict with an error that names the file and the mismatching tensors."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    check_fits({k: v.shape for k, v in module.state_dict().items()}, {k: v.shape for k, v in state.items()}, path)
+    module.load_state_dict(state)
+
+
+def check_fits(own: dict[str, Any], saved: dict[str, Any], path: str | Path) -> None:
+    """A CheckpointError naming the file and the mismatching tensors unless the names and shapes of `saved`
+    (the file's) are those of `own` (the module's)."""
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = [f"{k}: file {tuple(saved[k])} vs model {tuple(own[k])}"
+              for k in own.keys() & saved.keys() if tuple(own[k]) != tuple(saved[k])]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -242,7 +248,6 @@ def load_state(module: nn.Module, state: dict[str, Tensor], path: str | Path) ->
         if shapes:
             parts.append("shape mismatch " + "; ".join(shapes[:5]))
         raise CheckpointError(f"{path} does not fit this model: " + ", ".join(parts))
-    module.load_state_dict(state)
 
 
 # What makes a token (and a frame of them): models that agree on these read and write the same sequences, whatever

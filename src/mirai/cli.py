@@ -224,7 +224,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> None:
-    from . import prepare
+    from . import distributed as dist, prepare
     from .config import load_config
     from .data.captions import check_folder
     from .device import pick_device
@@ -238,7 +238,12 @@ def cmd_prepare(args) -> None:
     if not args.out:
         raise ConfigError("mirai prepare needs --out CACHE (or --check)")
     check_output(args.out, folder=True)
-    manifest = prepare.prepare(args.data, args.out, p, pick_device(args.device))
+    dist.init(args.device)  # under torchrun: the ranks split the shards
+    main_rank = dist.is_main()
+    manifest = prepare.prepare(args.data, args.out, p, pick_device(args.device), quiet=not main_rank)
+    dist.shutdown()
+    if not main_rank:
+        return
     clips = sum(len(s["clips"]) for s in manifest["shards"])
     for name, why in manifest["refused"].items():
         print(f"refused {name}: {why}", file=sys.stderr)

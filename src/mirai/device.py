@@ -33,6 +33,22 @@ def weights_autocast(model: torch.nn.Module, device):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def inference_dtype(precision: str, device) -> torch.dtype | None:
+    """The autocast dtype of sampling and ODE-pair generation (None: fp32). "auto" is bf16 on a CUDA device with
+    native bf16 only: a CPU samples in fp32, bit for bit as before, even where it has bf16 kernels (unlike
+    training's "auto", whose CPU bf16 was chosen for speed, not to keep earlier samples)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got '{precision}'")
+    cuda = torch.device(device).type == "cuda"
+    return torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda and bf16_native()) else None
+
+
+def inference_autocast(precision: str, device):
+    """The context of `inference_dtype`: bf16 autocast on the device's type, or nothing."""
+    dtype = inference_dtype(precision, device)
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 def pick_device(name: str) -> torch.device:
     """"auto" is CUDA when available, else the CPU; "cpu", "cuda" or "cuda:N" when that device exists."""
     if name == "auto":

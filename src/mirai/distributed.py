@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import ConfigError, DistConfig
@@ -126,6 +126,15 @@ def gather_rows(t: Tensor) -> Tensor:
     parts = [torch.empty_like(t) for _ in range(world())]
     dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
+
+
+def gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order (small things: lists, plans); [obj] in one process."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def own_rows(t: Tensor) -> Tensor:
@@ -248,6 +257,26 @@ def full_state(module: nn.Module) -> dict[str, Tensor]:
 def load_full_state(module: nn.Module, state: dict[str, Tensor]) -> None:
     """Load a whole state dict into a sharded module (each rank keeps its shard)."""
     set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+
+
+def own_slice(t: Tensor) -> tuple[int, int] | None:
+    """(first, end) of the rows of dimension 0 this rank holds of a DTensor sharded by FSDP2 (torch.chunk's
+    split: ceil(n / W) rows per rank, the last ranks fewer or none); None for a whole tensor."""
+    if not isinstance(t, DTensor):
+        return None
+    if t.device_mesh.ndim != 1 or t.placements[0] != Shard(0):
+        raise NotImplementedError(f"reading a {t.placements} tensor from a whole one: only FSDP2's Shard(0) is supported")
+    n, parts, me = t.shape[0], t.device_mesh.size(), t.device_mesh.get_local_rank()
+    step = -(-n // parts)
+    first = min(n, me * step)
+    return first, min(n, first + step)
+
+
+def like_shard(rows: Tensor, t: Tensor) -> Tensor:
+    """This rank's rows (`own_slice`) as a DTensor placed like `t`, on t's device (a whole tensor: `rows`)."""
+    if not isinstance(t, DTensor):
+        return rows
+    return DTensor.from_local(rows.to(t.device), t.device_mesh, t.placements, shape=t.shape, stride=t.stride())
 
 
 def _parameter_names(module: nn.Module, opt: torch.optim.Optimizer) -> list[str]:

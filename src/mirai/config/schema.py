@@ -226,6 +226,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"prepare.missing_caption must be 'skip' or 'empty', got '{cfg.prepare.missing_caption}'")
     if cfg.data.source == "synthetic" and cfg.world.image_size != m.image_size:
         raise ConfigError(f"world.image_size={cfg.world.image_size} differs from model.image_size={m.image_size}")
+    for key, value in (("sample.precision", cfg.sample.precision), ("distill.precision", cfg.distill.precision)):
+        if value not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"{key} must be 'auto', 'bf16' or 'fp32', got '{value}'")
     if cfg.sample.solver not in ("euler", "renoise"):
         raise ConfigError(f"sample.solver must be 'euler' or 'renoise', got '{cfg.sample.solver}'")
     if cfg.sample.kv_cache_dtype not in ("auto", "fp32", "bf16"):

@@ -165,6 +165,7 @@ class SampleConfig:
     kv_cache_dtype: str = "auto"  # "auto" (the autocast dtype where autocast is on for the cache's device, else
     #                               fp32: under bf16 autocast the keys are bf16 already, an fp32 cache only doubles
     #                               its memory), "fp32" or "bf16"
+    precision: str = "auto"  # "auto" (bf16 autocast on a CUDA GPU with native bf16; fp32 on a CPU), "bf16" or "fp32"
 
 
 @dataclass
@@ -215,6 +216,8 @@ class DistillConfig:
     teacher_steps: int = 16  # Euler steps of the teacher per chunk
     shard_size: int = 64  # videos per shard file (the writer resumes shard by shard)
     teacher_cfg_scale: float = 1.0  # classifier-free guidance of the teacher's trajectories
+    precision: str = "auto"  # the teacher's rollouts: "auto" (bf16 autocast on a CUDA GPU with native bf16; fp32
+    #                          on a CPU), "bf16" or "fp32"
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ..checkpoint import load_model, run_config
 from ..config import Config, ConfigError, WorldConfig
 from ..data.cache import LatentDataset
 from ..data.frames import to_uint8
-from ..device import pick_device
+from ..device import inference_autocast, pick_device
 from ..diffusion.schedule import FlowSchedule
 from ..models.autoencoder import Autoencoder, IdentityAutoencoder
 from .inputs import RolloutInputs, cache_autoencoder, cache_inputs, rollout_inputs
@@ -131,9 +131,18 @@ class Pipeline:
         inputs = request.inputs
         if request.context is not None:
             yield decoder.decode(request.context)
-        for chunk in iter_rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=self.cfg.sample,
-                                  context=request.context, generator=inputs.generator, uncond=inputs.uncond):
-            yield decoder.decode(chunk)
+        chunks = iter_rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=self.cfg.sample,
+                              context=request.context, generator=inputs.generator, uncond=inputs.uncond)
+        while True:
+            with self.autocast():  # around the sampler's step alone: not the caller's code between yields
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield decoder.decode(chunk.float())
+
+    def autocast(self):
+        """`sample.precision` on the pipeline's device: bf16 autocast on a GPU ("auto"), fp32 on a CPU."""
+        return inference_autocast(self.cfg.sample.precision, self.device)
 
     @torch.no_grad()
     def video(self, request: Request) -> tuple[np.ndarray, np.ndarray | None]:
@@ -141,14 +150,16 @@ class Pipeline:
         their structured prompts (B, P) (None for a model on a cache: it has none). A causal model rolls out chunk
         by chunk; a bidirectional one (the teacher) denoises all frames at once."""
         inputs, sample = request.inputs, self.cfg.sample
-        if self.causal:
-            latents = rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
-                              context=request.context, generator=inputs.generator, uncond=inputs.uncond)
-        elif request.context is not None:
+        if not self.causal and request.context is not None:
             raise ConfigError("a bidirectional model denoises a whole clip: it continues no context")
-        else:
-            latents = sample_whole(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
-                                   generator=inputs.generator, uncond=inputs.uncond)
+        with self.autocast():
+            if self.causal:
+                latents = rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
+                                  context=request.context, generator=inputs.generator, uncond=inputs.uncond)
+            else:
+                latents = sample_whole(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
+                                       generator=inputs.generator, uncond=inputs.uncond)
+        latents = latents.float()  # the decoder runs in fp32
         if request.context is not None:
             latents = torch.cat([request.context, latents], dim=1)
         frames = to_uint8(self.autoencoder.decode(latents).cpu())

@@ -10,9 +10,11 @@ those of a single process and a restart on any world size resumes them.
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 from tqdm import tqdm
 
@@ -22,7 +24,7 @@ from ..data.cache import LatentDataset
 from ..data.prompt import PROMPT
 from ..data.world import make_clip
 from ..data.datasets import build_dataset, unconditional_prompt
-from ..device import pick_device
+from ..device import inference_autocast, pick_device
 from ..models.build import is_conditional
 from ..diffusion.schedule import FlowSchedule
 from ..references import load_reference
@@ -93,8 +95,9 @@ def generate_pairs(cfg: Config, quiet: bool = False) -> Path:
         gen = rng.generator(cfg.train.seed, "ode-noise", s)
         noise = torch.randn(len(index), cfg.data.clip_frames, *shape, generator=gen).to(device)
         cond = prompt.to(device) if is_conditional(teacher) else None
-        states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps, d.teacher_cfg_scale,
-                                             uncond)
+        with inference_autocast(d.precision, device):  # bf16 on a GPU ("auto"); a CPU's pairs as before
+            states, clean = teacher_trajectories(teacher, schedule, noise, cond, ts, d.teacher_steps,
+                                                 d.teacher_cfg_scale, uncond)
         write_shard(path, states, clean, prompt, torch.tensor(ts))
     dist.barrier()  # every shard is written before any rank reads them
     return out
@@ -116,19 +119,34 @@ def write_shard(path: Path, states: Tensor, clean: Tensor, prompt: Tensor, times
 
 
 class ODEPairDataset:
-    """All shards of a pairs folder in memory: item = states (S, T, C, H, W), clean, prompt, timesteps."""
+    """The pairs of a folder's shards, read from disk an item at a time: item = states (S, T, C, H, W), clean,
+    prompt, timesteps. Items are numbered across the shards in file order (shard 0's videos, then shard 1's...).
+    Memory holds one item, not the pairs (tens of GB for a real teacher); every shard's checksum is verified
+    once, here, a tensor at a time."""
+
+    KEYS = ("states", "clean", "prompt")
 
     def __init__(self, folder: str | Path):
-        files = sorted(Path(folder).glob("shard_*.safetensors"))
-        if not files:
+        self.files = sorted(Path(folder).glob("shard_*.safetensors"))
+        if not self.files:
             raise ckpt.CheckpointError(f"no ODE pair shards in {folder}")
-        parts = [ckpt.load(f)[0] for f in files]
-        self.timesteps = parts[0]["timesteps"]
-        self.tensors = {k: torch.cat([p[k] for p in parts]) for k in ("states", "clean", "prompt")}
+        self.starts = [0]  # the first item of each shard, then the total
+        for path in self.files:
+            ckpt.verify(path)
+            with safe_open(path, "pt") as f:
+                self.starts.append(self.starts[-1] + f.get_slice("states").get_shape()[0])
+        with safe_open(self.files[0], "pt") as f:
+            self.timesteps = f.get_tensor("timesteps")
 
     def __len__(self) -> int:
-        return self.tensors["states"].shape[0]
+        return self.starts[-1]
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"states": self.tensors["states"][i].float(), "clean": self.tensors["clean"][i].float(),
-                "prompt": self.tensors["prompt"][i]}
+        i = int(i)  # batch indices may be numpy or tensor integers
+        if not 0 <= i < len(self):
+            raise IndexError(f"ODE pair {i} of {len(self)}")
+        shard = bisect.bisect_right(self.starts, i) - 1
+        row = i - self.starts[shard]
+        with safe_open(self.files[shard], "pt") as f:  # opened per item: the dataset stays picklable for workers
+            item = {k: f.get_slice(k)[row : row + 1][0] for k in self.KEYS}
+        return {"states": item["states"].float(), "clean": item["clean"].float(), "prompt": item["prompt"]}

@@ -151,19 +151,21 @@ class ForesightTerm(GeneratorTerm):
 
     def extra_state(self) -> dict[str, Tensor]:
         """The replay buffer travels with the checkpoint, so a resumed run replays the same pairs. Each rank
-        replays its own rows of the batches; the file holds them joined, as one process would have them."""
+        replays its own rows of the batches and saves them as such (`rows.`: see `training.rank_rows`)."""
         out = {}
-        for i, pair in enumerate(self.replay):  # gathered on the device (NCCL's), a single process's as stored
-            hidden, target, t = (dist.gather_rows(x.to(self.device)) if dist.is_distributed() else x for x in pair)
-            out.update({f"replay.{i}.hidden": hidden, f"replay.{i}.target": target, f"replay.{i}.t": t})
+        for i, pair in enumerate(self.replay):
+            out.update({f"rows.replay.{i}.{k}": x for k, x in zip(("hidden", "target", "t"), pair)})
         return out
 
     def load_extra_state(self, tensors: dict[str, Tensor]) -> None:
+        """tensors: this rank's rows under `rows.replay.`; a file written before rows had their own keys holds
+        the joined rows under `replay.` (split by rank here)."""
         self.replay.clear()
+        prefix, split = ("rows.replay", lambda x: x) if "rows.replay.0.hidden" in tensors else ("replay", dist.own_rows)
         i = 0
-        while f"replay.{i}.hidden" in tensors:
-            self.replay.append(tuple(self.stored(dist.own_rows(tensors[f"replay.{i}.{k}"]))
-                                     for k in ("hidden", "target", "t")))
+        while f"{prefix}.{i}.hidden" in tensors:
+            keys = ("hidden", "target", "t")
+            self.replay.append(tuple(self.stored(split(tensors[f"{prefix}.{i}.{k}"])) for k in keys))
             i += 1
 
     def stored(self, x: Tensor) -> Tensor:
