@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from mirai import checkpoint as ckpt
-from mirai.config import ConfigError, config_from_dict, to_dict
+from mirai.config import ConfigError, config_from_dict
 from mirai.models.build import build_model
 from mirai.rng import BatchGenerator, rand, randn
 from mirai.training import rank_rows
