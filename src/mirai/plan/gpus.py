@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import ConfigError
+
 GIB = 2**30
 
 
@@ -31,8 +33,6 @@ GPUS: dict[str, GPU] = {g.name: g for g in (
 
 
 def gpu(name: str) -> GPU:
-    from ..config import ConfigError
-
     if name not in GPUS:
         raise ConfigError(f"unknown GPU {name!r}; the plan knows {', '.join(GPUS)}")
     return GPUS[name]

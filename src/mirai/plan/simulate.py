@@ -24,16 +24,18 @@ import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.distributed._tools.mem_tracker import MemTracker, _RefType
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.testing._internal.distributed.fake_pg import FakeStore  # torch's fake process group's store
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from .. import references
-from ..config import Config
+from .. import distributed as dist, references
+from ..config import Config, ConfigError
+from ..diffusion.schedule import FlowSchedule
 from ..device import autocast_context
-from ..models import attention as attention_module
+from ..models import attention as attention_module, dit, wan
 from ..models.attention import ChunkMask
 from ..models.build import build_model
 from ..rng import BatchGenerator
@@ -231,20 +233,14 @@ def fake_process_group(ranks: int) -> Iterator[None]:
     if ranks <= 1:
         yield
         return
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     if torch_dist.is_initialized():
         raise RuntimeError("mirai plan runs in a process of its own, not under torchrun")
     torch_dist.init_process_group("fake", rank=0, world_size=ranks, store=FakeStore())
     try:
-        from .. import distributed as dist
-
         dist.mesh("cpu")  # made with real tensors, before fake mode: a device mesh reads its ranks' values
         yield
     finally:
         torch_dist.destroy_process_group()
-        from .. import distributed as dist
-
         dist.forget_mesh()
 
 
@@ -252,10 +248,6 @@ def fake_process_group(ranks: int) -> Iterator[None]:
 def real_schedule() -> Iterator[None]:
     """A sampler's step list is a few numbers computed from Python numbers (and read back with `.tolist()`): it is
     computed for real, not faked."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-
-    from ..diffusion.schedule import FlowSchedule
-
     original = FlowSchedule.inference_steps
 
     def inference_steps(self, *args, **kwargs):
@@ -320,8 +312,6 @@ def planned_masks(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    import mirai.models.dit as dit
-    import mirai.models.wan as wan
 
     original = attention_module.flex_mask
 
@@ -415,8 +405,6 @@ def planning_config(cfg: Config) -> Config:
 def build_planned_stage(cfg: Config):
     """The stage of cfg.train.objective, as `mirai train` builds it (ODE: with stand-in pairs)."""
     if cfg.train.objective == "ode":
-        from ..diffusion.schedule import FlowSchedule
-
         schedule = FlowSchedule.from_config(cfg.schedule)
         ts = schedule.inference_steps(cfg.sample.steps, cfg.sample.timesteps)[:-1]
         return ODEStage(cfg, quiet=True, pairs=RandomPairs(ts.float()))
@@ -473,8 +461,6 @@ def measured_rollout(cfg: Config, batch: int = 1) -> RolloutMeasure:
         model.to(torch.bfloat16)
     tracker, roofline = PlanTracker(), Roofline()
     tracker.track_external(model)
-    from ..diffusion.schedule import FlowSchedule
-
     noise = torch.randn(batch, cfg.data.clip_frames, *m.frame_shape)
     prompt = torch.randn(batch, cfg.prepare.text_len, m.text_dim) if m.text_conditioned else None
     first = (0, 0)
@@ -508,8 +494,6 @@ def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True,
     cfg = planning_config(cfg)
     rows = cfg.train.batch_size // ranks
     if cfg.train.batch_size % (ranks * cfg.dist.grad_accum):
-        from ..config import ConfigError
-
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {ranks} ranks x "
                           f"dist.grad_accum {cfg.dist.grad_accum}")
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
