@@ -7,7 +7,8 @@ stage's own `step` (after warm-up steps that create the optimiser states, with t
 steady state) and one rollout of the generator, and measures them with PyTorch's tools:
 - memory: `torch.distributed._tools.mem_tracker.MemTracker`, every live tensor by kind (parameters, gradients,
   optimiser state, activations, temporaries, and here also KV cache and replay buffer), peak per step;
-- FLOPs: `torch.utils.flop_counter.FlopCounterMode`;
+- FLOPs: torch's flop formulas (`torch.utils.flop_counter.flop_registry`, what `FlopCounterMode` sums; its module
+  tracker is left out: like MemTracker's, its hooks keep checkpointed activations alive);
 - time: a roofline per operator (its FLOPs at the GPU's peak or its bytes at the GPU's bandwidth, whichever is
   longer), summed: `Roofline`, priced later per GPU kind (`mirai.plan.report`).
 What a fake tensor cannot say (a loss value, a random draw) is stood in for by `ScalarStandIns`.
@@ -25,11 +26,12 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
-from torch.distributed._tools.mem_tracker import MemTracker, _RefType
+from torch._guards import active_fake_mode
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _RefType
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.testing._internal.distributed.fake_pg import FakeStore  # torch's fake process group's store
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch.utils.flop_counter import flop_registry
 
 from .. import distributed as dist, references
 from ..config import Config, ConfigError
@@ -70,12 +72,50 @@ KIND_NAMES = {Kind.PARAM: "parameters", Kind.BUFFER: "buffers", Kind.GRAD: "grad
 
 
 class PlanTracker(MemTracker):
-    """MemTracker for loops: a rollout calls the generator many times in one step, which MemTracker's module-wise
-    statistics refuse ("multiple iterative calls"); the peak by kind, all a plan reads, does not need them."""
+    """MemTracker without its module hooks. Its ModTracker registers gradient hooks on every module call's
+    tensors, which keep a checkpointed block's recomputed activations alive through the rest of backward (depth
+    x a block's activations, as if nothing were checkpointed, with real tensors as with fake ones), and its
+    module-wise statistics refuse a module called many times (a rollout). Here forward vs backward is autograd's
+    own state: a tensor made while a backward pass runs is a temporary (recomputed activations included), any
+    other an activation; optimiser steps and gradients are told by MemTracker's optimiser and gradient hooks."""
 
     def __init__(self) -> None:
         super().__init__()
         self._ref_class = Kind
+
+    def track_trained(self, *modules: nn.Module) -> None:
+        """Parameters and buffers of these modules, with hooks that file their gradients as gradients."""
+        for module in modules:
+            self._track_module_params_and_buffers(module, install_grad_hooks=True)
+
+    def __enter__(self) -> "PlanTracker":
+        self._fake_mode_on_entry = active_fake_mode()
+        self._register_global_optimizer_hook()
+        self._track_resize()
+        self._peak_mem_snap = self.get_tracker_snapshot()
+        self._peak_mem = {dev: snap[_TOTAL_KEY] for dev, snap in self._peak_mem_snap.items()}
+        TorchDispatchMode.__enter__(self)
+        return self
+
+    def __exit__(self, *args) -> None:
+        self._deregister_param_and_optimizer_hooks()
+        self._restore_resize()
+        TorchDispatchMode.__exit__(self, *args)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(t is DTensor for t in types):
+            return NotImplemented  # count the local operators DTensor runs
+        if func is torch.ops._c10d_functional.wait_tensor.default and active_fake_mode():
+            res = args[0]  # as MemTracker: a fake wait returns a new tensor where a real one returns its input
+        else:
+            res = func(*args, **(kwargs or {}))
+        if active_fake_mode() is self._fake_mode_on_entry:  # not DTensor's own shape propagation
+            in_backward = torch._C._current_graph_task_id() != -1
+            kind = Kind.OPT if self._in_opt else Kind.TEMP if in_backward else Kind.ACT
+            for t in _tensors(res):
+                self._track(kind, t)
+            self._update_peak_stats(None)
+        return res
 
     def _track_module_params_and_buffers(self, module: nn.Module, install_grad_hooks: bool = True):
         """MemTracker hooks every parameter's gradient, and a frozen one (the real score) cannot take a hook."""
@@ -84,10 +124,13 @@ class PlanTracker(MemTracker):
             self._param_to_grad_hook_handles.setdefault(p, (_NO_HOOK, _NO_HOOK))
         return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
-    def _pre_fw_hook(self, module: nn.Module, inputs) -> None:
-        if module in self.memory_tracking and not self._mod_tracker.is_bw:
-            return
-        super()._pre_fw_hook(module, inputs)
+    def _update_peak_stats(self, peak_state) -> None:
+        """The process's peak alone: MemTracker also updates every tracked module's own peak at every operator,
+        which costs (modules x operators), minutes at Wan size, for statistics a plan does not read."""
+        for device, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(device, 0) < snap[_TOTAL_KEY]:
+                self._peak_mem[device] = snap[_TOTAL_KEY]
+                self._peak_mem_snap[device] = dict(snap)
 
     def mark(self, tensors, kind: Kind) -> None:
         """File these tensors' storages under `kind` (from now on, and moved there if already tracked)."""
@@ -445,12 +488,13 @@ def persistent(stage) -> list:
 def measured_step(stage, cfg: Config, batch, gen, step: int, name: str) -> StepMeasure:
     tracker, roofline = PlanTracker(), Roofline()
     tracker.track_external(*persistent(stage))
+    tracker.track_trained(*stage.modules.values())
     tracker.mark(replay_tensors(stage), Kind.REPLAY)
-    with marked_kv_caches(tracker), tracker, FlopCounterMode(display=False) as counter, roofline:
+    with marked_kv_caches(tracker), tracker, roofline:
         result = stage.step(batch, step, gen)
         if result.generator_update is not None:
             ema_update(stage.ema, stage.model, 0.99)
-    return StepMeasure(name, tracker.peak(), counter.get_total_flops(), roofline)
+    return StepMeasure(name, tracker.peak(), roofline.flops(), roofline)
 
 
 def measured_rollout(cfg: Config, batch: int = 1) -> RolloutMeasure:
@@ -464,13 +508,13 @@ def measured_rollout(cfg: Config, batch: int = 1) -> RolloutMeasure:
     noise = torch.randn(batch, cfg.data.clip_frames, *m.frame_shape)
     prompt = torch.randn(batch, cfg.prepare.text_len, m.text_dim) if m.text_conditioned else None
     first = (0, 0)
-    with marked_kv_caches(tracker), tracker, FlopCounterMode(display=False) as counter, roofline:
+    with marked_kv_caches(tracker), tracker, roofline:
         with autocast_context(cfg.train.precision, "cpu"):
             for i, _chunk in enumerate(iter_rollout(model, FlowSchedule.from_config(cfg.schedule), noise, prompt,
                                                     sample=cfg.sample)):
                 if i == 0:
                     first = (0, roofline.mark())
-    return RolloutMeasure(batch * cfg.data.clip_frames, tracker.peak(), counter.get_total_flops(), first, roofline)
+    return RolloutMeasure(batch * cfg.data.clip_frames, tracker.peak(), roofline.flops(), first, roofline)
 
 
 def parameter_counts(stage) -> dict[str, int]:
