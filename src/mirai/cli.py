@@ -178,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
-    b.add_argument("what", choices=["sampling", "train", "foresight", "fps", "ddp"])
+    b.add_argument("what", choices=["sampling", "train", "foresight", "fps", "ddp", "step"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
     b.add_argument("--ckpt", help="sampling, fps: benchmark this model instead of a random one")
     b.add_argument("--batch", type=at_least(1), default=None,
@@ -188,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
                         "ddp: default tiny")
     b.add_argument("--frames", type=at_least(1), default=None, help="fps: frames per video (default 4 chunks)")
     b.add_argument("--device", default="auto", help="fps: auto (cuda when available), cpu, cuda, ...")
+    b.add_argument("--vae", help="fps: also decode each chunk with a Wan VAE: a diffusers folder, 'random' (the Wan2.1 "
+                                 "architecture, random weights) or 'random-tiny'")
+    b.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="step: the run's config, whose step is run for real (random weights) and planned")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="step: override a config key")
     b.add_argument("--baseline", help="foresight: a baseline generator to time (default: random tiny)")
     b.add_argument("--foresight", help="foresight: a foresight-trained generator to time (default: random tiny)")
     return p
@@ -368,6 +374,8 @@ def cmd_demo(args) -> int | None:
 
 
 def cmd_bench(args) -> None:
+    import tempfile
+
     from . import bench
     from .checkpoint import load_model
 
@@ -382,7 +390,20 @@ def cmd_bench(args) -> None:
         result = bench.bench_ddp(args.preset or "tiny", batch=args.batch or 8)
     elif args.what == "fps":
         model = load_model(args.ckpt) if args.ckpt else bench.random_model(args.preset or "wan-tiny", conditional=True)
-        result = bench.bench_fps(model, batch=args.batch or 1, frames=args.frames, device=args.device)
+        with tempfile.TemporaryDirectory() as tmp:
+            vae = None
+            if args.vae in ("random", "random-tiny"):
+                vae = bench.random_wan_vae(tmp, tiny=args.vae == "random-tiny")
+            elif args.vae:
+                from .models.wan_vae import WanAutoencoder
+
+                vae = WanAutoencoder(args.vae)
+            result = bench.bench_fps(model, batch=args.batch or 1, frames=args.frames, device=args.device, vae=vae)
+    elif args.what == "step":
+        from .config import load_config
+        from .plan.check import real_step
+
+        result = real_step(load_config(args.config, args.overrides), args.device)
     else:
         result = bench.bench_foresight(args.baseline, args.foresight)
     print(json.dumps(result, indent=None if args.json else 2))

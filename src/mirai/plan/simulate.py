@@ -246,28 +246,27 @@ class ScalarStandIns(TorchDispatchMode):
 
 @contextlib.contextmanager
 def overwritten_parameters() -> Iterator[None]:
-    """`module.to(...)` replaces fake parameters by new ones instead of swapping them in place: torch always swaps a
-    fake parameter, and refuses to, since the fake mode holds a weak reference to it."""
-    original = nn.Module.to
+    """`module.to(...)`, `.float()` and the like replace fake parameters by new ones instead of swapping them in
+    place: torch always swaps a fake parameter, and refuses to, since the fake mode holds a weak reference to it."""
+    original = nn.Module._apply
 
-    def to(module: nn.Module, *args, **kwargs) -> nn.Module:
-        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
-        for m in module.modules():
+    def _apply(module: nn.Module, fn, recurse: bool = True) -> nn.Module:
+        for m in module.modules() if recurse else [module]:
             for group in (m._parameters, m._buffers):
                 for name, t in group.items():
                     if t is None:
                         continue
-                    cast = dtype if dtype is not None and t.is_floating_point() else t.dtype
-                    moved = t.to(device=device or t.device, dtype=cast)
-                    if moved is not t:
-                        group[name] = nn.Parameter(moved, t.requires_grad) if isinstance(t, nn.Parameter) else moved
+                    with torch.no_grad():
+                        new = fn(t)
+                    if new is not t:
+                        group[name] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
         return module
 
-    nn.Module.to = to
+    nn.Module._apply = _apply
     try:
         yield
     finally:
-        nn.Module.to = original
+        nn.Module._apply = original
 
 
 @contextlib.contextmanager
@@ -480,9 +479,19 @@ def fill_replay(stage) -> None:
                 term.replay.append(tuple(t.clone() for t in term.replay[-1]))
 
 
+def frozen_modules(stage) -> list[nn.Module]:
+    """The frozen models a stage holds besides its checkpointed modules: DMD's real score, a separate encoder."""
+    frozen = [stage.teacher] if getattr(stage, "teacher", None) is not None else []
+    for term in getattr(stage, "terms", []):
+        encoder = getattr(term, "encoder", None)
+        if encoder is not None and all(encoder.model is not m for m in frozen):
+            frozen.append(encoder.model)
+    return frozen
+
+
 def persistent(stage) -> list:
-    """What lives across steps: every module and optimiser of the stage."""
-    return [*stage.modules.values(), *stage.optimizers.values()]
+    """What lives across steps: every module and optimiser of the stage, and its frozen models."""
+    return [*stage.modules.values(), *frozen_modules(stage), *stage.optimizers.values()]
 
 
 def measured_step(stage, cfg: Config, batch, gen, step: int, name: str) -> StepMeasure:
@@ -531,6 +540,26 @@ def parameter_counts(stage) -> dict[str, int]:
     return out
 
 
+def updates_per_generator_step(cfg: Config) -> int:
+    """Steps per generator update: DMD's critic updates per generator update, 1 for every other stage."""
+    return cfg.dmd.critic_updates_per_gen if cfg.train.objective == "dmd" else 1
+
+
+def warmed_stage(cfg: Config, rows: int, device: torch.device | None = None):
+    """The stage built and distributed, a batch of `rows` clips, its generator, and steps run until every
+    optimiser has its state (DMD: a generator step and a critic-only step), the replay buffers full."""
+    torch.manual_seed(cfg.train.seed)
+    stage = build_planned_stage(cfg)
+    stage.distribute()
+    gen = BatchGenerator(cfg.train.seed)
+    batch = {key: value.to(device or stage.device) for key, value in batch_of(stage, cfg, rows).items()}
+    k = updates_per_generator_step(cfg)
+    for step in ([0, k - 1] if k > 1 else [0]):
+        stage.step(batch, step, gen)
+    fill_replay(stage)
+    return stage, batch, gen, k
+
+
 def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True, rollout: bool = True) -> RunMeasure:
     """Build `cfg`'s stage for `ranks` ranks and measure a step (DMD: a generator step and a critic-only step) and,
     when `rollout`, one rollout. fake=False runs the same with real tensors (random weights): the check against
@@ -544,15 +573,7 @@ def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True,
     with fake_process_group(ranks), references.random_weights(everything=True), fused_attention(fused), \
             planned_masks(fused), real_schedule():
         with overwritten_parameters() if fake else contextlib.nullcontext(), mode, ScalarStandIns():
-            torch.manual_seed(cfg.train.seed)
-            stage = build_planned_stage(cfg)
-            stage.distribute()
-            gen = BatchGenerator(cfg.train.seed)
-            batch = batch_of(stage, cfg, rows)
-            k = cfg.dmd.critic_updates_per_gen if cfg.train.objective == "dmd" else 1
-            for warm in range(min(k, 2) if k > 1 else 1):  # optimiser states exist (DMD: both optimisers)
-                stage.step(batch, warm * (k - 1) if k > 1 else warm, gen)
-            fill_replay(stage)
+            stage, batch, gen, k = warmed_stage(cfg, rows)
             run = RunMeasure(cfg.train.objective, ranks, rows, parameters=parameter_counts(stage))
             run.steps.append(measured_step(stage, cfg, batch, gen, k, "generator step" if k > 1 else "step"))
             if k > 1:
