@@ -39,3 +39,18 @@ def test_no_script_reads_an_environment_variable(script):
 def test_the_readme_names_every_script_and_no_other():
     named = set(re.findall(r"`([\w.]+\.(?:py|sh))`", (FOLDER / "README.md").read_text()))
     assert named == {p.name for p in SCRIPTS + SHELL}
+
+
+def test_the_gpu_check_runs_end_to_end_at_toy_size(tmp_path):
+    """scripts/gpu_check.sh --toy: the GPU day's one command, on the CPU at toy size."""
+    import json
+    import subprocess
+
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", str(out), "--toy"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["toy"] and report["fps"]["with_vae"]["video_fps"] > 0
+    for step in report["dmd_foresight_step"]["steps"]:
+        assert abs(step["peak_ratio"] - 1) <= 0.10  # the plan of the step against the step itself
