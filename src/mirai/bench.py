@@ -284,7 +284,8 @@ def bench_fps(model: torch.nn.Module, batch: int = 1, frames: int | None = None,
         video_frames = batch * (1 + (frames - 1) * vae.temporal)  # latent frame 0 -> 1 frame, each later one -> 4
         with_vae = {"with_vae": {"measures": "the same rollout with every chunk decoded to pixels as it streams (the "
                                              "Wan VAE's causal decoder, its cache kept between chunks)",
-                                 "vae": vae.name, "first_chunk_latency_s": min(decoded[0]), "rollout_s": min(decoded[1]),
+                                 "vae": vae.name, "first_chunk_latency_s": min(decoded[0]),
+                                 "rollout_s": min(decoded[1]),
                                  "video_frames": video_frames, "video_fps": video_frames / min(decoded[1])}}
     return {
         "measures": "denoising only: the generator's cached rollout (steps x chunks forwards, one KV-cache commit per "

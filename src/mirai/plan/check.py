@@ -13,7 +13,7 @@ from .. import references
 from ..config import Config
 from ..device import pick_device
 from ..training.optim import ema_update
-from .simulate import (Kind, PlanTracker, ScalarStandIns, persistent, plan_run, planning_config, replay_tensors,
+from .simulate import (Kind, PlanTracker, ScalarStandIns, one_micro_batch, persistent, plan_run, planning_config, replay_tensors,
                        warmed_stage)
 
 
@@ -23,7 +23,7 @@ def real_step(cfg: Config, device: str = "auto", repeats: int = 2) -> dict:
     Python dispatch would slow every operator), best of `repeats`."""
     dev = pick_device(device)
     planned = plan_run(cfg, 1, fused=dev.type == "cuda", rollout=False)
-    run_cfg = planning_config(cfg)
+    run_cfg = one_micro_batch(planning_config(cfg), 1)  # as the plan measures it
     run_cfg.train.device, run_cfg.train.flex_attention = str(dev), True
     rows = run_cfg.train.batch_size
     with references.random_weights(everything=True):

@@ -38,7 +38,7 @@ class Fix:
 
 def _micro_batch_halved(cfg: Config, ranks: int) -> Config | None:
     rows = cfg.train.batch_size // (ranks * cfg.dist.grad_accum)
-    if rows < 2:
+    if rows < 2 or rows % 2:
         return None
     cfg = copy.deepcopy(cfg)
     cfg.dist.grad_accum *= 2
@@ -74,7 +74,7 @@ def step_seconds(run: RunMeasure, g: GPU, mfu: float, k: int) -> tuple[float, fl
     """(time at `mfu`, roofline bound) of one optimiser step of the generator (DMD: a generator step and k - 1
     critic-only steps)."""
     peak, bandwidth = g.bf16_tflops * 1e12, g.bandwidth_gbs * 1e9
-    weights = [1] + [k - 1] * (len(run.steps) - 1)
+    weights = [run.micro_batches * w for w in [1] + [k - 1] * (len(run.steps) - 1)]
     at_mfu = sum(w * s.flops / (peak * mfu) for w, s in zip(weights, run.steps))
     bound = sum(w * s.roofline.seconds(peak, bandwidth) for w, s in zip(weights, run.steps))
     return at_mfu, bound
@@ -107,14 +107,14 @@ class Plan:
 
     def to_json(self) -> dict:
         run, k = self.run, self.cfg.dmd.critic_updates_per_gen if self.run.stage == "dmd" else 1
-        out = {"stage": run.stage, "ranks": run.ranks, "clips_per_rank": run.rows,
-               "grad_accum": self.cfg.dist.grad_accum, "mfu": self.mfu,
+        out = {"stage": run.stage, "ranks": run.ranks, "clips_per_micro_batch": run.rows,
+               "micro_batches": run.micro_batches, "mfu": self.mfu,
                "parameters": run.parameters,
                "steps": [{"name": s.name, "peak_bytes": s.peak, "flops": s.flops,
                           "bytes_moved": s.roofline.bytes()} for s in run.steps],
                "peak_bytes": peak_bytes(run), "peak_by_kind": peak_step(run).peak,
-               "flops_per_update": sum(([1] + [k - 1] * (len(run.steps) - 1))[i] * s.flops
-                                       for i, s in enumerate(run.steps)),
+               "flops_per_update": run.micro_batches * sum(([1] + [k - 1] * (len(run.steps) - 1))[i] * s.flops
+                                                           for i, s in enumerate(run.steps)),
                "gpus": {}}
         if run.rollout is not None:
             out["rollout"] = {"frames": run.rollout.frames, "peak_bytes": run.rollout.peak, "flops": run.rollout.flops,
@@ -128,8 +128,8 @@ class Plan:
 
     def table(self) -> list[str]:
         run = self.run
-        lines = [f"plan: {run.stage} step, {run.ranks} GPU(s) x {run.rows} clip(s) per rank "
-                 f"(grad_accum {self.cfg.dist.grad_accum}); per rank, on fake tensors"]
+        lines = [f"plan: {run.stage} step, {run.ranks} GPU(s) x {run.micro_batches} micro-batch(es) of {run.rows} "
+                 "clip(s); per rank, on fake tensors (one micro-batch measured)"]
         lines.append("parameters: " + ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in run.parameters.items()))
         kinds = [k for k in peak_step(run).peak if k != "total"]
         lines.append(f"{'memory at the peak (GiB)':28s}" + "".join(f"{s.name:>20s}" for s in run.steps)

@@ -413,7 +413,8 @@ class RolloutMeasure:
 class RunMeasure:
     stage: str
     ranks: int
-    rows: int  # clips per rank per optimiser step (all micro-batches)
+    rows: int  # clips per rank in one micro-batch (the one measured)
+    micro_batches: int  # per optimiser step: dist.grad_accum (FLOPs and time of a step are the measured x this)
     steps: list[StepMeasure] = field(default_factory=list)  # DMD: a generator step, then a critic-only step
     rollout: RolloutMeasure | None = None
     parameters: dict[str, int] = field(default_factory=dict)  # per module, whole (not sharded)
@@ -545,6 +546,18 @@ def updates_per_generator_step(cfg: Config) -> int:
     return cfg.dmd.critic_updates_per_gen if cfg.train.objective == "dmd" else 1
 
 
+def one_micro_batch(cfg: Config, ranks: int) -> Config:
+    """The config of one of its micro-batches: gradient accumulation repeats the same micro-batch step (the same
+    shapes, the same peak: the gradients it accumulates into exist after the first), so a plan measures one and
+    counts its FLOPs and time `dist.grad_accum` times."""
+    if cfg.dist.grad_accum == 1:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.train.batch_size //= cfg.dist.grad_accum
+    cfg.dist.grad_accum = 1
+    return cfg
+
+
 def warmed_stage(cfg: Config, rows: int, device: torch.device | None = None):
     """The stage built and distributed, a batch of `rows` clips, its generator, and steps run until every
     optimiser has its state (DMD: a generator step and a critic-only step), the replay buffers full."""
@@ -554,8 +567,7 @@ def warmed_stage(cfg: Config, rows: int, device: torch.device | None = None):
     gen = BatchGenerator(cfg.train.seed)
     batch = {key: value.to(device or stage.device) for key, value in batch_of(stage, cfg, rows).items()}
     k = updates_per_generator_step(cfg)
-    for step in ([0, k - 1] if k > 1 else [0]):
-        stage.step(batch, step, gen)
+    stage.step(batch, 0, gen)  # step 0 updates every module (DMD: the generator and the critic)
     fill_replay(stage)
     return stage, batch, gen, k
 
@@ -565,16 +577,18 @@ def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True,
     when `rollout`, one rollout. fake=False runs the same with real tensors (random weights): the check against
     reality, at toy sizes on the CPU. fused: attention as on a GPU (see `fused_attention`)."""
     cfg = planning_config(cfg)
-    rows = cfg.train.batch_size // ranks
     if cfg.train.batch_size % (ranks * cfg.dist.grad_accum):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {ranks} ranks x "
                           f"dist.grad_accum {cfg.dist.grad_accum}")
+    accum = cfg.dist.grad_accum
+    cfg = one_micro_batch(cfg, ranks)
+    rows = cfg.train.batch_size // ranks
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with fake_process_group(ranks), references.random_weights(everything=True), fused_attention(fused), \
             planned_masks(fused), real_schedule():
         with overwritten_parameters() if fake else contextlib.nullcontext(), mode, ScalarStandIns():
             stage, batch, gen, k = warmed_stage(cfg, rows)
-            run = RunMeasure(cfg.train.objective, ranks, rows, parameters=parameter_counts(stage))
+            run = RunMeasure(cfg.train.objective, ranks, rows, accum, parameters=parameter_counts(stage))
             run.steps.append(measured_step(stage, cfg, batch, gen, k, "generator step" if k > 1 else "step"))
             if k > 1:
                 run.steps.append(measured_step(stage, cfg, batch, gen, k + 1, "critic-only step"))
