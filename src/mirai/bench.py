@@ -38,6 +38,7 @@ from .device import autocast_context, bf16_native, pick_device
 from .diffusion.schedule import FlowSchedule
 from .models.build import build_model
 from .models.dit import count_parameters
+from .models.wan_vae import WanAutoencoder
 from .sampling.rollout import iter_rollout, rollout
 from .training.stages import build_stage
 from .training.supervised import TeacherForcingStage
@@ -230,9 +231,7 @@ def device_name(device: torch.device) -> str:
 def random_wan_vae(folder: str | Path, tiny: bool = False):
     """A Wan2.1 VAE with random weights, saved to `folder` and loaded as Mirai loads one: the real architecture
     (diffusers' `AutoencoderKLWan` defaults are Wan2.1's), or a toy one for tests. Nothing is downloaded."""
-    from diffusers import AutoencoderKLWan
-
-    from .models.wan_vae import WanAutoencoder
+    from diffusers import AutoencoderKLWan  # an optional dependency ([wan]): imported when asked for
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if tiny else AutoencoderKLWan()

@@ -25,8 +25,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard
@@ -119,15 +118,6 @@ def mean_values(values: dict[str, float], flag: bool = False) -> tuple[dict[str,
     return {k: packed[i].item() / world() for i, k in enumerate(keys)}, bool(packed[-1] > 0)
 
 
-def gather_rows(t: Tensor) -> Tensor:
-    """Per-rank rows of a batch (first dimension) joined in rank order: the global batch's tensor."""
-    if not is_distributed():
-        return t
-    parts = [torch.empty_like(t) for _ in range(world())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
-
 def gather_objects(obj) -> list:
     """Every rank's picklable `obj`, in rank order (small things: lists, plans); [obj] in one process."""
     if not is_distributed():
@@ -138,7 +128,7 @@ def gather_objects(obj) -> list:
 
 
 def own_rows(t: Tensor) -> Tensor:
-    """This rank's rows of a global batch's tensor (the inverse of `gather_rows`, for any world size)."""
+    """This rank's rows of a global batch's tensor, for any world size."""
     if not is_distributed():
         return t
     rows = t.shape[0] // world()
@@ -254,11 +244,6 @@ def full_state(module: nn.Module) -> dict[str, Tensor]:
     return get_model_state_dict(module, options=FULL) if is_sharded(module) else module.state_dict()
 
 
-def load_full_state(module: nn.Module, state: dict[str, Tensor]) -> None:
-    """Load a whole state dict into a sharded module (each rank keeps its shard)."""
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
-
-
 def own_slice(t: Tensor) -> tuple[int, int] | None:
     """(first, end) of the rows of dimension 0 this rank holds of a DTensor sharded by FSDP2 (torch.chunk's
     split: ceil(n / W) rows per rank, the last ranks fewer or none); None for a whole tensor."""
@@ -294,21 +279,6 @@ def full_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer) -> dict:
     names = _parameter_names(module, opt)
     state = {i: gathered["state"][n] for i, n in enumerate(names) if n in gathered.get("state", {})}
     return {"state": state, "param_groups": own["param_groups"]}
-
-
-def load_full_optimizer_state(module: nn.Module, opt: torch.optim.Optimizer, sd: dict) -> None:
-    """Load a single-process optimiser state dict (integer ids, whole tensors)."""
-    if not is_sharded(module):
-        opt.load_state_dict(sd)
-        return
-    names = _parameter_names(module, opt)
-    groups, start = [], 0
-    for group in sd["param_groups"]:
-        count = len(group["params"])
-        groups.append({**group, "params": names[start : start + count]})
-        start += count
-    by_name = {"state": {names[int(i)]: v for i, v in sd["state"].items()}, "param_groups": groups}
-    set_optimizer_state_dict(module, opt, by_name, options=StateDictOptions(full_state_dict=True))
 
 
 def gathered_model(module: nn.Module) -> nn.Module | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -97,10 +96,3 @@ def load_reference(ref: str, like: ModelConfig, attention: str | None = None, ro
 def exists(ref: str) -> bool:
     """Whether a reference names something readable: a preset, a diffusers folder or a model file / run folder."""
     return is_preset(ref) or wan_io.is_diffusers_folder(ref) or ckpt.resolve_model_path(ref).is_file()
-
-
-def describe(ref: str) -> str:
-    """How a reference reads in a plan's table."""
-    if is_preset(ref):
-        return f"{ref} (size only)"
-    return str(Path(ref))

@@ -5,6 +5,7 @@ runs on the day a GPU is lent."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -54,16 +55,12 @@ def timed_step(stage, batch, gen, step: int, dev: torch.device) -> tuple[int, fl
         tracker.track_external(*persistent(stage))
         tracker.track_trained(*stage.modules.values())
         tracker.mark(replay_tensors(stage), Kind.REPLAY)
-        tracker.__enter__()
     t0 = time.perf_counter()
-    try:
+    with tracker or contextlib.nullcontext():
         result = stage.step(batch, step, gen)
         if result.generator_update is not None:
             ema_update(stage.ema, stage.model, 0.99)
-    finally:
-        if tracker is not None:
-            tracker.__exit__(None, None, None)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        return torch.cuda.max_memory_allocated(dev), time.perf_counter() - t0
-    return tracker.peak()["total"], time.perf_counter() - t0
+    if tracker is not None:
+        return tracker.peak()["total"], time.perf_counter() - t0
+    torch.cuda.synchronize(dev)
+    return torch.cuda.max_memory_allocated(dev), time.perf_counter() - t0

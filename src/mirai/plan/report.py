@@ -56,9 +56,9 @@ FIXES = [
     Fix("activation checkpointing (dist.activation_checkpointing=true)", {"dist.activation_checkpointing": True},
         lambda c, n: not c.dist.activation_checkpointing),
     Fix("bf16 KV cache (sample.kv_cache_dtype=bf16)", {"sample.kv_cache_dtype": "bf16"},
-        lambda c, n: getattr(c.sample, "kv_cache_dtype", "bf16") not in ("bf16", "auto")),
+        lambda c, n: c.sample.kv_cache_dtype == "fp32"),
     Fix("replay buffer on the CPU (foresight.replay_device=cpu)", {"foresight.replay_device": "cpu"},
-        lambda c, n: c.foresight.enabled and getattr(c.foresight, "replay_device", "cpu") != "cpu"),
+        lambda c, n: c.foresight.enabled and c.foresight.replay_device != "cpu"),
 ]
 
 

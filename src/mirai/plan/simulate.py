@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from unittest import mock
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -244,11 +245,9 @@ class ScalarStandIns(TorchDispatchMode):
 # The fake world
 
 
-@contextlib.contextmanager
-def overwritten_parameters() -> Iterator[None]:
+def overwritten_parameters():
     """`module.to(...)`, `.float()` and the like replace fake parameters by new ones instead of swapping them in
     place: torch always swaps a fake parameter, and refuses to, since the fake mode holds a weak reference to it."""
-    original = nn.Module._apply
 
     def _apply(module: nn.Module, fn, recurse: bool = True) -> nn.Module:
         for m in module.modules() if recurse else [module]:
@@ -262,11 +261,7 @@ def overwritten_parameters() -> Iterator[None]:
                         group[name] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
         return module
 
-    nn.Module._apply = _apply
-    try:
-        yield
-    finally:
-        nn.Module._apply = original
+    return mock.patch.object(nn.Module, "_apply", _apply)
 
 
 @contextlib.contextmanager
@@ -286,8 +281,7 @@ def fake_process_group(ranks: int) -> Iterator[None]:
         dist.forget_mesh()
 
 
-@contextlib.contextmanager
-def real_schedule() -> Iterator[None]:
+def real_schedule():
     """A sampler's step list is a few numbers computed from Python numbers (and read back with `.tolist()`): it is
     computed for real, not faked."""
     original = FlowSchedule.inference_steps
@@ -296,29 +290,7 @@ def real_schedule() -> Iterator[None]:
         with unset_fake_temporarily():
             return original(self, *args, **kwargs)
 
-    FlowSchedule.inference_steps = inference_steps
-    try:
-        yield
-    finally:
-        FlowSchedule.inference_steps = original
-
-
-@contextlib.contextmanager
-def fused_attention(enabled: bool) -> Iterator[None]:
-    """Attention as the GPU runs it (see `mirai.plan.attention`), masked FLOPs from the mask's block density."""
-    if not enabled:
-        yield
-        return
-    original = F.scaled_dot_product_attention
-
-    def sdpa(q, k, v, attn_mask=None, **kwargs):
-        return planned_sdpa(q, k, v, density=mask_density(attn_mask))
-
-    F.scaled_dot_product_attention = sdpa
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
+    return mock.patch.object(FlowSchedule, "inference_steps", inference_steps)
 
 
 @dataclass(frozen=True)
@@ -328,11 +300,6 @@ class PlannedMask:
     density: float  # the fraction of (query, key) pairs it keeps
 
 
-def mask_density(mask) -> float:
-    """The fraction of (query, key) pairs a mask keeps; a dense fake mask has no values and counts as full."""
-    return mask.density if isinstance(mask, PlannedMask) else 1.0
-
-
 def chunk_mask_density(mask: ChunkMask) -> float:
     """Kept pairs / L^2 of a chunk mask. Block-causal: chunk i (n_i tokens) sees the n_0 + ... + n_i tokens up to it;
     teacher forcing: K^2 chunk pairs of (2K - 1)^2 (clean j sees clean <= j; noisy i sees clean < i and itself)."""
@@ -340,37 +307,35 @@ def chunk_mask_density(mask: ChunkMask) -> float:
     if mask.kind == "teacher_forcing":
         K = mask.num_chunks
         return K * K / (2 * K - 1) ** 2
-    sizes = [min(n, L - i * n) for i in range(mask.num_chunks)]
     seen, kept = 0, 0
-    for size in sizes:
+    for size in (min(n, L - i * n) for i in range(mask.num_chunks)):
         seen += size
         kept += size * seen
     return kept / L**2
 
 
-@contextlib.contextmanager
-def planned_masks(enabled: bool) -> Iterator[None]:
-    """In a GPU plan a chunk mask becomes a `PlannedMask` (the GPU's block mask holds no L x L tensor)."""
+def gpu_attention(enabled: bool) -> contextlib.ExitStack:
+    """Attention as a GPU runs it (see `mirai.plan.attention`): a chunk mask becomes a `PlannedMask` (the GPU's
+    block mask holds no L x L tensor) and attention the fused operator, its FLOPs those of the pairs the mask keeps
+    (a dense mask, whose fake values are unknown, counts as full)."""
+    stack = contextlib.ExitStack()
     if not enabled:
-        yield
-        return
-
-    original = attention_module.flex_mask
+        return stack
+    original_mask = attention_module.flex_mask
 
     def flex_mask(mask, device=None):
-        return PlannedMask(chunk_mask_density(mask)) if isinstance(mask, ChunkMask) else original(mask, device)
+        return PlannedMask(chunk_mask_density(mask)) if isinstance(mask, ChunkMask) else original_mask(mask, device)
 
-    for module in (attention_module, dit, wan):
-        module.flex_mask = flex_mask
-    try:
-        yield
-    finally:
-        for module in (attention_module, dit, wan):
-            module.flex_mask = original
+    def sdpa(q, k, v, attn_mask=None, **kwargs):
+        return planned_sdpa(q, k, v, density=attn_mask.density if isinstance(attn_mask, PlannedMask) else 1.0)
+
+    for module in (attention_module, dit, wan):  # each imported flex_mask by name
+        stack.enter_context(mock.patch.object(module, "flex_mask", flex_mask))
+    stack.enter_context(mock.patch.object(F, "scaled_dot_product_attention", sdpa))
+    return stack
 
 
-@contextlib.contextmanager
-def marked_kv_caches(tracker: PlanTracker) -> Iterator[None]:
+def marked_kv_caches(tracker: PlanTracker):
     """File every KV cache a rollout allocates under "kv_cache"."""
     original = attention_module.KVCache.allocate.__func__
 
@@ -379,11 +344,7 @@ def marked_kv_caches(tracker: PlanTracker) -> Iterator[None]:
         tracker.mark((cache.k, cache.v), Kind.KV)
         return cache
 
-    attention_module.KVCache.allocate = classmethod(allocate)
-    try:
-        yield
-    finally:
-        attention_module.KVCache.allocate = classmethod(original)
+    return mock.patch.object(attention_module.KVCache, "allocate", classmethod(allocate))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,7 +536,7 @@ def warmed_stage(cfg: Config, rows: int, device: torch.device | None = None):
 def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True, rollout: bool = True) -> RunMeasure:
     """Build `cfg`'s stage for `ranks` ranks and measure a step (DMD: a generator step and a critic-only step) and,
     when `rollout`, one rollout. fake=False runs the same with real tensors (random weights): the check against
-    reality, at toy sizes on the CPU. fused: attention as on a GPU (see `fused_attention`)."""
+    reality, at toy sizes on the CPU. fused: attention as on a GPU (see `gpu_attention`)."""
     cfg = planning_config(cfg)
     if cfg.train.batch_size % (ranks * cfg.dist.grad_accum):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {ranks} ranks x "
@@ -584,8 +545,8 @@ def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True,
     cfg = one_micro_batch(cfg, ranks)
     rows = cfg.train.batch_size // ranks
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    with fake_process_group(ranks), references.random_weights(everything=True), fused_attention(fused), \
-            planned_masks(fused), real_schedule():
+    with fake_process_group(ranks), references.random_weights(everything=True), gpu_attention(fused), \
+            real_schedule():
         with overwritten_parameters() if fake else contextlib.nullcontext(), mode, ScalarStandIns():
             stage, batch, gen, k = warmed_stage(cfg, rows)
             run = RunMeasure(cfg.train.objective, ranks, rows, accum, parameters=parameter_counts(stage))
