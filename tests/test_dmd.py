@@ -143,9 +143,10 @@ def test_exit_rollout_without_grad_matches_inference_at_the_last_step():
 
 import dataclasses
 
+import diffusers
 import pytest
 
-from mirai import checkpoint as ckpt
+from mirai import checkpoint as ckpt, wan_io
 from mirai.config import config_from_dict
 from mirai.models.build import build_model
 from mirai.rng import BatchGenerator
@@ -316,3 +317,27 @@ def test_grad_accumulation_updates_as_the_whole_batch(models):
             assert moved > 1e-4, (step, module)
     assert gens[0].get_state().equal(gens[1].get_state())  # the same draws consumed
     assert len(split.terms[0].replay) == 1 and split.terms[0].replay[0][0].shape[0] == 4  # one entry per update
+
+
+@pytest.mark.parametrize("arch", ["dit", "wan"])
+def test_a_frozen_teacher_and_encoder_offloaded_to_host_memory_train_as_held_whole(models, wan_models, arch, tmp_path):
+    """dist.teacher=offload (the real score and a separate encoder streamed block by block) trains the same
+    weights as the models held on the device, and the trained Wan exports to a folder diffusers loads."""
+    folder = wan_models if arch == "wan" else models
+    sections = {"dmd": {"critic": str(folder / "critic.safetensors")},
+                "foresight": {"encoder": str(folder / "teacher.safetensors")}}
+    held, offloaded = (build(toy_config(folder, arch, dist={"teacher": t}, **sections)) for t in ("replicate", "offload"))
+    assert hasattr(offloaded.teacher, "offload") and hasattr(offloaded.terms[0].encoder.model, "offload")
+    batch, gens = toy_batch(held), (BatchGenerator(0), BatchGenerator(0))
+    for step in (0, 1):
+        records = [stage.step(batch, step, gen).record for stage, gen in zip((held, offloaded), gens)]
+        assert records[0] == records[1]
+        a, b = trained(held), trained(offloaded)
+        assert all(torch.equal(a[k], b[k]) for k in a), step
+    moved = offloaded.teacher.offload.bytes_moved
+    assert moved >= sum(p.numel() * p.element_size() for p in offloaded.teacher.parameters())
+    if arch == "wan":
+        ckpt.save_model(offloaded.model, tmp_path / "model.safetensors")
+        out = wan_io.export_wan(tmp_path / "model.safetensors", tmp_path / "exported")
+        _, info = diffusers.WanTransformer3DModel.from_pretrained(out, output_loading_info=True)
+        assert info["missing_keys"] == info["unexpected_keys"] == []

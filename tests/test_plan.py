@@ -1,6 +1,9 @@
 """`mirai plan` against reality: the step on fake tensors allocates what the same step allocates with real tensors
 (tracked the same way), counts the same FLOPs as `mirai bench train`, and the verdicts follow from the GPU table."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -8,7 +11,7 @@ from mirai import bench
 from mirai.config import config_from_dict
 from mirai.models.attention import ChunkMask
 from mirai.plan.gpus import GPUS
-from mirai.plan.report import Plan, peak_bytes
+from mirai.plan.report import Plan, peak_bytes, step_seconds
 from mirai.plan.simulate import chunk_mask_density, plan_run
 
 SMALL = {"model": {"preset": "tiny", "dim": 64, "depth": 2, "heads": 2, "patch_size": 8},
@@ -92,7 +95,7 @@ def test_the_verdict_follows_the_gpu_table():
     table = plan.to_json()
     assert table["peak_bytes"] == peak_bytes(plan.run)
     assert all(g["fits"] for g in table["gpus"].values())  # a toy step fits every card
-    tiny_gpu = type(plan.gpus[0])("toy", 1.0, 1.0, 1.0 + plan.run.steps[0].peak["total"] / 2**30 / 2)
+    tiny_gpu = type(plan.gpus[0])("toy", 1.0, 1.0, 1.0 + plan.run.steps[0].peak["total"] / 2**30 / 2, 1.0)
     assert not plan.fits(tiny_gpu)
 
 
@@ -110,3 +113,30 @@ def test_activation_checkpointing_lowers_the_peak_the_tracker_sees():
     for fake in (True, False):
         assert peaks[True, fake] < 0.5 * peaks[False, fake]
     assert peaks[True, True] == pytest.approx(peaks[True, False], rel=0.10)
+
+
+def test_a_replay_buffer_in_host_memory_is_reported_but_not_on_the_gpu():
+    on_host = plan_run(config("dmd_foresight", foresight={"replay_device": "cpu"}), fused=False, rollout=False)
+    on_gpu = plan_run(config("dmd_foresight", foresight={"replay_device": "device"}), fused=False, rollout=False)
+    for host, gpu in zip(on_host.steps, on_gpu.steps):
+        assert host.peak["host"] > 0 and gpu.peak["host"] == 0
+        assert host.peak["total"] < gpu.peak["total"]
+        # the buffer is the same bytes either way; on the GPU it adds them to the peak (less what the host peak
+        # moment keeps of them at the GPU's peak)
+        assert gpu.peak["total"] - host.peak["total"] <= host.peak["host"] * 1.01
+        assert gpu.peak["replay"] == pytest.approx(host.peak["host"], rel=0.5)
+
+
+def test_an_offloaded_teacher_is_host_memory_and_its_copies_are_priced_on_the_host_link():
+    held = plan_run(config("dmd_foresight"), fused=False, rollout=False)
+    off = plan_run(config("dmd_foresight", dist={"teacher": "offload"}), fused=False, rollout=False)
+    teacher = 4 * held.parameters["teacher (frozen)"]  # fp32 weights
+    step_held, step_off = held.steps[0], off.steps[0]
+    assert step_off.peak["offloaded"] == pytest.approx(teacher, rel=0.01) and step_held.peak["offloaded"] == 0
+    assert step_off.peak["total"] < step_held.peak["total"]
+    assert step_off.host_to_device_bytes >= teacher and step_held.host_to_device_bytes == 0
+    h100 = GPUS["h100"]
+    instant_link = dataclasses.replace(h100, host_link_gbs=math.inf)
+    slower = step_seconds(off, h100, 0.4, 2)[0] - step_seconds(off, instant_link, 0.4, 2)[0]
+    link = sum(s.host_to_device_bytes for s in off.steps)  # a generator step and k - 1 = 1 critic-only step
+    assert slower == pytest.approx(link / (h100.host_link_gbs * 1e9), rel=1e-9)

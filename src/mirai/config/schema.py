@@ -262,8 +262,8 @@ def validate(cfg: Config) -> None:
     for key in ("generator", "critic", "predictor"):
         if getattr(cfg.dist, key) not in DIST_STRATEGIES:
             raise ConfigError(f"dist.{key} must be 'ddp' or 'fsdp', got '{getattr(cfg.dist, key)}'")
-    if cfg.dist.teacher not in ("replicate", "fsdp"):
-        raise ConfigError(f"dist.teacher must be 'replicate' or 'fsdp', got '{cfg.dist.teacher}'")
+    if cfg.dist.teacher not in ("replicate", "fsdp", "offload"):
+        raise ConfigError(f"dist.teacher must be 'replicate', 'fsdp' or 'offload', got '{cfg.dist.teacher}'")
     if cfg.dist.param_dtype not in ("fp32", "bf16"):
         raise ConfigError(f"dist.param_dtype must be 'fp32' or 'bf16', got '{cfg.dist.param_dtype}'")
     if cfg.dist.param_dtype == "bf16" and cfg.train.precision != "bf16":

@@ -272,7 +272,10 @@ class DistConfig:
     critic: str = "ddp"  # DMD's fake score: "ddp" or "fsdp"
     predictor: str = "ddp"  # foresight's predictor: "ddp" or "fsdp"
     teacher: str = "replicate"  # the frozen DMD real score (and foresight encoder): "replicate" (a full copy per
-    #                             process, no gradient to reduce) or "fsdp" (sharded, gathered block by block)
+    #                             process, no gradient to reduce), "fsdp" (sharded, gathered block by block) or
+    #                             "offload" (every process keeps it in host memory and copies one block at a time
+    #                             to its GPU: one block's weights on the GPU, the model over the host link per
+    #                             forward; for one GPU)
     param_dtype: str = "fp32"  # FSDP mixed precision: "bf16" computes with bf16 copies of the sharded fp32
     #                            weights and reduces gradients in fp32 (needs train.precision=bf16); "fp32" keeps
     #                            fp32

@@ -14,8 +14,8 @@ from .. import references
 from ..config import Config
 from ..device import pick_device
 from ..training.optim import ema_update
-from .simulate import (Kind, PlanTracker, ScalarStandIns, one_micro_batch, persistent, plan_run, planning_config, replay_tensors,
-                       warmed_stage)
+from .simulate import (PlanTracker, ScalarStandIns, host_kinds, mark_host_memory, one_micro_batch, persistent,
+                       plan_run, planning_config, warmed_stage)
 
 
 def real_step(cfg: Config, device: str = "auto", repeats: int = 2) -> dict:
@@ -32,7 +32,7 @@ def real_step(cfg: Config, device: str = "auto", repeats: int = 2) -> dict:
         measured = []
         for name, step in [("generator step" if k > 1 else "step", k)] + ([("critic-only step", k + 1)] if k > 1 else []):
             with ScalarStandIns():  # the plan's branches (DMD's exit step), for its memory
-                peak, _ = timed_step(stage, batch, gen, step, dev)
+                peak, _ = timed_step(stage, batch, gen, step, dev, host_kinds(run_cfg))
             times = [timed_step(stage, batch, gen, step + r * k, dev)[1] for r in range(1, repeats + 1)]
             measured.append({"name": name, "peak_bytes": peak, "step_s": min(times)})
     out = {"device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
@@ -44,17 +44,17 @@ def real_step(cfg: Config, device: str = "auto", repeats: int = 2) -> dict:
     return out
 
 
-def timed_step(stage, batch, gen, step: int, dev: torch.device) -> tuple[int, float]:
-    """(peak bytes, seconds) of one stage step and its EMA update."""
+def timed_step(stage, batch, gen, step: int, dev: torch.device, host=()) -> tuple[int, float]:
+    """(peak bytes, seconds) of one stage step and its EMA update; host: the tracker's host kinds (on the CPU)."""
     tracker = None
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     else:
-        tracker = PlanTracker()
+        tracker = PlanTracker(host)
         tracker.track_external(*persistent(stage))
         tracker.track_trained(*stage.modules.values())
-        tracker.mark(replay_tensors(stage), Kind.REPLAY)
+        mark_host_memory(tracker, stage)
     t0 = time.perf_counter()
     with tracker or contextlib.nullcontext():
         result = stage.step(batch, step, gen)

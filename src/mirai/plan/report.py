@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import Config, ConfigError
 from .gpus import GIB, GPU, GPUS, gpu as gpu_named
-from .simulate import RunMeasure, plan_run
+from .simulate import KIND_NAMES, RunMeasure, host_kinds, plan_run
 
 DEFAULT_MFU = 0.4  # typical of large bf16 training steps; a GPU check measures the real one
 
@@ -60,6 +60,9 @@ FIXES = [
     Fix("replay buffer on the CPU (foresight.replay_device=cpu)", {"foresight.replay_device": "cpu"},
         lambda c, n: c.foresight.enabled and c.foresight.replay_device != "cpu"),
 ]
+OFFLOAD = Fix("frozen models in host memory, streamed per block (dist.teacher=offload)", {"dist.teacher": "offload"},
+              lambda c, n: c.train.objective == "dmd" and c.dist.teacher != "offload")  # after smaller micro-batches:
+#                                                                 it costs the frozen weights over PCIe every forward
 
 
 def peak_bytes(run: RunMeasure) -> int:
@@ -71,13 +74,16 @@ def peak_step(run: RunMeasure):
 
 
 def step_seconds(run: RunMeasure, g: GPU, mfu: float, k: int) -> tuple[float, float]:
-    """(time at `mfu`, roofline bound) of one optimiser step of the generator (DMD: a generator step and k - 1
-    critic-only steps)."""
+    """(time, roofline bound) of one optimiser step of the generator (DMD: a generator step and k - 1 critic-only
+    steps). The time is the FLOPs at `mfu`, or the bound where the step is bandwidth-bound enough that the bound is
+    longer: no utilisation beats the roofline. Offloaded frozen weights (dist.teacher=offload) add their copies over
+    the host link to both, as if nothing overlapped them (the copies share the compute's stream)."""
     peak, bandwidth = g.bf16_tflops * 1e12, g.bandwidth_gbs * 1e9
     weights = [run.micro_batches * w for w in [1] + [k - 1] * (len(run.steps) - 1)]
     at_mfu = sum(w * s.flops / (peak * mfu) for w, s in zip(weights, run.steps))
     bound = sum(w * s.roofline.seconds(peak, bandwidth) for w, s in zip(weights, run.steps))
-    return at_mfu, bound
+    link = sum(w * s.host_to_device_bytes for w, s in zip(weights, run.steps)) / (g.host_link_gbs * 1e9)
+    return max(at_mfu, bound) + link, bound + link
 
 
 def rollout_speed(run: RunMeasure, g: GPU, mfu: float) -> dict[str, float] | None:
@@ -111,7 +117,8 @@ class Plan:
                "micro_batches": run.micro_batches, "mfu": self.mfu,
                "parameters": run.parameters,
                "steps": [{"name": s.name, "peak_bytes": s.peak, "flops": s.flops,
-                          "bytes_moved": s.roofline.bytes()} for s in run.steps],
+                          "bytes_moved": s.roofline.bytes(), "host_to_device_bytes": s.host_to_device_bytes}
+                         for s in run.steps],
                "peak_bytes": peak_bytes(run), "peak_by_kind": peak_step(run).peak,
                "flops_per_update": run.micro_batches * sum(([1] + [k - 1] * (len(run.steps) - 1))[i] * s.flops
                                                            for i, s in enumerate(run.steps)),
@@ -131,22 +138,28 @@ class Plan:
         lines = [f"plan: {run.stage} step, {run.ranks} GPU(s) x {run.micro_batches} micro-batch(es) of {run.rows} "
                  "clip(s); per rank, on fake tensors (one micro-batch measured)"]
         lines.append("parameters: " + ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in run.parameters.items()))
-        kinds = [k for k in peak_step(run).peak if k != "total"]
+        kinds = [k for k in peak_step(run).peak if k not in ("total", "host")]
+        host = [s.peak.get("host", 0) for s in run.steps]
+        host_names = {KIND_NAMES[k] for k in host_kinds(self.cfg)}
         lines.append(f"{'memory at the peak (GiB)':28s}" + "".join(f"{s.name:>20s}" for s in run.steps)
                      + (f"{'rollout':>12s}" if run.rollout else ""))
         for kind in kinds + ["total"]:
             values = [s.peak[kind] for s in run.steps] + ([run.rollout.peak[kind]] if run.rollout else [])
             if kind != "total" and not any(values):
                 continue
+            if kind in host_names:
+                kind += " (host memory)"
             lines.append(f"  {kind:26s}" + "".join(f"{v / GIB:20.2f}" for v in values[:len(run.steps)])
                          + (f"{values[-1] / GIB:12.2f}" if run.rollout else ""))
+        if any(host):
+            lines.append("  (total: GPU memory; what is kept in host memory is not in it)")
         lines.append("  " + "TFLOP".ljust(26) + "".join(f"{s.flops / 1e12:20.2f}" for s in run.steps)
                      + (f"{run.rollout.flops / 1e12:12.2f}" if run.rollout else ""))
         k = self.cfg.dmd.critic_updates_per_gen if run.stage == "dmd" else 1
         lines.append("")
         lines.append(f"{'GPU':10s}{'usable GiB':>11s}{'peak GiB':>10s}{'fits':>6s}{'step s':>9s}{'bound s':>9s}"
-                     f"{'fps':>8s}{'1st chunk s':>12s}   (step: one generator update at MFU {self.mfu:.0%}; bound: "
-                     "the roofline)")
+                     f"{'fps':>8s}{'1st chunk s':>12s}   (step: one generator update at MFU {self.mfu:.0%}, never under "
+                     "the bound: the roofline)")
         for g in self.gpus:
             at_mfu, bound = step_seconds(run, g, self.mfu, k)
             speed = rollout_speed(run, g, self.mfu)
@@ -184,6 +197,7 @@ def fixes_for(plan: Plan, ranks: int, fused: bool) -> dict[str, list[dict]]:
     candidates = [(f.name, lambda c, f=f: f.apply(c) if f.applies(c, ranks) else None) for f in FIXES]
     candidates += [("half the micro-batch (dist.grad_accum x2), repeatedly",
                     lambda c: _micro_batch_halved(c, ranks))]
+    candidates += [(OFFLOAD.name, lambda c: OFFLOAD.apply(c) if OFFLOAD.applies(c, ranks) else None)]
     for name, change in candidates:
         if not failing:
             break

@@ -65,11 +65,12 @@ class Kind(_RefType):
     OTH = "Other"
     KV = "KV cache"
     REPLAY = "Replay buffer"
+    OFFLOADED = "Offloaded"  # a frozen model's weights kept in host memory (dist.teacher=offload)
 
 
 KIND_NAMES = {Kind.PARAM: "parameters", Kind.BUFFER: "buffers", Kind.GRAD: "gradients", Kind.OPT: "optimiser",
               Kind.ACT: "activations", Kind.TEMP: "temporaries", Kind.KV: "kv_cache", Kind.REPLAY: "replay",
-              Kind.OTH: "other"}
+              Kind.OFFLOADED: "offloaded", Kind.OTH: "other"}
 
 
 class PlanTracker(MemTracker):
@@ -80,9 +81,15 @@ class PlanTracker(MemTracker):
     own state: a tensor made while a backward pass runs is a temporary (recomputed activations included), any
     other an activation; optimiser steps and gradients are told by MemTracker's optimiser and gradient hooks."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: tuple[Kind, ...] = ()) -> None:
+        """host: kinds kept in host memory (a CPU replay buffer): reported, but not part of the device's total, so
+        not of its peak either."""
         super().__init__()
         self._ref_class = Kind
+        self.host = host
+
+    def _device_bytes(self, snap: dict) -> int:
+        return snap[_TOTAL_KEY] - sum(snap.get(kind, 0) for kind in self.host)
 
     def track_trained(self, *modules: nn.Module) -> None:
         """Parameters and buffers of these modules, with hooks that file their gradients as gradients."""
@@ -94,7 +101,7 @@ class PlanTracker(MemTracker):
         self._register_global_optimizer_hook()
         self._track_resize()
         self._peak_mem_snap = self.get_tracker_snapshot()
-        self._peak_mem = {dev: snap[_TOTAL_KEY] for dev, snap in self._peak_mem_snap.items()}
+        self._peak_mem = {dev: self._device_bytes(snap) for dev, snap in self._peak_mem_snap.items()}
         TorchDispatchMode.__enter__(self)
         return self
 
@@ -129,8 +136,8 @@ class PlanTracker(MemTracker):
         """The process's peak alone: MemTracker also updates every tracked module's own peak at every operator,
         which costs (modules x operators), minutes at Wan size, for statistics a plan does not read."""
         for device, snap in self._curr_mem_snap.items():
-            if self._peak_mem.get(device, 0) < snap[_TOTAL_KEY]:
-                self._peak_mem[device] = snap[_TOTAL_KEY]
+            if self._peak_mem.get(device, 0) < self._device_bytes(snap):
+                self._peak_mem[device] = self._device_bytes(snap)
                 self._peak_mem_snap[device] = dict(snap)
 
     def mark(self, tensors, kind: Kind) -> None:
@@ -139,14 +146,17 @@ class PlanTracker(MemTracker):
             self._update_and_maybe_create_winfos(t, kind)
 
     def peak(self) -> dict[str, int]:
-        """Bytes by kind at the moment of the peak, and "total"."""
+        """Bytes by kind at the moment of the device's peak; "total": the device's (host kinds left out), "host":
+        the host kinds' bytes then."""
         snapshots = self.get_tracker_snapshot("peak")
         out = {name: 0 for name in KIND_NAMES.values()}
-        out["total"] = 0
+        out["total"] = out["host"] = 0
         for snap in snapshots.values():
             for kind, value in snap.items():
-                key = KIND_NAMES.get(kind, "total" if str(kind) == "Total" else "other")
-                out[key] += value
+                if kind != _TOTAL_KEY:
+                    out[KIND_NAMES.get(kind, "other")] += value
+            out["total"] += self._device_bytes(snap)
+            out["host"] += sum(snap.get(kind, 0) for kind in self.host)
         return out
 
 
@@ -359,6 +369,7 @@ class StepMeasure:
     peak: dict[str, int]
     flops: int
     roofline: Roofline
+    host_to_device_bytes: int = 0  # offloaded frozen weights copied to the GPU (dist.teacher=offload)
 
 
 @dataclass
@@ -456,16 +467,33 @@ def persistent(stage) -> list:
     return [*stage.modules.values(), *frozen_modules(stage), *stage.optimizers.values()]
 
 
+def host_kinds(cfg: Config) -> tuple[Kind, ...]:
+    """The kinds of memory this config keeps in host memory, not on the GPU."""
+    return (Kind.REPLAY,) * (cfg.foresight.replay_device == "cpu") + (Kind.OFFLOADED,) * (cfg.dist.teacher == "offload")
+
+
+def offloaded(stage) -> list:
+    """The `BlockOffload`s of the stage's frozen models kept in host memory (dist.teacher=offload)."""
+    return [m.offload for m in frozen_modules(stage) if hasattr(m, "offload")]
+
+
+def mark_host_memory(tracker: PlanTracker, stage) -> None:
+    tracker.mark(replay_tensors(stage), Kind.REPLAY)
+    tracker.mark([t for o in offloaded(stage) for t in o.host.values()], Kind.OFFLOADED)
+
+
 def measured_step(stage, cfg: Config, batch, gen, step: int, name: str) -> StepMeasure:
-    tracker, roofline = PlanTracker(), Roofline()
+    tracker, roofline = PlanTracker(host_kinds(cfg)), Roofline()
     tracker.track_external(*persistent(stage))
     tracker.track_trained(*stage.modules.values())
-    tracker.mark(replay_tensors(stage), Kind.REPLAY)
+    mark_host_memory(tracker, stage)
+    moved = sum(o.bytes_moved for o in offloaded(stage))
     with marked_kv_caches(tracker), tracker, roofline:
         result = stage.step(batch, step, gen)
         if result.generator_update is not None:
             ema_update(stage.ema, stage.model, 0.99)
-    return StepMeasure(name, tracker.peak(), roofline.flops(), roofline)
+    return StepMeasure(name, tracker.peak(), roofline.flops(), roofline,
+                       sum(o.bytes_moved for o in offloaded(stage)) - moved)
 
 
 def measured_rollout(cfg: Config, batch: int = 1) -> RolloutMeasure:

@@ -40,6 +40,7 @@ from ..rng import rand, randn
 from ..sampling.guided import guided_velocity
 from ..sampling.rollout import rollout_with_exit
 from .losses import bidirectional_loss
+from .offload import offload
 from .optim import check_finite, clip_and_step, part_grad_norms
 from .stage import Stage, StepOutput, init_generator
 
@@ -165,8 +166,11 @@ def shards_frozen(d: DistConfig) -> bool:
 
 def freeze(model: nn.Module, d: DistConfig, device) -> nn.Module:
     """A frozen model: eval, no gradient, cast to dist.frozen_dtype on the CPU (a 14B teacher never reaches the
-    device in fp32), then moved to the device, unless `distribute` will shard it first (`place_frozen`)."""
+    device in fp32), then moved to the device, or kept in host memory and streamed block by block
+    (dist.teacher=offload), or left on the CPU for `distribute` to shard (`place_frozen`)."""
     model = to_dtype(model.eval().requires_grad_(False), frozen_dtype(d))
+    if d.teacher == "offload":
+        return offload(model, device)
     return model if shards_frozen(d) else model.to(device)
 
 
