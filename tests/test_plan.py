@@ -140,3 +140,14 @@ def test_an_offloaded_teacher_is_host_memory_and_its_copies_are_priced_on_the_ho
     slower = step_seconds(off, h100, 0.4, 2)[0] - step_seconds(off, instant_link, 0.4, 2)[0]
     link = sum(s.host_to_device_bytes for s in off.steps)  # a generator step and k - 1 = 1 critic-only step
     assert slower == pytest.approx(link / (h100.host_link_gbs * 1e9), rel=1e-9)
+
+
+def test_ddp_over_ranks_replicates_and_adds_its_gradient_buckets():
+    one = plan_run(config("teacher_forcing", train={"batch_size": 2}), ranks=1, rollout=False)
+    two = plan_run(config("teacher_forcing", dist={"generator": "ddp"}, train={"batch_size": 4}), ranks=2,
+                   rollout=False)
+    assert one.rows == two.rows == 2
+    n = one.parameters["model"]
+    a, b = one.steps[0].peak, two.steps[0].peak
+    assert b["optimiser"] == a["optimiser"]  # nothing sharded
+    assert b["total"] - a["total"] == 4 * n  # DDP's buckets: one fp32 copy of the gradients

@@ -1,10 +1,13 @@
 from dataclasses import replace
 
+import pytest
 import torch
 
 from mirai.config import SampleConfig
 from mirai.models.attention import KVCache, cache_dtype
-from mirai.sampling.rollout import iter_rollout, rollout, rollout_with_exit
+from mirai.config import model_config_from_dict
+from mirai.models.wan import WanVideoModel
+from mirai.sampling.rollout import Rollout, iter_rollout, rollout, rollout_with_exit
 from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
@@ -158,3 +161,67 @@ def test_auto_cache_dtype_under_bf16_autocast_is_bf16_and_matches_the_fp32_cache
     assert (auto.float() - fp32.float()).abs().max() < 1e-2  # keys are bf16 under autocast: only rolls round
     assert (auto.float() - plain.float()).abs().max() > 0  # the window did roll
     assert cache_dtype("bf16", "cpu") == torch.bfloat16 and cache_dtype("auto", "cpu") == torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Switching the prompt mid-stream (`Rollout.switch`) and re-caching (`Rollout.recache`)
+
+
+def switched(model, n, sample, first, second, at, use_cache=True, recache=True, **kw):
+    """The video of a rollout that follows `first` for `at` chunks, then `second`."""
+    run_ = Rollout(model, SCHED, n, first, sample=sample, generator=torch.Generator().manual_seed(1),
+                   use_cache=use_cache, **kw)
+    chunks = [run_.next_chunk()[0] for _ in range(at)]
+    run_.switch(second, recache=recache)
+    chunks += [run_.next_chunk()[0] for _ in range(run_.remaining)]
+    return torch.cat(chunks, 1)
+
+
+def wan_text_model():
+    torch.manual_seed(0)
+    model = WanVideoModel(model_config_from_dict({"preset": "wan-tiny", "channels": 3, "image_size": 16,
+                                                  "frames_per_chunk": 2, "conditional": True})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def prompts_of(model):
+    if model.cfg.text_conditioned:
+        g = torch.Generator().manual_seed(3)
+        return [torch.randn(2, 5, model.cfg.text_dim, generator=g) for _ in range(2)], torch.zeros(5, model.cfg.text_dim)
+    return [torch.tensor([[1, 2], [3, 4]]), torch.tensor([[2, 1], [3, 1]])], None
+
+
+@pytest.mark.parametrize("kind", ["structured", "caption", "wan caption"])
+def test_a_switch_with_recache_equals_the_uncached_rollout_under_the_new_prompt(kind):
+    model = {"structured": lambda: make_model(prompt_vocab=[4, 5]), "caption": lambda: make_model(text_dim=8),
+             "wan caption": wan_text_model}[kind]()
+    (a, b), uncond = prompts_of(model)
+    sample = SampleConfig(steps=2, cfg_scale=2.0, solver="renoise", context_noise=0.1)
+    cached = switched(model, noise(), sample, a, b, at=2, uncond=uncond)
+    uncached = switched(model, noise(), sample, a, b, at=2, use_cache=False, uncond=uncond)
+    assert (cached - uncached).abs().max() < 1e-4
+    unswitched = run(model, noise(), sample, a, uncond=uncond)
+    assert torch.equal(cached[:, :4], unswitched[:, :4])  # before the switch: the first prompt's video
+    assert not torch.allclose(cached[:, 4:], unswitched[:, 4:], atol=1e-3)  # after it: the new prompt's
+    kept = switched(model, noise(), sample, a, b, at=2, recache=False, uncond=uncond)
+    assert torch.equal(kept[:, :4], cached[:, :4]) and not torch.allclose(kept[:, 4:], cached[:, 4:], atol=1e-4)
+    assert not torch.allclose(kept[:, 4:], unswitched[:, 4:], atol=1e-4)  # kept keys, yet the new prompt read
+
+
+def test_recaching_a_cache_that_holds_everything_changes_nothing(model):
+    sample = SampleConfig(steps=2, context_noise=0.2)
+    run_ = Rollout(model, SCHED, noise(), sample=sample, generator=torch.Generator().manual_seed(1))
+    chunks = []
+    while run_.remaining:
+        chunks.append(run_.next_chunk()[0])
+        run_.recache()  # the keys recomputed in order from the same frames: the same keys
+    assert (torch.cat(chunks, 1) - run(model, noise(), sample)).abs().max() < 1e-5
+
+
+def test_a_switched_prompt_of_another_shape_is_refused(model):
+    run_ = Rollout(make_model(prompt_vocab=[4, 5]), SCHED, noise(), torch.tensor([[1, 2], [3, 4]]))
+    with pytest.raises(ValueError, match=r"shape of the rollout's prompt \(2, 2\), got \(1, 2\)"):
+        run_.switch(torch.tensor([[1, 2]]))

@@ -14,7 +14,7 @@ from .. import references
 from ..config import Config
 from ..device import pick_device
 from ..training.optim import ema_update
-from .simulate import (PlanTracker, ScalarStandIns, host_kinds, mark_host_memory, one_micro_batch, persistent,
+from .simulate import (PlanTracker, ScalarStandIns, host_kinds, mark_kinds, one_micro_batch, persistent,
                        plan_run, planning_config, warmed_stage)
 
 
@@ -54,7 +54,7 @@ def timed_step(stage, batch, gen, step: int, dev: torch.device, host=()) -> tupl
         tracker = PlanTracker(host)
         tracker.track_external(*persistent(stage))
         tracker.track_trained(*stage.modules.values())
-        mark_host_memory(tracker, stage)
+        mark_kinds(tracker, stage)
     t0 = time.perf_counter()
     with tracker or contextlib.nullcontext():
         result = stage.step(batch, step, gen)

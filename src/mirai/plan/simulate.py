@@ -357,6 +357,49 @@ def marked_kv_caches(tracker: PlanTracker):
     return mock.patch.object(attention_module.KVCache, "allocate", classmethod(allocate))
 
 
+class PlannedDataParallel(nn.Module):
+    """DDP as a plan sees it. DDP cannot run on fake tensors (its C++ reducer reads the parameters' storage), and
+    what it changes in memory is one thing: its gradient buckets, a second copy of the trained parameters'
+    gradients (DDP's default, gradient_as_bucket_view=False), allocated once. So: the module itself, plus
+    buckets of that size. The all-reduce is communication, which a plan does not price."""
+
+    def __init__(self, module: nn.Module, **_ddp_options):
+        super().__init__()
+        self.module = module
+        trained = [p for p in module.parameters() if p.requires_grad]
+        self.buckets = [torch.empty(sum(p.numel() for p in trained if p.dtype == dtype), dtype=dtype)
+                        for dtype in {p.dtype for p in trained}]
+        PlannedDataParallel.made.append(self)
+
+    made: list["PlannedDataParallel"] = []
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        yield
+
+
+@contextlib.contextmanager
+def planned_ddp() -> Iterator[None]:
+    """`dist.parallelize`'s DDP replaced by `PlannedDataParallel` (and recognised by `dist.gradient_sync`)."""
+    PlannedDataParallel.made = []
+    with mock.patch.object(dist, "DataParallel", PlannedDataParallel), \
+            mock.patch.object(dist, "DistributedDataParallel", PlannedDataParallel):
+        yield
+
+
+def ddp_buckets() -> list[Tensor]:
+    return [t for wrapper in PlannedDataParallel.made for t in wrapper.buckets]
+
+
 # --------------------------------------------------------------------------------------------------
 # Running the step
 
@@ -477,7 +520,9 @@ def offloaded(stage) -> list:
     return [m.offload for m in frozen_modules(stage) if hasattr(m, "offload")]
 
 
-def mark_host_memory(tracker: PlanTracker, stage) -> None:
+def mark_kinds(tracker: PlanTracker, stage) -> None:
+    """And DDP's gradient buckets, under gradients (they are a plan's own tensors, not the stage's)."""
+    tracker.mark(ddp_buckets(), Kind.GRAD)
     tracker.mark(replay_tensors(stage), Kind.REPLAY)
     tracker.mark([t for o in offloaded(stage) for t in o.host.values()], Kind.OFFLOADED)
 
@@ -486,7 +531,7 @@ def measured_step(stage, cfg: Config, batch, gen, step: int, name: str) -> StepM
     tracker, roofline = PlanTracker(host_kinds(cfg)), Roofline()
     tracker.track_external(*persistent(stage))
     tracker.track_trained(*stage.modules.values())
-    mark_host_memory(tracker, stage)
+    mark_kinds(tracker, stage)
     moved = sum(o.bytes_moved for o in offloaded(stage))
     with marked_kv_caches(tracker), tracker, roofline:
         result = stage.step(batch, step, gen)
@@ -574,7 +619,7 @@ def plan_run(cfg: Config, ranks: int = 1, fused: bool = True, fake: bool = True,
     rows = cfg.train.batch_size // ranks
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with fake_process_group(ranks), references.random_weights(everything=True), gpu_attention(fused), \
-            real_schedule():
+            real_schedule(), planned_ddp():
         with overwritten_parameters() if fake else contextlib.nullcontext(), mode, ScalarStandIns():
             stage, batch, gen, k = warmed_stage(cfg, rows)
             run = RunMeasure(cfg.train.objective, ranks, rows, accum, parameters=parameter_counts(stage))

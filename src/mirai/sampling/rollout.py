@@ -61,75 +61,138 @@ def cache_batch(prompt: Tensor | None, cfg_scale: float, batch: int) -> int:
     return 2 * batch if is_guided(prompt, cfg_scale) else batch
 
 
-@torch.no_grad()
-def iter_rollout(
-    model: nn.Module,
-    schedule: FlowSchedule,
-    noise: Tensor,
-    prompt: Tensor | None = None,
-    *,
-    sample: SampleConfig | None = None,
-    context: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-    grid: list[float] | None = None,
-    return_states: bool = False,
-    uncond: Tensor | None = None,
-) -> Iterator[Tensor] | Iterator[tuple[Tensor, list[Tensor]]]:
-    """Yield clean chunks (B, frames_per_chunk, C, H, W) one at a time.
+class Rollout:
+    """One streaming rollout's state, advanced a chunk at a time: the KV cache, the chunks written to it, the
+    prompt. `next_chunk` denoises the next chunk; `switch` changes the prompt from the next chunk on (LongLive's
+    prompt switching); `recache` recomputes the cached keys and values from the frames generated so far.
 
     noise: (B, T, C, H, W) initial noise of the frames to generate (T a multiple of frames_per_chunk);
     context: optional (B, Tc, C, H, W) clean frames to continue from (prefilled into the cache);
     grid: explicit descending noise levels ending at 0 (overrides sample.steps/timesteps);
-    return_states: yield (chunk, [state at grid[0], grid[1], ...]) (the ODE trajectory of the chunk);
     uncond: guidance's unconditional prompt for caption embeddings (the empty or a negative prompt's, (L, D)).
+    Without a cache (`use_cache=False`) every step recomputes the whole prefix with the block-causal mask under the
+    current prompt: the reference the cache, and a switch with re-cache, are tested against.
     """
-    sample = sample or SampleConfig()
-    fpc = model.cfg.frames_per_chunk
-    B, T = noise.shape[:2]
-    if T % fpc:
-        raise ValueError(f"number of frames {T} is not a multiple of frames_per_chunk={fpc}")
-    context_chunks = [] if context is None else list(context.split(fpc, dim=1))
-    if context is not None and context.shape[1] % fpc:
-        raise ValueError(f"context frames {context.shape[1]} is not a multiple of frames_per_chunk={fpc}")
-    ts = list(grid) if grid is not None else schedule.inference_steps(sample.steps, sample.timesteps).tolist()
-    num_chunks = T // fpc
-    total = num_chunks + len(context_chunks)
-    if use_cache:
-        cache = KVCache.allocate(model.cfg, cache_batch(prompt, sample.cfg_scale, B), total,
-                                 sample.sink_chunks, sample.window_chunks, device=noise.device,
-                                 dtype=cache_dtype(sample.kv_cache_dtype, noise.device))
-    elif sample.window_chunks > 0:
-        raise ValueError("a rolling window needs the KV cache (use_cache=True)")
-    history: list[Tensor] = []  # uncached reference: the chunks as written to the cache
 
-    def write(x0: Tensor) -> None:
-        x_ctx = context_input(schedule, x0, sample.context_noise, generator)
+    def __init__(self, model: nn.Module, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None = None, *,
+                 sample: SampleConfig | None = None, context: Tensor | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True, grid: list[float] | None = None,
+                 uncond: Tensor | None = None):
+        self.model, self.schedule, self.noise, self.prompt = model, schedule, noise, prompt
+        self.sample, self.generator, self.use_cache, self.uncond = sample or SampleConfig(), generator, use_cache, uncond
+        fpc = self.fpc = model.cfg.frames_per_chunk
+        B, T = noise.shape[:2]
+        if T % fpc:
+            raise ValueError(f"number of frames {T} is not a multiple of frames_per_chunk={fpc}")
+        if context is not None and context.shape[1] % fpc:
+            raise ValueError(f"context frames {context.shape[1]} is not a multiple of frames_per_chunk={fpc}")
+        context_chunks = [] if context is None else list(context.split(fpc, dim=1))
+        s = self.sample
+        self.ts = list(grid) if grid is not None else schedule.inference_steps(s.steps, s.timesteps).tolist()
+        self.num_chunks, self.done = T // fpc, 0
         if use_cache:
-            cache.make_room()
-            commit_chunk(model, cache, x_ctx, sample.context_noise, prompt, sample.cfg_scale, uncond)
-        else:
-            history.append(x_ctx)
+            self.cache = KVCache.allocate(model.cfg, cache_batch(prompt, s.cfg_scale, B),
+                                          self.num_chunks + len(context_chunks), s.sink_chunks, s.window_chunks,
+                                          device=noise.device, dtype=cache_dtype(s.kv_cache_dtype, noise.device))
+        elif s.window_chunks > 0:
+            raise ValueError("a rolling window needs the KV cache (use_cache=True)")
+        # The chunks as written to the cache (at context_noise) that the cache still holds: the sinks, then the
+        # window (all of them without a window, and always all of them without a cache: the uncached prefix).
+        self.sinks: list[Tensor] = []
+        self.window: list[Tensor] = []
+        for chunk in context_chunks:
+            self._write(chunk)
 
-    def velocity(x: Tensor, t: float) -> Tensor:
-        if use_cache:
-            return guided_velocity(model, x, frame_times(x, t), prompt, sample.cfg_scale, uncond, kv_cache=cache)
+    @property
+    def remaining(self) -> int:
+        return self.num_chunks - self.done
+
+    def _held(self) -> list[Tensor]:
+        return self.sinks + self.window
+
+    def _keep(self, x_ctx: Tensor) -> None:
+        """Mirror the cache's eviction (`KVCache.make_room`): sinks first, then a window of the latest chunks."""
+        rolling = self.use_cache and self.cache.window_chunks > 0
+        if rolling and len(self.sinks) < self.cache.sink_chunks:
+            self.sinks.append(x_ctx)
+            return
+        self.window.append(x_ctx)
+        if rolling and len(self.window) > self.cache.window_chunks:
+            self.window.pop(0)
+
+    def _commit(self, x_ctx: Tensor) -> None:
+        self.cache.make_room()
+        commit_chunk(self.model, self.cache, x_ctx, self.sample.context_noise, self.prompt, self.sample.cfg_scale,
+                     self.uncond)
+
+    def _write(self, x0: Tensor) -> None:
+        x_ctx = context_input(self.schedule, x0, self.sample.context_noise, self.generator)
+        if self.use_cache:
+            self._commit(x_ctx)
+        self._keep(x_ctx)
+
+    def _velocity(self, x: Tensor, t: float) -> Tensor:
+        s = self.sample
+        if self.use_cache:
+            return guided_velocity(self.model, x, frame_times(x, t), self.prompt, s.cfg_scale, self.uncond,
+                                   kv_cache=self.cache)
         # Recompute the prefix: [context chunks at context_noise][this chunk at t], block-causal.
-        seq = torch.cat(history + [x], dim=1)
+        seq = torch.cat(self._held() + [x], dim=1)
         n_ctx = seq.shape[1] - x.shape[1]
         t_frames = frame_times(seq, t)
-        t_frames[:, :n_ctx] = sample.context_noise
-        return guided_velocity(model, seq, t_frames, prompt, sample.cfg_scale, uncond)[:, n_ctx:]
+        t_frames[:, :n_ctx] = s.context_noise
+        return guided_velocity(self.model, seq, t_frames, self.prompt, s.cfg_scale, self.uncond)[:, n_ctx:]
 
-    for chunk in context_chunks:
-        write(chunk)
-    for i in range(num_chunks):
-        if use_cache:
-            cache.make_room()
-        states = denoise(velocity, schedule, noise[:, i * fpc : (i + 1) * fpc], ts, sample.solver, generator)
-        x = states[-1]
-        if i < num_chunks - 1:  # the last chunk is never attended to: skip its commit
-            write(x)
+    @torch.no_grad()
+    def next_chunk(self) -> tuple[Tensor, list[Tensor]]:
+        """Denoise the next chunk: (the clean chunk (B, frames_per_chunk, C, H, W), its states at every level of
+        the step grid)."""
+        if not self.remaining:
+            raise RuntimeError(f"the rollout has made all its {self.num_chunks} chunks")
+        i, fpc = self.done, self.fpc
+        if self.use_cache:
+            self.cache.make_room()
+        states = denoise(self._velocity, self.schedule, self.noise[:, i * fpc : (i + 1) * fpc], self.ts,
+                         self.sample.solver, self.generator)
+        self.done += 1
+        if self.remaining:  # the last chunk is never attended to: skip its commit
+            self._write(states[-1])
+        return states[-1], states
+
+    @torch.no_grad()
+    def recache(self) -> None:
+        """Recompute every cached chunk's keys and values, in order, from the frames as written (no new noise is
+        drawn) under the current prompt: what the uncached rollout computes for its prefix at every step."""
+        if not self.use_cache:
+            return  # the uncached prefix is recomputed at every step anyway
+        self.cache.reset()  # also drops a text model's cross-attention keys of the old prompt
+        for x_ctx in self._held():
+            self._commit(x_ctx)
+
+    def switch(self, prompt: Tensor | None, recache: bool = True) -> None:
+        """From the next chunk on, follow `prompt` (the same shape as the rollout's). recache=True recomputes the
+        cache under it (the past frames read as if they had been made under the new prompt: it is obeyed at
+        once); False keeps the keys the past was made with (only a text model's cross-attention keys are
+        recomputed, they are the prompt's own), so the scene carries over and the new prompt acts through the new
+        chunks alone."""
+        if (prompt is None) != (self.prompt is None) or (prompt is not None and prompt.shape != self.prompt.shape):
+            raise ValueError(f"a switched prompt must have the shape of the rollout's prompt "
+                             f"{None if self.prompt is None else tuple(self.prompt.shape)}, got "
+                             f"{None if prompt is None else tuple(prompt.shape)}")
+        self.prompt = prompt
+        if recache:
+            self.recache()
+        elif self.use_cache:
+            self.cache.context.clear()
+
+
+def iter_rollout(model: nn.Module, schedule: FlowSchedule, noise: Tensor, prompt: Tensor | None = None, *,
+                 return_states: bool = False, **kw) -> Iterator[Tensor] | Iterator[tuple[Tensor, list[Tensor]]]:
+    """Yield clean chunks (B, frames_per_chunk, C, H, W) one at a time (see `Rollout` for the arguments);
+    return_states: yield (chunk, [state at grid[0], grid[1], ...]) (the ODE trajectory of the chunk)."""
+    run = Rollout(model, schedule, noise, prompt, **kw)
+    while run.remaining:
+        x, states = run.next_chunk()
         yield (x, states) if return_states else x
 
 
