@@ -225,3 +225,13 @@ def test_a_switched_prompt_of_another_shape_is_refused(model):
     run_ = Rollout(make_model(prompt_vocab=[4, 5]), SCHED, noise(), torch.tensor([[1, 2], [3, 4]]))
     with pytest.raises(ValueError, match=r"shape of the rollout's prompt \(2, 2\), got \(1, 2\)"):
         run_.switch(torch.tensor([[1, 2]]))
+
+
+def test_recache_every_n_chunks_rewrites_a_rolling_windows_keys(model):
+    rolling = SampleConfig(steps=1, sink_chunks=1, window_chunks=2)
+    plain = run(model, noise(T=16), rolling)
+    every = run(model, noise(T=16), replace(rolling, recache_every=2))
+    assert torch.equal(plain[:, :6], every[:, :6])  # nothing evicted before chunk 3: the recomputed keys are the same
+    assert not torch.equal(plain[:, 6:], every[:, 6:])  # after evictions they no longer carry the evicted past
+    whole = SampleConfig(steps=1)  # a cache that holds everything: recaching recomputes the same keys
+    assert (run(model, noise(T=16), replace(whole, recache_every=1)) - run(model, noise(T=16), whole)).abs().max() < 1e-5

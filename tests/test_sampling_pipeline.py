@@ -2,6 +2,8 @@
 exactly a direct rollout of the same inputs, a run folder and its model file sample alike, a teacher denoises whole,
 and a model on a prepared cache samples its captions, a context clip and the cache's clips' captions in turn."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -182,3 +184,41 @@ def test_a_cache_model_streams_a_captioned_continuation_of_a_clip(cache_run):
     assert np.array_equal(to_uint8(torch.cat(pieces, dim=1)), frames)
     unprompted = pipe.video(pipe.inputs(2, 3, seed=1, context=asked["context"]))[0]
     assert not np.array_equal(frames, unprompted)  # the caption was used
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt switches (`mirai sample --switch FRAME:PROMPT`)
+
+
+def test_a_switched_world_prompt_is_followed_from_its_chunk_on_streamed_or_whole(world_run):
+    pipe = Pipeline.load(world_run)
+    plain = pipe.inputs(2, 8, seed=3)
+    request = pipe.with_switch(pipe.inputs(2, 8, seed=3), 3, "background=0,sprite1.color=2")  # 3 -> chunk 2
+    assert [s.chunk for s in request.switches] == [2]
+    edited = request.switches[0].prompt
+    assert (edited[:, 0] == 1).all() and (edited[:, 2] == 3).all()  # the ids asked, + 1 (0 is "absent")
+    assert torch.equal(edited[:, 3:], plain.inputs.prompt[:, 3:]) and torch.equal(edited[:, 1], plain.inputs.prompt[:, 1])
+    frames, _ = pipe.video(pipe.with_switch(pipe.inputs(2, 8, seed=3), 3, "background=0,sprite1.color=2"))
+    assert np.array_equal(to_uint8(streamed(pipe, request)), frames)
+    unswitched, _ = pipe.video(plain)
+    assert np.array_equal(frames[:, :4], unswitched[:, :4]) and not np.array_equal(frames[:, 4:], unswitched[:, 4:])
+
+
+@pytest.mark.parametrize("frame, text, message", [
+    (8, "background=0", "outside the rollout's 8 frames"), (0, "background=0", "outside the rollout's 8 frames"),
+    (4, "sprite1.colour=2", "FIELD one of background"), (4, "background=99", "background takes an id 0..")])
+def test_a_bad_switch_is_one_config_error(world_run, frame, text, message):
+    pipe = Pipeline.load(world_run)
+    with pytest.raises(ConfigError, match=message):
+        pipe.with_switch(pipe.inputs(1, 8, seed=0), frame, text)
+
+
+def test_a_cache_model_switches_to_a_caption_encoded_as_its_prompt(cache_run, tmp_path):
+    pipe = Pipeline.load(cache_run)
+    request = pipe.with_switch(pipe.inputs(2, 6, seed=1, prompt="clip a"), 2, "clip b")
+    target = pipe.inputs(2, 6, seed=1, prompt="clip b").inputs.prompt
+    assert torch.equal(request.switches[0].prompt, target)
+    out = tmp_path / "switched.npz"
+    assert main(["sample", "--ckpt", str(cache_run), "--frames", "6", "--num", "1", "--prompt", "clip a",
+                 "--switch", "2:clip b", "--out", str(out)]) == 0
+    assert json.loads((tmp_path / "switched.npz.json").read_text())["switches"] == [{"frame": 2, "prompt": "clip b"}]

@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", help="a caption, encoded with the text encoder of the run's prepared cache")
     s.add_argument("--negative-prompt", help="a caption to guide away from (sample.cfg_scale > 1), encoded as --prompt "
                                              "(default: the empty caption)")
+    s.add_argument("--switch", action="append", default=[], metavar="FRAME:PROMPT",
+                   help="from model frame FRAME on (rounded up to a chunk) follow PROMPT: a caption (a model on a "
+                        "cache) or an edit of each video's world prompt, e.g. 64:background=2,sprite1.color=0; "
+                        "repeatable; sample.switch=recache|keep says what happens to the cached past")
     s.add_argument("--context", help="an image or clip to continue from (image-to-video), encoded with the cache's "
                                      "autoencoder")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -283,6 +287,11 @@ def cmd_sample(args) -> None:
         raise CheckpointError(f"{args.ckpt} is a bidirectional model; `mirai sample` rolls out causal generators")
     request = pipe.inputs(args.num, args.frames or 4 * pipe.cfg.data.clip_frames, args.seed, args.prompt,
                           args.negative_prompt, args.context)
+    for switch in args.switch:
+        frame, sep, text = switch.partition(":")
+        if not sep or not frame.strip().isdigit():
+            raise ConfigError(f"--switch {switch!r}: expected FRAME:PROMPT, e.g. 64:background=2")
+        request = pipe.with_switch(request, int(frame), text)
     stream = tqdm(pipe.stream(request), total=pipe.stream_length(request), desc="sample", unit="chunk")
     video = torch.cat([chunk.cpu() for chunk in stream], dim=1)  # the continued clip (if any) opens the video
     inputs, frames, sample = request.inputs, request.frames, pipe.cfg.sample
@@ -293,6 +302,8 @@ def cmd_sample(args) -> None:
     Path(str(out) + ".json").write_text(json.dumps({"ckpt": str(args.ckpt), "frames": frames, "num": args.num,
                                                    "seed": args.seed, "prompt": args.prompt, "context": args.context,
                                                    "negative_prompt": args.negative_prompt,
+                                                   "switches": [{"frame": sw.chunk * pipe.model.cfg.frames_per_chunk,
+                                                                 "prompt": sw.text} for sw in request.switches],
                                                    "sample": to_dict(sample)}, indent=2))
     print(f"wrote {out} ({args.num} videos x {video.shape[1]} frames)")
 

@@ -138,7 +138,8 @@ VALUE_RULES: dict[str, dict[str, tuple]] = {  # section -> key -> (test, require
                   rope_theta=POSITIVE, sigma_data=POSITIVE, text_dim=NON_NEGATIVE),
     "schedule": dict(shift=POSITIVE, logit_std=POSITIVE),
     "sample": dict(steps=AT_LEAST_1, timesteps=TIMESTEP, context_noise=UNIT_BELOW_1, cfg_scale=NON_NEGATIVE,
-                   sink_chunks=NON_NEGATIVE, window_chunks=NON_NEGATIVE),
+                   sink_chunks=NON_NEGATIVE, window_chunks=NON_NEGATIVE,
+                   recache_every=NON_NEGATIVE),
     "train": dict(steps=AT_LEAST_1, batch_size=AT_LEAST_1, lr=POSITIVE, min_lr_ratio=UNIT, warmup_steps=NON_NEGATIVE,
                   weight_decay=NON_NEGATIVE, grad_clip=POSITIVE, ema_decay=UNIT, ema_start=NON_NEGATIVE,
                   prompt_dropout=UNIT, context_noise_max=UNIT_BELOW_1, loss_t_floor=UNIT_ABOVE_0,
@@ -231,6 +232,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be 'auto', 'bf16' or 'fp32', got '{value}'")
     if cfg.sample.solver not in ("euler", "renoise"):
         raise ConfigError(f"sample.solver must be 'euler' or 'renoise', got '{cfg.sample.solver}'")
+    if cfg.sample.switch not in ("recache", "keep"):
+        raise ConfigError(f"sample.switch must be 'recache' or 'keep', got '{cfg.sample.switch}'")
     if cfg.sample.kv_cache_dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"sample.kv_cache_dtype must be 'auto', 'fp32' or 'bf16', got '{cfg.sample.kv_cache_dtype}'")
     objectives = ("teacher_forcing", "bidirectional", "ode", "dmd")

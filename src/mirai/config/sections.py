@@ -166,6 +166,11 @@ class SampleConfig:
     #                               fp32: under bf16 autocast the keys are bf16 already, an fp32 cache only doubles
     #                               its memory), "fp32" or "bf16"
     precision: str = "auto"  # "auto" (bf16 autocast on a CUDA GPU with native bf16; fp32 on a CPU), "bf16" or "fp32"
+    switch: str = "recache"  # a prompt switch (`mirai sample --switch`): "recache" (the cached keys recomputed under
+    #                          the new prompt, LongLive's KV re-cache: obeyed within a chunk) or "keep" (the past's
+    #                          keys kept: the new prompt acts through the new chunks alone)
+    recache_every: int = 0  # recompute the cache's keys from the frames it holds (at context_noise) every N chunks:
+    #                         a rolling window's keys then lose what evicted chunks wrote into them; 0 = never
 
 
 @dataclass

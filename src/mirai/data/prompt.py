@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import WorldConfig
+from ..config import ConfigError, WorldConfig
 from .world import MAX_SPRITES, Scene
 
 SPRITE_FIELDS = ("shape", "color", "pattern")
@@ -65,6 +65,26 @@ class PromptLayout:
             fields = [int(v) for v in prompt[self._slot(i)]]
             if any(fields):
                 out.append(tuple((v - 1) if v > 0 else None for v in fields))
+        return out
+
+    def edit(self, prompt: np.ndarray, edit: str, vocab: list[int]) -> np.ndarray:
+        """A copy of `prompt` (P,) with the fields `edit` names set: "background=2,sprite1.color=0" (ids as the
+        world numbers them, from 0; sprite slots from 1; "none" for absent), each checked against `vocab` (a
+        model's field sizes). A prompt switch of the world (`mirai sample --switch`)."""
+        names = ["background"] + [f"sprite{i + 1}.{f}" for i in range(self.sprite_slots) for f in SPRITE_FIELDS]
+        out = prompt.copy()
+        for part in filter(None, (p.strip() for p in edit.split(","))):
+            name, sep, value = part.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or name not in names:
+                raise ConfigError(f"prompt edit {part!r}: expected FIELD=ID with FIELD one of {', '.join(names)}")
+            field_index = names.index(name)
+            if value == "none":
+                out[field_index] = 0
+                continue
+            if not value.isdigit() or int(value) + 1 >= vocab[field_index]:
+                raise ConfigError(f"prompt edit {part!r}: {name} takes an id 0..{vocab[field_index] - 2} or 'none'")
+            out[field_index] = int(value) + 1
         return out
 
     @staticmethod

@@ -75,6 +75,12 @@ def cache_autoencoder(cfg: Config, device):
     return load_autoencoder(read_cache_manifest(cfg.data.path)["models"]["vae"], device)
 
 
+def caption_encoder(cfg: Config, device) -> TextEncoder:
+    """The text encoder of the cache `cfg.data.path`, at the caption length its embeddings have."""
+    manifest = read_cache_manifest(cfg.data.path)
+    return TextEncoder(manifest["models"]["text_encoder"], manifest["settings"]["text_len"], device)
+
+
 def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int, device, caption: str | None,
                  context: str | None, negative: str | None = None, autoencoder=None) -> CacheInputs:
     """Inputs of `num` rollouts of a model trained on the cache `cfg.data.path`: the caption encoded by the cache's
@@ -90,7 +96,7 @@ def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int
     if c.text_conditioned:
         uncond = unconditional_prompt(cfg.data, c).to(device)[None]  # (1, L, D)
         asked = caption is not None or negative is not None
-        encoder = TextEncoder(models["text_encoder"], settings["text_len"], device) if asked else None
+        encoder = caption_encoder(cfg, device) if asked else None
         prompt = (encoder.encode([caption])[0] if caption is not None else uncond).expand(num, -1, -1)
         uncond = encoder.encode([negative])[0] if negative is not None else uncond
     elif caption is not None or negative is not None:

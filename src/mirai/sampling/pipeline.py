@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -30,17 +30,28 @@ from ..data.frames import to_uint8
 from ..device import inference_autocast, pick_device
 from ..diffusion.schedule import FlowSchedule
 from ..models.autoencoder import Autoencoder, IdentityAutoencoder
-from .inputs import RolloutInputs, cache_autoencoder, cache_inputs, rollout_inputs
-from .rollout import iter_rollout, rollout, sample_whole
+from ..data.prompt import PROMPT
+from .inputs import RolloutInputs, cache_autoencoder, cache_inputs, caption_encoder, rollout_inputs
+from .rollout import Rollout, sample_whole
+
+
+@dataclass
+class Switch:
+    """A prompt switch: from chunk `chunk` on, the rollout follows `prompt` (`Rollout.switch`)."""
+
+    chunk: int
+    prompt: Tensor  # the request's prompt's shape: (B, P) structured, (B, L, D) caption embeddings
+    text: str  # as asked (recorded with the video)
 
 
 @dataclass
 class Request:
-    """What one call rolls out: its inputs, and the clip it continues (image-to-video) if any. Used once: the
-    sampler advances its generator (make the same request again for the same videos)."""
+    """What one call rolls out: its inputs, the clip it continues (image-to-video) if any, and its prompt
+    switches. Used once: the sampler advances its generator (make the same request again for the same videos)."""
 
     inputs: RolloutInputs  # noise (B, T, C, h, w), prompt, the solver's generator, guidance's uncond
     context: Tensor | None = None  # (B, Tc, C, h, w) clean latents to continue from, or None
+    switches: list[Switch] = field(default_factory=list)  # in chunk order
 
     @property
     def frames(self) -> int:
@@ -117,6 +128,31 @@ class Pipeline:
         captions = torch.stack([data.clip_prompt(i % data.num_clips) for i in range(num)]).to(self.device)  # (B, L, D)
         return dataclasses.replace(request, inputs=dataclasses.replace(request.inputs, prompt=captions))
 
+    @torch.no_grad()
+    def switch_prompt(self, request: Request, text: str) -> Tensor:
+        """The prompt of a switch to `text`, for every video of `request`: a caption, encoded as `--prompt` is (a
+        caption model on a cache), or an edit of the world's prompt applied to each video's own ("background=2,
+        sprite1.color=0": see `PromptLayout.edit`)."""
+        prompt = request.inputs.prompt
+        if prompt is None:
+            raise ConfigError("this model takes no prompt: there is nothing to switch")
+        if prompt.is_floating_point():  # caption embeddings
+            return caption_encoder(self.cfg, self.device).encode([text])[0].expand_as(prompt).to(prompt.dtype)
+        vocab = list(self.model.cfg.prompt_vocab)
+        edited = np.stack([PROMPT.edit(p, text, vocab) for p in prompt.cpu().numpy()])
+        return torch.from_numpy(edited).to(prompt.device)
+
+    def with_switch(self, request: Request, frame: int, text: str) -> Request:
+        """`request` switching to `text` from model frame `frame` on (rounded up to the start of a chunk)."""
+        chunk = self.round_frames(frame) // self.model.cfg.frames_per_chunk
+        chunks = request.frames // self.model.cfg.frames_per_chunk
+        if not 0 < chunk < chunks:
+            raise ConfigError(f"a switch at frame {frame} is outside the rollout's {request.frames} frames (it must "
+                              f"fall after the first chunk of {self.model.cfg.frames_per_chunk} and before the last)")
+        switches = sorted(request.switches + [Switch(chunk, self.switch_prompt(request, text), text)],
+                          key=lambda s: s.chunk)
+        return dataclasses.replace(request, switches=switches)
+
     def stream_length(self, request: Request) -> int:
         """How many pieces `stream` yields: the context clip (when given), then one per chunk."""
         return (request.context is not None) + request.frames // self.model.cfg.frames_per_chunk
@@ -128,17 +164,27 @@ class Pipeline:
         if not self.causal:
             raise ValueError("a bidirectional model denoises the whole clip at once and cannot stream: use `video`")
         decoder = self.autoencoder.stream()  # a causal decoder keeps state from one chunk to the next
-        inputs = request.inputs
         if request.context is not None:
             yield decoder.decode(request.context)
-        chunks = iter_rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=self.cfg.sample,
-                              context=request.context, generator=inputs.generator, uncond=inputs.uncond)
-        while True:
-            with self.autocast():  # around the sampler's step alone: not the caller's code between yields
-                chunk = next(chunks, None)
-            if chunk is None:
-                return
+        for chunk in self.latent_chunks(request):
             yield decoder.decode(chunk.float())
+
+    def start(self, request: Request) -> Rollout:
+        """The rollout of `request`, not yet advanced (a server steps it and switches its prompt live)."""
+        inputs = request.inputs
+        with self.autocast():  # the context clip is committed to the cache here
+            return Rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=self.cfg.sample,
+                           context=request.context, generator=inputs.generator, uncond=inputs.uncond)
+
+    def latent_chunks(self, request: Request) -> Iterator[Tensor]:
+        """The model's clean chunks (B, frames_per_chunk, C, h, w) of `request`, its switches applied."""
+        run, switches = self.start(request), {s.chunk: s.prompt for s in request.switches}
+        while run.remaining:
+            with self.autocast():  # around the sampler's step alone: not the caller's code between yields
+                if run.done in switches:
+                    run.switch(switches[run.done], recache=self.cfg.sample.switch == "recache")
+                chunk, _ = run.next_chunk()
+            yield chunk
 
     def autocast(self):
         """`sample.precision` on the pipeline's device: bf16 autocast on a GPU ("auto"), fp32 on a CPU."""
@@ -150,12 +196,12 @@ class Pipeline:
         their structured prompts (B, P) (None for a model on a cache: it has none). A causal model rolls out chunk
         by chunk; a bidirectional one (the teacher) denoises all frames at once."""
         inputs, sample = request.inputs, self.cfg.sample
-        if not self.causal and request.context is not None:
-            raise ConfigError("a bidirectional model denoises a whole clip: it continues no context")
+        if not self.causal and (request.context is not None or request.switches):
+            raise ConfigError("a bidirectional model denoises a whole clip: it continues no context and switches no "
+                              "prompt")
         with self.autocast():
             if self.causal:
-                latents = rollout(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
-                                  context=request.context, generator=inputs.generator, uncond=inputs.uncond)
+                latents = torch.cat(list(self.latent_chunks(request)), dim=1)
             else:
                 latents = sample_whole(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
                                        generator=inputs.generator, uncond=inputs.uncond)

@@ -157,6 +157,8 @@ class Rollout:
         self.done += 1
         if self.remaining:  # the last chunk is never attended to: skip its commit
             self._write(states[-1])
+            if self.sample.recache_every and self.done % self.sample.recache_every == 0:
+                self.recache()
         return states[-1], states
 
     @torch.no_grad()
