@@ -228,10 +228,15 @@ def test_a_switched_prompt_of_another_shape_is_refused(model):
 
 
 def test_recache_every_n_chunks_rewrites_a_rolling_windows_keys(model):
-    rolling = SampleConfig(steps=1, sink_chunks=1, window_chunks=2)
-    plain = run(model, noise(T=16), rolling)
-    every = run(model, noise(T=16), replace(rolling, recache_every=2))
-    assert torch.equal(plain[:, :6], every[:, :6])  # nothing evicted before chunk 3: the recomputed keys are the same
-    assert not torch.equal(plain[:, 6:], every[:, 6:])  # after evictions they no longer carry the evicted past
+    rolling = SampleConfig(steps=2, sink_chunks=1, window_chunks=2, context_noise=0.2)
+    runs = [Rollout(model, SCHED, noise(T=16), sample=replace(rolling, recache_every=every),
+                    generator=torch.Generator().manual_seed(1)) for every in (0, 2)]
+    chunks = [[r.next_chunk()[0] for _ in range(4)] for r in runs]  # 4 chunks: the 4th's commit evicted chunk 2
+    assert all(torch.equal(a, b) for a, b in zip(*chunks))  # the same frames (their keys differ past layer 0 only)
+    (plain, recached), tpc = (r.cache.k for r in runs), runs[0].cache.tokens_per_chunk
+    # layer 0: a chunk's keys are of its own frames (up to the rounding of the window's in-place re-rotation)
+    assert torch.allclose(plain[0], recached[0], atol=1e-6)
+    # deeper: a window chunk's keys were written while evicted chunks were in the cache; recomputed, they are not
+    assert not torch.allclose(plain[1, :, :, tpc : 2 * tpc], recached[1, :, :, tpc : 2 * tpc], atol=1e-5)
     whole = SampleConfig(steps=1)  # a cache that holds everything: recaching recomputes the same keys
     assert (run(model, noise(T=16), replace(whole, recache_every=1)) - run(model, noise(T=16), whole)).abs().max() < 1e-5
