@@ -22,10 +22,11 @@ def short(change: str) -> str:
     return change.split("(")[-1].rstrip(")")
 
 
-def fix_text(fix: list[dict] | None) -> str:
+def fix_text(fix: list[dict] | None, rows: int) -> str:
+    """"+ change, change: peak, verdict"; halving the micro-batch n times reads "micro-batch of rows / 2^n"."""
     if not fix:
         return ""
-    names = [f"{name} x{n}" if n > 1 else name  # a change tried repeatedly: one name with its count
+    names = [f"micro-batch of {rows >> n}" if name == "micro-batch" else name
              for name, n in ((k, len(list(g))) for k, g in groupby(short(step["change"]) for step in fix))]
     verdict = "fits" if fix[-1]["fits"] else "still not"
     return f"+ {', '.join(names)}: {fix[-1]['peak_bytes'] / GIB:.1f} GiB, {verdict}"
@@ -43,14 +44,38 @@ def rows(folder: Path) -> list[str]:
             for name, g in plan["gpus"].items():
                 out.append(f"| `{stage}` | {ranks} | {plan['clips_per_micro_batch']} x {plan['micro_batches']} | "
                            f"{name} ({g['usable_bytes'] / GIB:.0f}) | {plan['peak_bytes'] / GIB:.1f} | "
-                           f"{'yes' if g['fits'] else 'no'} | {g['step_s']:.0f} | {fix_text(g['fix'])} |")
+                           f"{'yes' if g['fits'] else 'no'} | {g['step_s']:.0f} | {fix_text(g['fix'], plan['clips_per_micro_batch'])} |")
+    return out
+
+
+def cell(g: dict, rows: int) -> str:
+    if g["fits"]:
+        return f"fits, {g['step_s']:.0f} s"
+    if g["fix"] and g["fix"][-1]["fits"]:
+        return f"fits with {fix_text(g['fix'], rows)[2:].removesuffix(', fits')}"
+    return f"does not fit ({fix_text(g['fix'], rows)[2:].removesuffix(', still not')})" if g["fix"] else "does not fit"
+
+
+def compact(folder: Path, gpus: list[str]) -> list[str]:
+    """One row per config and GPU count, one column per GPU kind: fits and the step time, or what makes it fit."""
+    out = ["| config | GPUs | peak per GPU | " + " | ".join(gpus) + " |", "|---" * (3 + len(gpus)) + "|"]
+    for ranks in (8, 1):
+        for stage in ORDER:
+            path = folder / f"{stage}.{ranks}.json"
+            if not path.is_file() or not path.stat().st_size:
+                continue
+            plan = json.loads(path.read_text())
+            out.append(f"| `{stage}` | {ranks} | {plan['peak_bytes'] / GIB:.1f} GiB | "
+                       + " | ".join(cell(plan["gpus"][g], plan["clips_per_micro_batch"]) if g in plan["gpus"] else "" for g in gpus) + " |")
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
-    print("\n".join(rows(parser.parse_args().folder)))
+    parser.add_argument("--compact", nargs="+", metavar="GPU", help="one column per GPU kind (the README's table)")
+    args = parser.parse_args()
+    print("\n".join(compact(args.folder, args.compact) if args.compact else rows(args.folder)))
 
 
 if __name__ == "__main__":

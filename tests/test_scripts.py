@@ -3,12 +3,19 @@ a GPU) re-import the main module under the name `__mp_main__`, so a script that 
 again in every worker (a one-off script of an earlier experiment failed so on its first GPU call). A script takes
 its settings as arguments, never from the environment, and scripts/README.md names each one."""
 import ast
+import dataclasses
+import json
 import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mirai.config import config_from_dict
+from mirai.plan.gpus import GPUS
+from mirai.plan.report import make_plan
 
 FOLDER = Path(__file__).resolve().parents[1] / "scripts"
 SCRIPTS = sorted(FOLDER.glob("*.py"))
@@ -33,6 +40,7 @@ def test_no_script_reads_an_environment_variable(script):
         code = "\n".join(line.split("#", 1)[0] if not line.startswith("#!") else "" for line in text.splitlines())
         read = set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", code))
         assigned = set(re.findall(r"(?:^|[\s;(])([A-Za-z_][A-Za-z0-9_]*)=", code, re.M))
+        assigned |= set(re.findall(r"\bfor\s+([A-Za-z_][A-Za-z0-9_]*)\s+in\b", code))  # loop variables
         assert read <= assigned, f"reads {sorted(read - assigned)} from the environment"
 
 
@@ -54,3 +62,20 @@ def test_the_gpu_check_runs_end_to_end_at_toy_size(tmp_path):
     assert report["toy"] and report["fps"]["with_vae"]["video_fps"] > 0
     for step in report["dmd_foresight_step"]["steps"]:
         assert abs(step["peak_ratio"] - 1) <= 0.10  # the plan of the step against the step itself
+
+
+def test_plan_table_reads_the_plans_verdicts_and_fixes(tmp_path):
+    """scripts/plan_table.py on two toy plans: one that fits, one that fits only after the plan's changes."""
+    cfg = config_from_dict({"model": {"preset": "tiny", "dim": 64, "depth": 2, "heads": 2, "patch_size": 8},
+                            "data": {"clip_frames": 4}, "train": {"batch_size": 4, "precision": "fp32"}})
+    plan = make_plan(cfg, 1, ["h100"])
+    (tmp_path / "teacher_forcing.1.json").write_text(json.dumps(plan.to_json()))
+    small = dataclasses.replace(GPUS["h100"], name="small", memory_gib=1.0 + plan.run.steps[0].peak["total"] * 0.7 / 2**30)
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(GPUS, "small", small)
+        tight = make_plan(cfg, 1, ["small"])
+    (tmp_path / "ode.1.json").write_text(json.dumps(tight.to_json()))
+    table = subprocess.run([sys.executable, str(FOLDER / "plan_table.py"), str(tmp_path), "--compact", "h100", "small"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert table[2].startswith("| `teacher_forcing` | 1 |") and "fits, " in table[2]
+    assert table[3].startswith("| `ode` | 1 |") and "fits with micro-batch of 2" in table[3]
