@@ -78,4 +78,4 @@ def test_plan_table_reads_the_plans_verdicts_and_fixes(tmp_path):
     table = subprocess.run([sys.executable, str(FOLDER / "plan_table.py"), str(tmp_path), "--compact", "h100", "small"],
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert table[2].startswith("| `teacher_forcing` | 1 |") and "fits, " in table[2]
-    assert table[3].startswith("| `ode` | 1 |") and "fits with micro-batch of 2" in table[3]
+    assert table[3].startswith("| `ode` | 1 |") and "| fits with dist.activation_checkpointing=true: " in table[3]
