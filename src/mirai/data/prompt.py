@@ -47,7 +47,7 @@ class PromptLayout:
         out = np.zeros(self.size, dtype=np.int64)
         out[0] = scene.background + 1
         for i, s in enumerate(scene.sprites):
-            out[self._slot(i)] = [s.shape + 1, s.color + 1, s.pattern + 1]
+            out[self.slot(i)] = [s.shape + 1, s.color + 1, s.pattern + 1]
         return out
 
     def empty(self, batch: int) -> np.ndarray:
@@ -62,7 +62,7 @@ class PromptLayout:
         """(shape, colour, pattern) of each non-empty sprite slot; None marks an absent field."""
         out = []
         for i in range(self.sprite_slots):
-            fields = [int(v) for v in prompt[self._slot(i)]]
+            fields = [int(v) for v in prompt[self.slot(i)]]
             if any(fields):
                 out.append(tuple((v - 1) if v > 0 else None for v in fields))
         return out
@@ -88,7 +88,8 @@ class PromptLayout:
         return out
 
     @staticmethod
-    def _slot(i: int) -> slice:
+    def slot(i: int) -> slice:
+        """The fields of sprite slot i (from 0) in a prompt vector."""
         return slice(1 + len(SPRITE_FIELDS) * i, 1 + len(SPRITE_FIELDS) * (i + 1))
 
 
