@@ -60,8 +60,10 @@ def summary(curves: list[dict], at: int, within: int) -> dict:
     latency = [next((t - at for t in range(at, T) if c["obeyed"][t] >= 0.5), T - at) for c in curves]
     out = {"latency_frames_median": float(np.median(latency)), "videos": len(curves), "switch_frame": at,
            "within_frames": within}
-    for name in curves[0]:
-        stack = np.stack([c[name] for c in curves])
+    for name in dict.fromkeys(n for c in curves for n in c):
+        stack = np.stack([c[name] for c in curves if name in c])
+        if len(stack) < len(curves):
+            out[f"{name}_videos"] = len(stack)
         out[f"{name}_before"] = float(stack[:, :at].mean())
         out[f"{name}_after"] = float(stack[:, at + within:].mean())
     return out
