@@ -1,0 +1,46 @@
+"""The tracked speed: on real clips it is the sprites' true speed; a frozen video scores 0, a flickering frozen
+video too (the failure the mean frame difference cannot see)."""
+
+import numpy as np
+import pytest
+
+from mirai.config import WorldConfig
+from mirai.data.prompt import PROMPT
+from mirai.data.world import make_clip
+from mirai.eval import probes as P
+from mirai.eval.motion import speed_curve, tracked_speed
+
+WORLD = WorldConfig()
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return P.train_probe(WORLD)
+
+
+def test_real_clips_move_at_their_true_speed_and_a_frozen_one_does_not(probe):
+    errors, frozen, flicker = [], [], []
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        clip = make_clip(WORLD, 7, i, 16)
+        prompt = PROMPT.encode(clip.scene)
+        seen = clip.visible.min(axis=1) > 0.9  # every sprite fully in view (no pillar, no overlap)
+        true = np.linalg.norm(np.diff(clip.positions, axis=0), axis=-1).mean(1)  # (T - 1,)
+        both = seen[:-1] & seen[1:]
+        measured = tracked_speed(probe, clip.frames, prompt)
+        errors += list(np.abs(measured - true)[both & np.isfinite(measured)])
+        still = np.repeat(clip.frames[:1], 16, axis=0)
+        frozen.append(np.nanmean(tracked_speed(probe, still, prompt)))
+        noisy = np.clip(still + rng.normal(0, 0.03, still.shape), 0, 1).astype(np.float32)
+        flicker.append(np.nanmean(tracked_speed(probe, noisy, prompt)))
+    assert len(errors) > 30 and np.median(errors) < 0.3
+    assert max(frozen) < 0.05 and max(flicker) < 0.5 * WORLD.min_speed
+
+
+def test_the_curve_averages_the_videos_tracked_at_each_frame(probe):
+    clips = [make_clip(WORLD, 7, i, 8) for i in range(3)]
+    videos, prompts = np.stack([c.frames for c in clips]), np.stack([PROMPT.encode(c.scene) for c in clips])
+    per = np.stack([tracked_speed(probe, v, p) for v, p in zip(videos, prompts)])
+    curve = speed_curve(probe, videos, prompts)
+    assert curve.shape == (7,)
+    np.testing.assert_allclose(curve, np.nanmean(per, 0))
