@@ -49,10 +49,10 @@ def test_a_real_switch_is_obeyed_at_once_and_keeps_the_rest(probe, what):
     cases = clips(what)
     background, slots = switched_slots(cases[0][2], cases[0][3])
     assert (background, slots) == ((True, []) if what == "background" else (False, [0]))
-    switched = summary([switch_scores(probe, f, b, a) for f, _, b, a in cases], AT, within=1)
-    held = summary([switch_scores(probe, u, b, a) for _, u, b, a in cases], AT, within=1)
+    switched = summary([switch_scores(probe, f, b, a, AT) for f, _, b, a in cases], AT, within=1)
+    held = summary([switch_scores(probe, u, b, a, AT) for _, u, b, a in cases], AT, within=1)
     assert switched["latency_frames_median"] <= 1 and switched["obeyed_after"] > 0.8
     assert held["obeyed_after"] < 0.3 and held["latency_frames_median"] == T - AT  # never obeyed
-    assert switched["count_after"] > 0.8 and switched["kept_after"] > 0.8
+    assert min(switched[k] for k in ("count_before", "count_after", "kept_before", "kept_after")) > 0.8
     if what == "colour":
         assert switched["layout_after"] > 0.8  # the background, not switched, stays

@@ -5,9 +5,9 @@ the background, or a sprite slot's shape, colour or pattern. Per frame, scored w
 - obeyed: the switched attribute as the new prompt asks it: the new background's probability (a background
   switch), else the identity of the switched sprites under the new prompt (their new colour found, with the
   shape and pattern asked);
-- kept: the identity of the sprites no field of which was switched (under the new prompt's background, which
-  sets the palette they are looked for in);
-- count: the number of objects is what the new prompt asks (a switch changes attributes, not how many);
+- kept: the identity of the sprites no field of which was switched (under the background of the prompt in force,
+  which sets the palette they are looked for in);
+- count: the number of objects is what the prompt in force asks (a switch changes attributes, not how many);
 - layout: the background's probability where it was not switched (it should stay).
 `summary` gives the latency (frames from the switch until obeyed reaches 1/2) and the means after it.
 """
@@ -36,18 +36,23 @@ def only_slots(prompt: np.ndarray, slots: list[int]) -> np.ndarray:
     return out
 
 
-def switch_scores(probe: WorldProbe, frames: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict:
-    """One video (T, H, W, 3) in [0, 1], the prompts before and after its switch -> (T,) curves by name."""
+def switch_scores(probe: WorldProbe, frames: np.ndarray, before: np.ndarray, after: np.ndarray, at: int) -> dict:
+    """One video (T, H, W, 3) in [0, 1], the prompts before and after its switch at frame `at` -> (T,) curves."""
     background, slots = switched_slots(before, after)
     kept_slots = [i for i in range(len(PROMPT.sprites(after))) if i not in slots]
+
+    def in_force(name: str, prompt_of) -> np.ndarray:  # the prompt before the switch, then the new one
+        old, new = (probe.score_frames(frames, prompt_of(p))[name] for p in (before, after))
+        return np.concatenate([old[:at], new[at:]])
+
     new = probe.score_frames(frames, after)
-    out = {"count": new["count"], "layout": probe.score_frames(frames, before)["layout"]}
+    out = {"count": in_force("count", lambda p: p), "layout": probe.score_frames(frames, before)["layout"]}
     if background:
         out["obeyed"] = new["layout"]
     else:
         out["obeyed"] = probe.score_frames(frames, only_slots(after, slots))["identity"]
     if kept_slots:
-        out["kept"] = probe.score_frames(frames, only_slots(after, kept_slots))["identity"]
+        out["kept"] = in_force("identity", lambda p: only_slots(p, kept_slots))
     if background:
         del out["layout"]  # it was switched: `obeyed` is its measure
     return out
