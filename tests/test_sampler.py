@@ -54,6 +54,51 @@ def test_rolling_cache_runs_past_its_capacity(model):
     assert not torch.allclose(full[:, 6:], torch.cat(chunks, 1)[:, 6:])
 
 
+def query_positions(model, sample, T=24):
+    """The temporal position of every chunk a rollout denoises, and its frames."""
+    run_ = Rollout(model, SCHED, noise(T=T), sample=sample, generator=torch.Generator().manual_seed(1))
+    positions, chunks = [], []
+    while run_.remaining:
+        run_.cache.make_room()
+        positions.append(run_.cache.next_frame_position())
+        chunks.append(run_.next_chunk()[0])
+    return positions, torch.cat(chunks, 1)
+
+
+def test_window_positions_never_exceed_the_cache_and_absolute_ones_count_the_rollout(model):
+    rolling = SampleConfig(steps=1, sink_chunks=1, window_chunks=2)
+    window, _ = query_positions(model, rolling)
+    absolute, _ = query_positions(model, replace(rolling, positions="absolute"))
+    # a full cache evicts before the next chunk is denoised: it sits in the last of the sink + window slots
+    assert window == [0, 2] + [2 * (1 + 2 - 1)] * 10
+    assert absolute == [2 * i for i in range(12)]  # each chunk at its index in the rollout
+
+
+def test_absolute_positions_change_only_the_distance_to_the_sinks(model):
+    """Rotary attention reads only query-key distances: without a sink, absolute indices and the re-indexed window
+    give the same video; with one, they agree until the first eviction and differ after it."""
+    for sink, same_after in ((0, True), (1, False)):
+        rolling = SampleConfig(steps=1, sink_chunks=sink, window_chunks=2)
+        _, window = query_positions(model, rolling)
+        _, absolute = query_positions(model, replace(rolling, positions="absolute"))
+        fits = 2 * (sink + 2)  # frames made before the first eviction
+        assert (window[:, :fits] - absolute[:, :fits]).abs().max() < 1e-5
+        assert ((window[:, fits:] - absolute[:, fits:]).abs().max() < 1e-5) == same_after
+
+
+def test_recache_keeps_absolute_positions(model):
+    """Re-cached under absolute positions, a window chunk's layer-0 keys (its own frames, rotated at its index) are
+    the keys it was first written with."""
+    rolling = SampleConfig(steps=2, sink_chunks=1, window_chunks=2, positions="absolute")
+    runs = [Rollout(model, SCHED, noise(T=16), sample=replace(rolling, recache_every=every),
+                    generator=torch.Generator().manual_seed(1)) for every in (0, 2)]
+    for r in runs:
+        for _ in range(6):
+            r.next_chunk()
+    plain, recached = (r.cache.k for r in runs)
+    assert torch.allclose(plain[0], recached[0], atol=1e-6)
+
+
 def test_streaming_yields_chunks_in_order(model):
     n = noise()
     chunks = list(iter_rollout(model, SCHED, n, sample=SampleConfig(steps=2)))

@@ -234,6 +234,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sample.solver must be 'euler' or 'renoise', got '{cfg.sample.solver}'")
     if cfg.sample.switch not in ("recache", "keep"):
         raise ConfigError(f"sample.switch must be 'recache' or 'keep', got '{cfg.sample.switch}'")
+    if cfg.sample.positions not in ("window", "absolute"):
+        raise ConfigError(f"sample.positions must be 'window' or 'absolute', got '{cfg.sample.positions}'")
     if cfg.sample.kv_cache_dtype not in ("auto", "fp32", "bf16"):
         raise ConfigError(f"sample.kv_cache_dtype must be 'auto', 'fp32' or 'bf16', got '{cfg.sample.kv_cache_dtype}'")
     objectives = ("teacher_forcing", "bidirectional", "ode", "dmd")

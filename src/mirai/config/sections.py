@@ -162,6 +162,10 @@ class SampleConfig:
     cfg_scale: float = 1.0  # classifier-free guidance (1 = off)
     sink_chunks: int = 1  # rolling cache: the first S chunks always kept
     window_chunks: int = 0  # rolling cache: the last W chunks kept; 0 = keep everything (no rolling)
+    positions: str = "window"  # temporal RoPE positions of a rolling cache: "window" (re-indexed at each eviction,
+    #                            StreamingLLM-style: the sinks, then the window right after them, so no position
+    #                            exceeds (sink + window + 1) chunks) or "absolute" (each frame keeps its index in the
+    #                            rollout: the sinks drift ever further from the queries, past any trained range)
     kv_cache_dtype: str = "auto"  # "auto" (the autocast dtype where autocast is on for the cache's device, else
     #                               fp32: under bf16 autocast the keys are bf16 already, an fp32 cache only doubles
     #                               its memory), "fp32" or "bf16"

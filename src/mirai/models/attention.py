@@ -11,7 +11,10 @@ FlexAttention, so that no (L, L) tensor exists on the GPU (at Wan's 32,760 token
 The KV cache stores keys *after* the rotary rotation. A rolling cache (sink chunks + a window of recent
 chunks) evicts the oldest window chunk and re-indexes the remaining window one chunk earlier in time by
 rotating its keys by -frames_per_chunk (rotations compose), so that positions seen at inference never
-grow past (sink + window + 1) chunks, however long the rollout.
+grow past (sink + window + 1) chunks, however long the rollout. With `reindex=False` (`sample.positions:
+absolute`) nothing is re-rotated and each chunk keeps its index in the rollout: rotary attention depends only on
+the distance between a query and a key, so this changes only the distance to the sinks (which grows without
+bound) and, through rounding, nothing else.
 """
 
 from __future__ import annotations
@@ -255,6 +258,7 @@ class KVCache:
     window_chunks: int  # 0 = never evict (capacity must cover the whole rollout)
     head_dim: int
     rope_theta: float
+    reindex: bool = True  # at an eviction, move the window's positions one chunk earlier (False: absolute indices)
     num_chunks: int = 0  # slots in use
     total_chunks: int = 0  # chunks committed since reset (the absolute index of the next chunk)
     context: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # per layer: cross-attention (k, v) of
@@ -262,7 +266,7 @@ class KVCache:
 
     @classmethod
     def allocate(cls, model_cfg, batch: int, max_chunks: int, sink_chunks: int = 0, window_chunks: int = 0,
-                 device=None, dtype=torch.float32) -> "KVCache":
+                 device=None, dtype=torch.float32, reindex: bool = True) -> "KVCache":
         """Size the cache from the model config: `max_chunks` slots, or sink + window when rolling."""
         rows, cols = model_cfg.grid_shape
         tpc = rows * cols * model_cfg.frames_per_chunk
@@ -274,7 +278,7 @@ class KVCache:
         shape = (model_cfg.depth, batch, model_cfg.heads, capacity * tpc, head_dim)
         return cls(k=torch.zeros(shape, device=device, dtype=dtype), v=torch.zeros(shape, device=device, dtype=dtype),
                    tokens_per_chunk=tpc, frames_per_chunk=model_cfg.frames_per_chunk, sink_chunks=sink_chunks,
-                   window_chunks=window_chunks, head_dim=head_dim, rope_theta=model_cfg.rope_theta)
+                   window_chunks=window_chunks, head_dim=head_dim, rope_theta=model_cfg.rope_theta, reindex=reindex)
 
     @property
     def capacity(self) -> int:
@@ -307,11 +311,12 @@ class KVCache:
         return replace(self, k=k, v=v)  # the same text context list (written once, at the first forward)
 
     def next_frame_position(self) -> int:
-        """Temporal position of the first frame of the next chunk."""
-        return self.num_chunks * self.frames_per_chunk
+        """Temporal position of the first frame of the next chunk: its slot's, or its index in the rollout."""
+        return (self.num_chunks if self.reindex else self.total_chunks) * self.frames_per_chunk
 
     def make_room(self) -> None:
-        """Before a commit: if full, evict the oldest window chunk and shift the window one chunk earlier."""
+        """Before a commit: if full, evict the oldest window chunk and move the window one slot down (and, when
+        re-indexing, one chunk earlier in time)."""
         if self.num_chunks < self.capacity:
             return
         if self.window_chunks <= 0:
@@ -323,7 +328,7 @@ class KVCache:
         end = self.length
         for buf, rotate in ((self.k, True), (self.v, False)):
             moved = buf[:, :, :, start + tpc : end].clone()
-            if rotate:  # re-index the window one chunk earlier: rotate keys by -frames_per_chunk in time
+            if rotate and self.reindex:  # re-index the window one chunk earlier: rotate keys by -fpc in time
                 moved = self._shift_time(moved, -self.frames_per_chunk)
             buf[:, :, :, start : end - tpc] = moved
         self.num_chunks -= 1

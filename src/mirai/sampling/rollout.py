@@ -93,13 +93,15 @@ class Rollout:
         if use_cache:
             self.cache = KVCache.allocate(model.cfg, cache_batch(prompt, s.cfg_scale, B),
                                           self.num_chunks + len(context_chunks), s.sink_chunks, s.window_chunks,
-                                          device=noise.device, dtype=cache_dtype(s.kv_cache_dtype, noise.device))
+                                          device=noise.device, dtype=cache_dtype(s.kv_cache_dtype, noise.device),
+                                          reindex=s.positions == "window")
         elif s.window_chunks > 0:
             raise ValueError("a rolling window needs the KV cache (use_cache=True)")
         # The chunks as written to the cache (at context_noise) that the cache still holds: the sinks, then the
         # window (all of them without a window, and always all of them without a cache: the uncached prefix).
         self.sinks: list[Tensor] = []
         self.window: list[Tensor] = []
+        self.written = 0  # chunks written so far (context and generated): the absolute index of the next one
         for chunk in context_chunks:
             self._write(chunk)
 
@@ -130,6 +132,7 @@ class Rollout:
         if self.use_cache:
             self._commit(x_ctx)
         self._keep(x_ctx)
+        self.written += 1
 
     def _velocity(self, x: Tensor, t: float) -> Tensor:
         s = self.sample
@@ -168,7 +171,10 @@ class Rollout:
         if not self.use_cache:
             return  # the uncached prefix is recomputed at every step anyway
         self.cache.reset()  # also drops a text model's cross-attention keys of the old prompt
-        for x_ctx in self._held():
+        for x_ctx in self.sinks:
+            self._commit(x_ctx)
+        self.cache.total_chunks = self.written - len(self.window)  # absolute positions: the window's own indices
+        for x_ctx in self.window:
             self._commit(x_ctx)
 
     def switch(self, prompt: Tensor | None, recache: bool = True) -> None:
@@ -231,7 +237,8 @@ def rollout_with_exit(
         raise ValueError(f"exit_step {exit_step} is outside the {len(ts) - 1} denoising steps")
     num_chunks = T // fpc
     cache = KVCache.allocate(model.cfg, B, num_chunks, sample.sink_chunks, sample.window_chunks, device=noise.device,
-                             dtype=cache_dtype(sample.kv_cache_dtype, noise.device))
+                             dtype=cache_dtype(sample.kv_cache_dtype, noise.device),
+                             reindex=sample.positions == "window")
     chunks, hiddens = [], []
 
     def velocity(x: Tensor, t: float) -> Tensor:
