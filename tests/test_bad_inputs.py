@@ -103,8 +103,10 @@ CASES = {
                            "ConfigError: config key 'train.steps': expected an integer, got 'many'"),
     "config: unknown key": (config({"sample": {"windw_chunks": 2}}),
                             "ConfigError: unknown config key 'sample.windw_chunks'. Did you mean 'window_chunks'? "
-                            "Valid keys: cfg_scale, context_noise, kv_cache_dtype, precision, recache_every, "
-                            "sink_chunks, solver, steps, switch, timesteps, window_chunks"),
+                            "Valid keys: cfg_scale, context_noise, kv_cache_dtype, positions, precision, "
+                            "recache_every, sink_chunks, solver, steps, switch, timesteps, window_chunks"),
+    "config: positions": (config({"sample": {"positions": "relative"}}),
+                          "ConfigError: sample.positions must be 'window' or 'absolute', got 'relative'"),
     "config: switch mode": (config({"sample": {"switch": "swap"}}),
                             "ConfigError: sample.switch must be 'recache' or 'keep', got 'swap'"),
     "config: replay device": (config({"foresight": {"replay_device": "gpu"}}),

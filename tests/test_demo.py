@@ -16,12 +16,15 @@ import yaml
 
 from mirai import checkpoint as ckpt
 from mirai.cli import main
-from mirai.config import ConfigError
+from mirai.config import ConfigError, ModelConfig, SampleConfig
+from mirai.config.files import apply_overrides
 from mirai.demo import PRIMARY_ENDPOINT, Plan, load_demo, tasks
 from mirai.demo.base import load_base, stage_probes
-from mirai.demo.plan import ENDPOINTS, SHARED, base_folder, shipped_base
+from mirai.demo.long_horizon import drift_overrides, first_lost_horizon, long_horizon
+from mirai.demo.plan import ENDPOINTS, SHARED, base_folder, eval_overrides, shipped_base
 from mirai.demo.report import REPRODUCED_WITHIN, arms_table, reproduction, summary_lines
 from mirai.demo.stats import contrast, length_keys, verdict
+from mirai.models.attention import KVCache
 from mirai.training.loop import TrainingInterrupted
 
 QUICK = ["--quick", "--set", "demo.sampling_seeds=[0]", "--set", "demo.samples=2", "--set", "demo.device=cpu"]
@@ -307,10 +310,17 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert f"| {PRIMARY_ENDPOINT} |" in table and "nan" not in table
     page = (out / "report.html").read_text()
     assert "Paired contrasts over training seeds" in page and PRIMARY_ENDPOINT in page
-    for figure in ("drift.png", "strip.png"):
+    for figure in ("drift.png", "drift_8x.png", "strip.png"):
         assert iio.imread(out / figure).ndim == 3
+    long = results["long_horizon"]
+    assert long["horizon"] in (4, 16) and long["endpoints"] == [f"identity@{long['horizon']}x",
+                                                               f"motion_kept@{long['horizon']}x"]
+    assert long["contrasts"]["foresight"][long["endpoints"][0]]["n"] == 2 and "Long horizon: H* =" in table
+    drift = json.loads((out / "baseline" / "seed_0" / "drift" / "eval.json").read_text())
+    assert drift["frames"] == 16 * 4 and drift["horizons"] == [1, 4, 16] and drift["sample"]["window_chunks"] == 1
+    assert drift["real"]["metrics"]["probe_motion@block16x"] > 0  # the control: real clips as long, still moving
     before = written(out)
-    assert len(before) == 2 * 2 * 2 + 4  # 2 arms x 2 seeds, a state and an evaluation each; 4 shared stages
+    assert len(before) == 2 * 2 * 3 + 4  # 2 arms x 2 seeds: a state, an evaluation, a drift each; 4 shared stages
     assert main(args) == 0  # a second run resumes: every stage and evaluation is already done, nothing is redone
     assert written(out) == before and json.loads((out / "results.json").read_text())["arms"] == results["arms"]
     # the shared stages as a base: fp16 files with provenance; a demo started from it trains no shared stage
@@ -339,3 +349,53 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     parallel = json.loads((side / "results.json").read_text())["arms"]
     for arm, seeds in results["arms"].items():
         assert parallel[arm]["0"] == pytest.approx(seeds["0"], abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# The long-horizon question
+
+
+def farthest_attended_distance(overrides: list[str], clip: int, fpc: int, chunks: int) -> int:
+    """The largest temporal distance from a denoised frame to a cached key over a rollout of `chunks` chunks."""
+    sample = SampleConfig(**apply_overrides({}, overrides)["sample"])
+    cache = KVCache.allocate(ModelConfig(frames_per_chunk=fpc), 1, chunks, sample.sink_chunks, sample.window_chunks,
+                             reindex=sample.positions == "window")
+    farthest = 0
+    for _ in range(chunks):
+        cache.make_room()
+        farthest = max(farthest, cache.next_frame_position() + fpc - 1)  # the oldest key sits at position 0
+        cache.advance()
+    return farthest
+
+
+def test_the_long_rollouts_never_attend_past_the_trained_clip():
+    """The dips at 3.25x and 6.5x the clip came from keys 26 frames back, which a model trained on 8-frame clips
+    never saw (docs/long_video.md); the demo's 8x evaluation (sink 1 + window 4x) reaches 33 frames back."""
+    clip, fpc = 8, 2
+    assert farthest_attended_distance(drift_overrides(clip, fpc), clip, fpc, 512) <= clip - 1
+    assert farthest_attended_distance(eval_overrides(clip, fpc), clip, fpc, 512) == 33
+
+
+def drift_eval(identity: list[float], motion: list[float], real_identity=1.0, real_motion=0.8) -> dict:
+    """A drift eval.json of one (arm, training seed) at horizons 1, 4, 32 (one sampling seed)."""
+    horizons = [1, 4, 32]
+    seed = {f"probe_identity@block{h}x": i for h, i in zip(horizons, identity)}
+    seed |= {f"probe_motion@block{h}x": m for h, m in zip(horizons, motion)}
+    real = {f"probe_identity@block{h}x": real_identity for h in horizons}
+    real |= {f"probe_motion@block{h}x": real_motion for h in horizons}
+    return {"per_seed": {0: seed}, "real": {"metrics": real}}
+
+
+def test_the_long_horizon_is_the_first_where_the_baseline_lost_a_clear_amount():
+    horizons = [1, 4, 32]
+    steady = drift_eval([0.8, 0.79, 0.78], [0.8, 0.8, 0.7])
+    assert first_lost_horizon([steady], horizons)[0] == 32  # never lost: the last horizon
+    forgets = drift_eval([0.8, 0.74, 0.7], [0.8, 0.8, 0.8])
+    assert first_lost_horizon([forgets], horizons)[0] == 4  # identity gap widened by 0.06
+    freezes = drift_eval([0.8, 0.8, 0.8], [0.8, 0.5, 0.3])
+    assert first_lost_horizon([freezes], horizons) == (32, "motion 0.300 px/frame against the real clips' 0.800")
+    answer = long_horizon({"baseline": {0: forgets, 1: forgets}, "foresight": {0: steady, 1: freezes}}, horizons)
+    assert answer["horizon"] == 4 and answer["endpoints"] == ["identity@4x", "motion_kept@4x"]
+    c = answer["contrasts"]["foresight"]["identity@4x"]
+    assert c["n"] == 2 and c["per_seed"] == {"0": pytest.approx(0.05), "1": pytest.approx(0.06)}
+    assert answer["arms"]["foresight"]["1"]["motion_kept@4x"] == pytest.approx(0.5 / 0.8)

@@ -67,6 +67,21 @@ def test_real_clips_score_high_on_the_probes(evaluator):
     assert len(curves["identity"]) == 8
 
 
+def test_block_scores_see_a_video_freeze_and_are_the_blocks_own_means(evaluator):
+    frames, prompts = real_clips(WORLD, 4, 24)
+    frozen = frames.copy()
+    frozen[:, 8:] = frames[:, 7:8]  # the scene stops after the first clip
+    real, real_curves = evaluator.score(frames, prompts, [], block=8, horizons=[1, 3])
+    still, _ = evaluator.score(frozen, prompts, [], block=8, horizons=[1, 3])
+    assert real["probe_motion@block1x"] == pytest.approx(still["probe_motion@block1x"])
+    assert real["probe_motion@block3x"] > 0.5 * WORLD.min_speed and still["probe_motion@block3x"] < 0.02
+    assert still["dynamic_degree@farneback@block3x"] == 0.0
+    assert real["probe_identity@block3x"] == pytest.approx(np.mean(real_curves["identity"][16:24]))
+    assert len(real_curves["block_probe_identity"]) == 3 and len(real_curves["identity"]) == 24
+    with pytest.raises(ValueError, match="horizon 4x needs 32 frames"):
+        evaluator.score(frames, prompts, [], block=8, horizons=[4])
+
+
 def test_one_extractor_is_not_counted_twice_in_the_aggregate(evaluator):
     frames, prompts = real_clips(WORLD, 4, 8)
     scores, _ = evaluator.score(frames, prompts, [8])

@@ -8,7 +8,7 @@ from mirai.config import WorldConfig
 from mirai.data.prompt import PROMPT
 from mirai.data.world import make_clip
 from mirai.eval import probes as P
-from mirai.eval.motion import speed_curve, tracked_speed
+from mirai.eval.motion import block_motion, speed_curve, tracked_speed
 
 WORLD = WorldConfig()
 
@@ -44,3 +44,24 @@ def test_the_curve_averages_the_videos_tracked_at_each_frame(probe):
     curve = speed_curve(probe, videos, prompts)
     assert curve.shape == (7,)
     np.testing.assert_allclose(curve, np.nanmean(per, 0))
+
+
+def test_block_motion_is_the_net_displacement_and_ignores_flicker(probe):
+    errors, frozen, flicker = [], [], []
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        clip = make_clip(WORLD, 11, i, 24)
+        prompt = PROMPT.encode(clip.scene)
+        seen = clip.visible.min(axis=1) > 0.9  # every sprite fully in view: its tracked centre is its position
+        measured = block_motion(probe, clip.frames, prompt, 8)
+        assert measured.shape == (3,)
+        for b in range(3):
+            if seen[b * 8 : (b + 1) * 8].all():
+                step = clip.positions[b * 8 + 7] - clip.positions[b * 8]  # (sprites, 2)
+                errors.append(abs(measured[b] - np.linalg.norm(step, axis=-1).mean() / 7))
+        still = np.repeat(clip.frames[:1], 24, axis=0)
+        noisy = np.clip(still + rng.normal(0, 0.05, still.shape), 0, 1).astype(np.float32)
+        frozen.append(np.nanmax(block_motion(probe, still, prompt, 8)))
+        flicker.append(np.nanmax(block_motion(probe, noisy, prompt, 8)))
+    assert len(errors) >= 4 and np.median(errors) < 0.1
+    assert max(frozen) < 0.02 and max(flicker) < 0.2 * WORLD.min_speed

@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's rollouts (VBench-style, probes, distances) -> eval.json/csv")
     e.add_argument("--ckpt", required=True, help="a run folder (its config.yaml gives the world and sampler)")
     e.add_argument("--frames", type=at_least(1), default=None, help="rollout length (default: 4x the training clip)")
+    e.add_argument("--horizons", type=at_least(1), nargs="+", default=None, metavar="H",
+                   help="score the training-clip-long block ending at H x the clip, for each H (default: 1 4 8 32 128 "
+                        "where they fit, and the last clip); real clips as long are scored the same way")
     e.add_argument("--samples", type=at_least(1), default=32, help="videos per seed")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument("--out", default=None, help="folder for eval.json/eval.csv (default: the run folder)")
@@ -323,8 +326,11 @@ def cmd_eval(args) -> None:
     frames = args.frames or 4 * cfg.data.clip_frames
     ev = Evaluator(cfg.world, args.extractor, args.weights)
     ev.extractor  # load (and hash-check) the weights now: a bad file is refused before any rollout
+    if args.horizons and max(args.horizons) * cfg.data.clip_frames > frames:
+        raise ConfigError(f"--horizons {max(args.horizons)} needs {max(args.horizons) * cfg.data.clip_frames} frames "
+                          f"(the clip is {cfg.data.clip_frames}); --frames is {frames}")
     result = evaluate_run(args.ckpt, frames, args.samples, args.seeds, args.out, evaluator=ev, device=args.device,
-                          overrides=args.overrides)
+                          overrides=args.overrides, horizons=args.horizons)
     out = Path(args.out or args.ckpt)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.csv'}")
     for key, s in result["summary"].items():

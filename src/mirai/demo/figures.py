@@ -1,5 +1,6 @@
-"""The demo's figures: drift curves (each probe against time, one line per arm) and a strip of frames of the same
-prompts and noise rolled out by both arms."""
+"""The demo's figures: drift to the last horizon per training-clip block (each probe and the motion, one line per
+arm and one for real clips), the per-frame curves to 8x, and a strip of frames of the same prompts and noise rolled
+out by both arms."""
 
 from __future__ import annotations
 
@@ -12,8 +13,42 @@ from ..video import upscale
 from .plan import Plan, eval_overrides
 
 
-def write_drift_figure(evals: dict[str, list[dict]], clip_frames: int, path: Path) -> None:
-    """drift.png: each probe's score against the frame, out to the evaluated length, one line per arm (mean over
+DRIFT_PANELS = (("probe_identity", "identity"), ("probe_count", "count"), ("probe_coherence", "coherence"),
+                ("probe_continuity", "continuity"), ("probe_motion", "motion (px/frame)"))
+
+
+def write_drift_figure(drift: dict[str, dict[int, dict]], path: Path) -> None:
+    """drift.png: per training-clip block out to the last horizon, each probe and the tracked motion, one line per
+    arm (mean over its training seeds; band: min..max over them) and the real clips as long (black): a dip the
+    real clips share is the world's, one they do not is the model's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real = next(iter(drift["baseline"].values()))["real"]["curves"]
+    fig, axes = plt.subplots(1, len(DRIFT_PANELS), figsize=(3.2 * len(DRIFT_PANELS), 3.0), sharex=True)
+    for ax, (key, title) in zip(axes, DRIFT_PANELS):
+        curve = f"block_{key}"
+        x = np.arange(1, len(real[curve]) + 1)
+        ax.plot(x, real[curve], color="black", lw=1.2, label="real clips")
+        for arm, seeds in drift.items():
+            per = np.array([np.mean([c[curve] for c in r["curves"].values()], axis=0) for r in seeds.values()])
+            ax.plot(x, per.mean(0), lw=1.2, label=arm)
+            ax.fill_between(x, per.min(0), per.max(0), alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("block (multiples of the training clip)", fontsize=8)
+        if key != "probe_motion":
+            ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_curves_figure(evals: dict[str, list[dict]], clip_frames: int, path: Path) -> None:
+    """drift_8x.png: each probe's score against the frame, out to the evaluated length, one line per arm (mean over
     its training seeds and their sampling seeds; band: min..max over training seeds)."""
     import matplotlib
 

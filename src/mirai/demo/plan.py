@@ -37,6 +37,9 @@ class DemoConfig:
     sampling_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     samples: int = 16
     eval_length: int = 8
+    horizons: list[int] = field(default_factory=lambda: [1, 4, 8, 32, 128])
+    drift_samples: int = 8
+    drift_sampling_seed: int = 0
     base: str | None = "shipped"
     save_base: str | None = None
     shared_only: bool = False
@@ -72,6 +75,11 @@ def check_demo(demo: DemoConfig) -> None:
             raise ConfigError(f"demo.{key} must be >= 1, got {getattr(demo, key)}")
     if demo.workers < 0:
         raise ConfigError(f"demo.workers must be >= 0, got {demo.workers}")
+    if sorted(set(demo.horizons)) != demo.horizons or demo.horizons[0] != 1 or len(demo.horizons) < 2:
+        raise ConfigError(f"demo.horizons must be increasing multiples of the clip starting at 1, got {demo.horizons}")
+    if demo.drift_samples < 1 or demo.drift_sampling_seed < 0:
+        raise ConfigError(f"demo.drift_samples must be >= 1 and demo.drift_sampling_seed >= 0, got "
+                          f"{demo.drift_samples} and {demo.drift_sampling_seed}")
     if demo.eval_length < 4:
         raise ConfigError(f"demo.eval_length must be >= 4 (the primary endpoint is at 4x), got {demo.eval_length}")
     missing = [s for s in STAGES if "config" not in demo.stages.get(s, {})]
@@ -155,7 +163,9 @@ class Plan:
                   for (arm, seed), cfg in self.dmd_stages(runs).items()]
         shape = self.dmd_shape()
         return lines + [f"  evaluate each arm: {self.demo.eval_length}x the {shape.data.clip_frames}-frame clip, "
-                        f"{self.demo.samples} videos x sampling seeds {self.demo.sampling_seeds}"]
+                        f"{self.demo.samples} videos x sampling seeds {self.demo.sampling_seeds}",
+                        f"  drift of each arm: {self.demo.horizons[-1]}x the clip, {self.demo.drift_samples} videos, "
+                        f"blocks at {', '.join(f'{h}x' for h in self.demo.horizons)}, beside real clips"]
 
     def dmd_shape(self) -> Config:
         """The DMD stage's config without a run (its world, clip length and chunk size, for the evaluation)."""

@@ -75,6 +75,29 @@ def arms_table(results: dict) -> str:
             f"| arm | {' | '.join(ENDPOINTS)} |\n|---|{'---|' * len(ENDPOINTS)}\n" + "\n".join(rows) + "\n")
 
 
+def long_horizon_table(lh: dict) -> str:
+    """results.md's long-horizon part: identity and motion kept per horizon (real clips, each arm), and the declared
+    endpoints at H* with their paired intervals."""
+    arms = list(lh["arms"])
+    horizons = sorted({int(k.split("@")[1][:-1]) for k in lh["real"]})
+    mean = lambda arm, m: float(np.mean([v[m] for v in lh["arms"][arm].values()]))  # noqa: E731
+    lines = [f"\nLong horizon: H* = {lh['horizon']}x ({lh['why']}).\n",
+             "| horizon | identity: real | " + " | ".join(f"identity: {a}" for a in arms)
+             + " | motion: real (px/frame) | " + " | ".join(f"motion kept: {a}" for a in arms) + " |",
+             "|" + "---|" * (3 + 2 * len(arms))]
+    for h in horizons:
+        lines.append(f"| {h}x | {lh['real'][f'identity@{h}x']:.3f} | "
+                     + " | ".join(f"{mean(a, f'identity@{h}x'):.3f}" for a in arms)
+                     + f" | {lh['real'][f'motion@{h}x']:.3f} | "
+                     + " | ".join(f"{mean(a, f'motion_kept@{h}x'):.3f}" for a in arms) + " |")
+    for arm, by_metric in lh["contrasts"].items():
+        for m in lh["endpoints"]:
+            c = by_metric[m]
+            lines.append(f"\n{arm} - baseline, {m}: {c['mean_diff']:+.4f} {interval(c, 4)}, p {p_value(c)}, "
+                         f"{c['seeds_better']} of {c['n']} training seeds better")
+    return "\n".join(lines) + "\n"
+
+
 def contrast_table(contrasts: dict) -> str:
     """The endpoints' contrasts (HTML), for the report."""
     rows = []

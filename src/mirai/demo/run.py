@@ -18,9 +18,10 @@ from ..eval.evaluate import Evaluator, evaluate_run
 from ..eval.report import write_report
 from ..training.loop import train
 from .base import base_probes, load_base, machine, read_reference, save_base
-from .figures import write_drift_figure, write_strip
+from .figures import write_curves_figure, write_drift_figure, write_strip
+from .long_horizon import drift_overrides, long_horizon
 from .plan import PRIMARY_ENDPOINT, SECONDARY_ENDPOINTS, SHARED, Plan, eval_overrides
-from .report import arms_table, contrast_table, markdown_table, reproduction
+from .report import arms_table, contrast_table, long_horizon_table, markdown_table, reproduction
 from .stats import contrast, seed_means, verdict
 from .tasks import Progress, Task, run_tasks
 
@@ -61,6 +62,30 @@ def evaluate(plan: Plan, run: Path, clip_frames: int, frames_per_chunk: int, wor
                         overrides=eval_overrides(clip_frames, frames_per_chunk))
 
 
+def drift_done(plan: Plan, run: Path, clip_frames: int) -> dict | None:
+    """The run's drift/eval.json if one with this plan's horizons, videos and seed exists."""
+    path = run / "drift" / "eval.json"
+    if path.is_file():
+        done = json.loads(path.read_text())
+        d = plan.demo
+        if (done.get("frames"), done.get("samples"), done.get("seeds"), done.get("horizons")) == \
+                (d.horizons[-1] * clip_frames, d.drift_samples, [d.drift_sampling_seed], d.horizons):
+            return done
+    return None
+
+
+def evaluate_drift(plan: Plan, run: Path, clip_frames: int, frames_per_chunk: int, world) -> dict:
+    """drift/eval.json of a run: rolled out to the last horizon and scored per block beside real clips."""
+    done = drift_done(plan, run, clip_frames)
+    if done is not None:
+        return done
+    d = plan.demo
+    evaluator = _EVALUATORS.setdefault(repr(world), Evaluator(world))
+    return evaluate_run(run, d.horizons[-1] * clip_frames, d.drift_samples, [d.drift_sampling_seed], run / "drift",
+                        evaluator=evaluator, device=d.device, overrides=drift_overrides(clip_frames, frames_per_chunk),
+                        horizons=d.horizons)
+
+
 def shared_costs(plan: Plan) -> list[float]:
     """Rough relative costs of the shared stages (for the time estimate): a teacher cycle in proportion to its steps
     against the teacher stage's."""
@@ -94,7 +119,8 @@ def run_demo(plan: Plan) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seeds, arms = demo.seeds, demo.arms
     # rough relative costs: a stage's training steps and an evaluation's rollouts, for the time estimate
-    progress = Progress(shared_costs(plan) + [2.0] * len(arms) * len(seeds) + [1.0] * len(arms) * len(seeds))
+    progress = Progress(shared_costs(plan) + [2.0] * len(arms) * len(seeds) + [1.0] * len(arms) * len(seeds)
+                        + [1.0] * len(arms) * len(seeds))
     runs = shared_stages(plan, progress)
     if demo.shared_only:
         return {"shared": {k: str(v) for k, v in runs.items()}}
@@ -110,6 +136,13 @@ def run_demo(plan: Plan) -> dict:
                             (plan, dmd_runs[arm][seed], clip, fpc, shape.world),
                             eval_done(plan, dmd_runs[arm][seed], clip) is not None) for arm, seed in dmd],
                       demo.jobs, progress)
+    drifts = run_tasks([Task(f"drift of {arm}, training seed {seed} ({demo.horizons[-1]}x)", evaluate_drift,
+                             (plan, dmd_runs[arm][seed], clip, fpc, shape.world),
+                             drift_done(plan, dmd_runs[arm][seed], clip) is not None) for arm, seed in dmd],
+                       demo.jobs, progress)
+    drift: dict[str, dict[int, dict]] = {arm: {} for arm in arms}
+    for (arm, seed), result in zip(dmd, drifts):
+        drift[arm][seed] = result
     means: dict[str, dict[int, dict[str, float]]] = {arm: {} for arm in arms}
     for (arm, seed), result in zip(dmd, evals):
         means[arm][seed] = seed_means(result, clip)
@@ -125,13 +158,14 @@ def run_demo(plan: Plan) -> dict:
         "contrasts": contrasts,
         "verdict": verdict(contrasts["foresight"][PRIMARY_ENDPOINT], PRIMARY_ENDPOINT)
         if PRIMARY_ENDPOINT in contrasts["foresight"] else f"{PRIMARY_ENDPOINT} was not measured",
+        "long_horizon": long_horizon(drift, demo.horizons),
         "runs": {arm: {str(s): str(r) for s, r in seeds.items()} for arm, seeds in dmd_runs.items()},
         "command": " ".join(["mirai", *sys.argv[1:]]), **machine(), "minutes": minutes_of_work(out, progress, t0),
     }
     reference = read_reference(plan.base)
     if reference is not None:
         results["reproduction"] = reproduction(results, reference)
-    write_outputs(results, plan, dmd_runs, clip, fpc)
+    write_outputs(results, plan, dmd_runs, drift, clip, fpc)
     return results
 
 
@@ -143,14 +177,17 @@ def minutes_of_work(out: Path, progress: Progress, t0: float) -> float:
     return (time.perf_counter() - t0) / 60
 
 
-def write_outputs(results: dict, plan: Plan, dmd_runs: dict[str, dict[int, Path]], clip: int, fpc: int) -> None:
-    """results.json, results.md, report.html, drift.png and strip.png in the demo's folder."""
+def write_outputs(results: dict, plan: Plan, dmd_runs: dict[str, dict[int, Path]], drift: dict[str, dict[int, dict]],
+                  clip: int, fpc: int) -> None:
+    """results.json, results.md, report.html, drift.png, drift_8x.png and strip.png in the demo's folder."""
     out, first = plan.out, plan.demo.seeds[0]
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(markdown_table(results) + arms_table(results))
+    (out / "results.md").write_text(markdown_table(results) + arms_table(results)
+                                    + long_horizon_table(results["long_horizon"]))
     write_report([str(seeds[first]) for seeds in dmd_runs.values()], out / "report.html",
                  title=f"mirai demo: {', '.join(dmd_runs)} (training seed {first})",
                  extra_html=contrast_table(results["contrasts"]))
-    write_drift_figure({arm: [json.loads((r / "eval.json").read_text()) for r in seeds.values()]
-                        for arm, seeds in dmd_runs.items()}, clip, out / "drift.png")
+    write_drift_figure(drift, out / "drift.png")
+    write_curves_figure({arm: [json.loads((r / "eval.json").read_text()) for r in seeds.values()]
+                         for arm, seeds in dmd_runs.items()}, clip, out / "drift_8x.png")
     write_strip({arm: dmd_runs[arm][first] for arm in ("baseline", "foresight")}, plan, clip, fpc, out / "strip.png")

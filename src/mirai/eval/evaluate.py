@@ -36,6 +36,7 @@ from ..models.autoencoder import video_frames
 from ..sampling.pipeline import Pipeline
 from . import metrics
 from .extractors import load_extractor
+from .motion import block_motion
 from .probes import train_probe
 
 # --------------------------------------------------------------------------------------------------
@@ -43,15 +44,16 @@ from .probes import train_probe
 
 
 def generate(run: str | Path, num: int, frames: int, seed: int, device: str = "cpu",
-             overrides: list[str] | None = None,
-             world: WorldConfig | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+             overrides: list[str] | None = None, world: WorldConfig | None = None,
+             chunk_seconds: list[float] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Roll out `num` videos of `frames` frames from a run: uint8 (B, T, H, W, 3) and their structured prompts
     (prompts of unseen scenes of the world: the run's own, or `world`, e.g. a harder one it was not trained in). A
     run on a cache: videos for the cache's captions in turn, decoded through its autoencoder (T decoded frames),
     and no structured prompts (None). A bidirectional model (the teacher) denoises all `frames` at once; a causal
-    one rolls out chunk by chunk. A run of the world: the same videos as `mirai sample --seed` (`sampling.pipeline`)."""
+    one rolls out chunk by chunk (each chunk's wall time appended to `chunk_seconds`, when given). A run of the world:
+    the same videos as `mirai sample --seed` (`sampling.pipeline`)."""
     pipe = Pipeline.load(run, device, overrides)
-    return pipe.video(pipe.evaluation_inputs(num, frames, seed, world))
+    return pipe.video(pipe.evaluation_inputs(num, frames, seed, world), chunk_seconds)
 
 
 def real_cache_clips(data: LatentDataset, num: int) -> np.ndarray:
@@ -135,15 +137,22 @@ class Evaluator:
         return self.extractor.frames_batch(frames)
 
     def score(self, frames: np.ndarray, prompts: np.ndarray | None, lengths: list[int],
-              real_features: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
+              real_features: np.ndarray | None = None, block: int | None = None,
+              horizons: list[int] = ()) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Metrics of videos uint8 (B, T, H, W, 3) over their first L frames for each L; drift curves over T.
-        prompts: the videos' structured prompts, for the world's ground-truth probes (None: no probes)."""
+        prompts: the videos' structured prompts, for the world's ground-truth probes (None: no probes).
+        block, horizons: also the metrics of the `block`-frame block that ends at H x block frames for each H
+        (`name@blockHx`, see `block_scores`), and per-block curves (`block_<name>`, T // block values)."""
         feats = self.features(frames)  # (B, T, D)
         role_feats = [(ext.label(dim), feats if ext is self.extractor else ext.frames_batch(frames))
                       for dim, ext in self.consistency_roles()]
         probe = self.probe.score(to_model_range(frames), prompts) if prompts is not None else None
         curves = {k: v.tolist() for k, v in probe.curves().items()} if probe else {}  # (T,) batch means
         out: dict[str, float] = {}
+        if block is not None:
+            blocks, block_curves = self.block_scores(frames, prompts, probe, role_feats, block, horizons)
+            out |= blocks
+            curves |= block_curves
         for L in lengths:
             v = frames[:, :L]
             sfx = f"@{L}f"
@@ -165,6 +174,35 @@ class Evaluator:
             kid, _ = metrics.kernel_inception_distance(real, fake, num_subsets=50, subset_size=min(len(real), len(fake), 500))
             out[f"kid@{self.extractor_name}@{L}f"] = kid
         return out, curves
+
+
+    def block_scores(self, frames: np.ndarray, prompts: np.ndarray | None, probe, role_feats: list,
+                     block: int, horizons: list[int]) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Drift per block of `block` frames (a training clip), out to any length. For each horizon H, the
+        block of frames [(H - 1) * block, H * block): each probe's mean there, the tracked net motion of the
+        sprites (`eval.motion.block_motion`, pixels per frame; a video in which no sprite of its prompt is tracked
+        over half the block counts 0: nothing recognisable moves), VBench-style dynamic degree and consistency over
+        those frames alone. Curves: the probes and the motion per block (T // block values)."""
+        B, T = frames.shape[:2]
+        n = T // block
+        per_block: dict[str, np.ndarray] = {}
+        if probe is not None:
+            for name in probe.NAMES:
+                per_block[f"probe_{name}"] = getattr(probe, name)[:, : n * block].reshape(B, n, block).mean((0, 2))
+            motion = np.stack([block_motion(self.probe, v.astype(np.float32) / 255, p, block)
+                               for v, p in zip(frames, prompts)])  # (B, n), NaN where no sprite is tracked
+            per_block["probe_motion"] = np.nan_to_num(motion, nan=0.0).mean(0)  # nothing recognisable moves: 0
+        out: dict[str, float] = {}
+        for H in horizons:
+            if H * block > T:
+                raise ValueError(f"horizon {H}x needs {H * block} frames, the videos have {T}")
+            sfx, span = f"@block{H}x", slice((H - 1) * block, H * block)
+            out |= {name + sfx: float(curve[H - 1]) for name, curve in per_block.items()}
+            for name, rf in role_feats:
+                out[name + sfx] = metrics.consistency_scores(rf[:, span]).aggregate
+            r = metrics.dynamic_degree_flow(frames[:, span], self.fps)
+            out[r.name + sfx] = r.value
+        return out, {f"block_{name}": curve.tolist() for name, curve in per_block.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,31 +229,66 @@ def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, floa
     return out
 
 
+DEFAULT_HORIZONS = (1, 4, 8, 32, 128)  # multiples of the training clip the drift is read at (`--horizons`)
+
+
+def default_horizons(frames: int, clip: int) -> list[int]:
+    """DEFAULT_HORIZONS that fit in `frames`, and the last whole clip of the rollout."""
+    return sorted({h for h in DEFAULT_HORIZONS if h * clip <= frames} | {max(1, frames // clip)})
+
+
 def evaluate_run(run: str | Path, frames: int, samples: int, seeds: list[int], out: str | Path | None = None,
                  clip_frames: int | None = None, evaluator: Evaluator | None = None, device: str = "cpu",
-                 overrides: list[str] | None = None) -> dict:
+                 overrides: list[str] | None = None, horizons: list[int] | None = None) -> dict:
     """Generate `samples` rollouts of `frames` frames per seed and score them at 1x and multiples of the
-    training length. Writes eval.json and eval.csv into `out` (default: the run folder)."""
+    training length (the first L frames), and per training-clip block at `horizons` (default: `default_horizons`);
+    real clips of the same length are scored the same way (the control: a dip they share is the world's).
+    Writes eval.json and eval.csv into `out` (default: the run folder)."""
     cfg: Config = ckpt.run_config(run, overrides or [])
     clip = clip_frames or cfg.data.clip_frames
     data = LatentDataset(cfg.data.path, clip) if cfg.data.source == "cache" else None
     decoded = (lambda L: video_frames(L, data.autoencoder.temporal)) if data else (lambda L: L)  # model -> frames
     lengths = sorted({decoded(L) for L in (clip, 2 * clip, 4 * clip, 8 * clip, frames) if L <= frames})
+    block = decoded(clip)
+    horizons = sorted(horizons or default_horizons(decoded(frames), block))
     ev = evaluator or Evaluator(cfg.world)
     real = real_cache_clips(data, samples) if data else real_clips(cfg.world, samples, clip)[0]
     real_feats = ev.features(real)
-    per_seed, curves = {}, {}
+    per_seed, curves, seconds = {}, {}, {}
     for seed in tqdm(seeds, desc=f"eval {Path(run).name}", unit="seed"):
-        videos, prompts = generate(run, samples, frames, seed, device, overrides)
-        per_seed[seed], curves[seed] = ev.score(videos, prompts, lengths, real_feats)
+        chunk_s: list[float] = []
+        videos, prompts = generate(run, samples, frames, seed, device, overrides, chunk_seconds=chunk_s)
+        per_seed[seed], curves[seed] = ev.score(videos, prompts, lengths, real_feats, block, horizons)
+        seconds[seed] = chunk_s
     result = {"run": str(run), "sample": dataclasses.asdict(cfg.sample), "frames": frames, "samples": samples,
-              "seeds": seeds, "lengths": lengths,
+              "seeds": seeds, "lengths": lengths, "horizons": horizons,
               "clip_frames": decoded(clip), "extractor": ev.extractor.provenance(), **ev.metadata(),
               "probe": ev.probe.provenance() if data is None else None,
               "decoded_by": data.autoencoder.name if data else None,  # the cache's autoencoder (frames measured)
-              "per_seed": per_seed, "summary": summarize(per_seed), "curves": curves}
+              "per_seed": per_seed, "summary": summarize(per_seed), "curves": curves,
+              "chunk_seconds": chunk_cost(seconds, clip // cfg.model.frames_per_chunk),
+              "real": None if data else real_control(ev, cfg.world, samples, frames, block, horizons)}
     write_results(result, Path(out or run))
     return result
+
+
+def chunk_cost(seconds: dict[int, list[float]], chunks_per_clip: int) -> dict | None:
+    """Mean wall seconds per chunk (each rollout's batch of videos) in the first and the last clip of the
+    rollouts: whether the cost stays flat with length. None for a bidirectional model (no chunks)."""
+    runs = [s for s in seconds.values() if s]
+    if not runs:
+        return None
+    first = [t for s in runs for t in s[:chunks_per_clip]]
+    last = [t for s in runs for t in s[-chunks_per_clip:]]
+    return {"first_clip": float(np.mean(first)), "last_clip": float(np.mean(last)), "chunks": len(runs[0])}
+
+
+def real_control(ev: Evaluator, world: WorldConfig, samples: int, frames: int, block: int,
+                 horizons: list[int]) -> dict:
+    """The same block metrics and curves for real clips of the world as long as the rollouts."""
+    videos, prompts = real_clips(world, samples, frames)
+    metrics_, curves = ev.score(videos, prompts, [], None, block, horizons)
+    return {"samples": samples, "metrics": metrics_, "curves": curves}
 
 
 def write_results(result: dict, folder: Path) -> None:

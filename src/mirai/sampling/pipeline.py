@@ -14,6 +14,7 @@ Every draw comes from the request's seed (`mirai.rng`), so a request gives the s
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -191,17 +192,18 @@ class Pipeline:
         return inference_autocast(self.cfg.sample.precision, self.device)
 
     @torch.no_grad()
-    def video(self, request: Request) -> tuple[np.ndarray, np.ndarray | None]:
+    def video(self, request: Request, chunk_seconds: list[float] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole videos, the context clip first (when given): uint8 (B, T', H, W, 3) (T' decoded frames), and
         their structured prompts (B, P) (None for a model on a cache: it has none). A causal model rolls out chunk
-        by chunk; a bidirectional one (the teacher) denoises all frames at once."""
+        by chunk (`chunk_seconds`, when given, gets each chunk's wall time); a bidirectional one (the teacher)
+        denoises all frames at once."""
         inputs, sample = request.inputs, self.cfg.sample
         if not self.causal and (request.context is not None or request.switches):
             raise ConfigError("a bidirectional model denoises a whole clip: it continues no context and switches no "
                               "prompt")
         with self.autocast():
             if self.causal:
-                latents = torch.cat(list(self.latent_chunks(request)), dim=1)
+                latents = torch.cat(list(timed_chunks(self.latent_chunks(request), chunk_seconds)), dim=1)
             else:
                 latents = sample_whole(self.model, self.schedule, inputs.noise, inputs.prompt, sample=sample,
                                        generator=inputs.generator, uncond=inputs.uncond)
@@ -210,3 +212,15 @@ class Pipeline:
             latents = torch.cat([request.context, latents], dim=1)
         frames = to_uint8(self.autoencoder.decode(latents).cpu())
         return frames, None if self.on_cache else inputs.prompts
+
+
+def timed_chunks(chunks: Iterator[Tensor], seconds: list[float] | None) -> Iterator[Tensor]:
+    """The chunks as they come; each one's wall time (synchronised on a GPU) appended to `seconds` when given."""
+    start = time.perf_counter()
+    for chunk in chunks:
+        if seconds is not None:
+            if chunk.is_cuda:
+                torch.cuda.synchronize(chunk.device)
+            seconds.append(time.perf_counter() - start)
+        yield chunk
+        start = time.perf_counter()
