@@ -39,6 +39,17 @@ def test_sample_writes_videos(run_dir, tmp_path, suffix):
     assert meta["frames"] == 8 and meta["sample"]["steps"] == 2
 
 
+def test_sample_says_when_it_attends_past_the_trained_clip(run_dir, tmp_path, capsys):
+    clip = tiny_cfg(tmp_path).data.clip_frames  # 2 frames a chunk
+    long = ["sample", "--ckpt", str(run_dir), "--frames", str(2 * clip), "--num", "1", "--set", "sample.steps=1"]
+    assert main(long + ["--out", str(tmp_path / "a.npz")]) == 0
+    err = capsys.readouterr().err
+    assert f"attend up to {2 * clip - 1} frames back" in err
+    assert f"--set sample.window_chunks={clip // 2 - 1} keeps the span inside" in err
+    assert main(long + ["--out", str(tmp_path / "b.npz"), "--set", f"sample.window_chunks={clip // 2 - 1}"]) == 0
+    assert "attend up to" not in capsys.readouterr().err
+
+
 def test_sample_rejects_non_sample_overrides(run_dir, tmp_path, capsys):
     assert main(["sample", "--ckpt", str(run_dir), "--out", str(tmp_path / "x.gif"), "--set", "train.lr=1"]) == 2
     assert "only takes sample.*" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import yaml
 
 from mirai import checkpoint as ckpt
 from mirai.cli import main
-from mirai.config import ConfigError, ModelConfig, SampleConfig
+from mirai.config import ConfigError, SampleConfig
 from mirai.config.files import apply_overrides
 from mirai.demo import PRIMARY_ENDPOINT, Plan, load_demo, tasks
 from mirai.demo.base import load_base, stage_probes
@@ -24,7 +24,7 @@ from mirai.demo.long_horizon import drift_overrides, first_lost_horizon, long_ho
 from mirai.demo.plan import ENDPOINTS, SHARED, base_folder, eval_overrides, shipped_base
 from mirai.demo.report import REPRODUCED_WITHIN, arms_table, reproduction, summary_lines
 from mirai.demo.stats import contrast, length_keys, verdict
-from mirai.models.attention import KVCache
+from mirai.sampling.rollout import attended_span
 from mirai.training.loop import TrainingInterrupted
 
 QUICK = ["--quick", "--set", "demo.sampling_seeds=[0]", "--set", "demo.samples=2", "--set", "demo.device=cpu"]
@@ -355,25 +355,13 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
 # The long-horizon question
 
 
-def farthest_attended_distance(overrides: list[str], clip: int, fpc: int, chunks: int) -> int:
-    """The largest temporal distance from a denoised frame to a cached key over a rollout of `chunks` chunks."""
-    sample = SampleConfig(**apply_overrides({}, overrides)["sample"])
-    cache = KVCache.allocate(ModelConfig(frames_per_chunk=fpc), 1, chunks, sample.sink_chunks, sample.window_chunks,
-                             reindex=sample.positions == "window")
-    farthest = 0
-    for _ in range(chunks):
-        cache.make_room()
-        farthest = max(farthest, cache.next_frame_position() + fpc - 1)  # the oldest key sits at position 0
-        cache.advance()
-    return farthest
-
-
 def test_the_long_rollouts_never_attend_past_the_trained_clip():
     """The dips at 3.25x and 6.5x the clip came from keys 26 frames back, which a model trained on 8-frame clips
     never saw (docs/long_video.md); the demo's 8x evaluation (sink 1 + window 4x) reaches 33 frames back."""
     clip, fpc = 8, 2
-    assert farthest_attended_distance(drift_overrides(clip, fpc), clip, fpc, 512) <= clip - 1
-    assert farthest_attended_distance(eval_overrides(clip, fpc), clip, fpc, 512) == 33
+    sample = lambda overrides: SampleConfig(**apply_overrides({}, overrides)["sample"])  # noqa: E731
+    assert attended_span(sample(drift_overrides(clip, fpc)), fpc, 128 * clip) <= clip - 1
+    assert attended_span(sample(eval_overrides(clip, fpc)), fpc, 8 * clip) == 33
 
 
 def drift_eval(identity: list[float], motion: list[float], real_identity=1.0, real_motion=0.8) -> dict:

@@ -7,7 +7,7 @@ from mirai.config import SampleConfig
 from mirai.models.attention import KVCache, cache_dtype
 from mirai.config import model_config_from_dict
 from mirai.models.wan import WanVideoModel
-from mirai.sampling.rollout import Rollout, iter_rollout, rollout, rollout_with_exit
+from mirai.sampling.rollout import Rollout, attended_span, iter_rollout, rollout, rollout_with_exit
 from mirai.diffusion.schedule import FlowSchedule
 from tests.conftest import make_model
 
@@ -72,6 +72,14 @@ def test_window_positions_never_exceed_the_cache_and_absolute_ones_count_the_rol
     # a full cache evicts before the next chunk is denoised: it sits in the last of the sink + window slots
     assert window == [0, 2] + [2 * (1 + 2 - 1)] * 10
     assert absolute == [2 * i for i in range(12)]  # each chunk at its index in the rollout
+
+
+@pytest.mark.parametrize("sink, window, chunks", [(1, 3, 40), (0, 2, 9), (1, 16, 32), (1, 16, 10), (0, 0, 12)])
+def test_the_attended_span_is_the_farthest_key_a_rollout_reads(model, sink, window, chunks):
+    sample = SampleConfig(steps=1, sink_chunks=sink, window_chunks=window)
+    positions, _ = query_positions(model, sample, T=2 * chunks)
+    farthest = max(p + 2 - 1 for p in positions)  # a chunk's last frame to the first key, at position 0
+    assert attended_span(sample, 2, 2 * chunks) == farthest
 
 
 def test_absolute_positions_change_only_the_distance_to_the_sinks(model):

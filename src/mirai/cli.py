@@ -295,6 +295,7 @@ def cmd_sample(args) -> None:
         if not sep or not frame.strip().isdigit():
             raise ConfigError(f"--switch {switch!r}: expected FRAME:PROMPT, e.g. 64:background=2")
         request = pipe.with_switch(request, int(frame), text)
+    warn_past_trained_span(pipe, request)
     stream = tqdm(pipe.stream(request), total=pipe.stream_length(request), desc="sample", unit="chunk")
     video = torch.cat([chunk.cpu() for chunk in stream], dim=1)  # the continued clip (if any) opens the video
     inputs, frames, sample = request.inputs, request.frames, pipe.cfg.sample
@@ -309,6 +310,20 @@ def cmd_sample(args) -> None:
                                                                  "prompt": sw.text} for sw in request.switches],
                                                    "sample": to_dict(sample)}, indent=2))
     print(f"wrote {out} ({args.num} videos x {video.shape[1]} frames)")
+
+
+def warn_past_trained_span(pipe, request) -> None:
+    """One line when the rollout attends farther back than the model's training clips reached."""
+    from .sampling.rollout import attended_span
+
+    sample, fpc, clip = pipe.cfg.sample, pipe.model.cfg.frames_per_chunk, pipe.cfg.data.clip_frames
+    context = 0 if request.context is None else request.context.shape[1]
+    span = attended_span(sample, fpc, request.frames + context)
+    if span > clip - 1:
+        window = max(1, clip // fpc - sample.sink_chunks)
+        print(f"note: frames attend up to {span} frames back, and the model was trained on {clip}-frame clips; keys "
+              f"farther than it has seen can alias onto near ones (docs/long_video.md). --set "
+              f"sample.window_chunks={window} keeps the span inside.", file=sys.stderr)
 
 
 def cmd_eval(args) -> None:

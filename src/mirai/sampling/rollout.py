@@ -61,6 +61,15 @@ def cache_batch(prompt: Tensor | None, cfg_scale: float, batch: int) -> int:
     return 2 * batch if is_guided(prompt, cfg_scale) else batch
 
 
+def attended_span(sample: SampleConfig, frames_per_chunk: int, frames: int) -> int:
+    """How many frames back the farthest key a denoised frame attends to lies, over a rollout of `frames` frames
+    (context included): with a rolling window the last of sink + window slots (a full cache evicts before the next
+    chunk), else the whole rollout. A model trained on clips of F frames has seen spans up to F - 1 only."""
+    if sample.window_chunks > 0:
+        return min(sample.sink_chunks + sample.window_chunks, frames // frames_per_chunk) * frames_per_chunk - 1
+    return frames - 1
+
+
 class Rollout:
     """One streaming rollout's state, advanced a chunk at a time: the KV cache, the chunks written to it, the
     prompt. `next_chunk` denoises the next chunk; `switch` changes the prompt from the next chunk on (LongLive's
