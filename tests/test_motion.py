@@ -18,6 +18,12 @@ def probe():
     return P.train_probe(WORLD)
 
 
+def frozen_versions(clip, rng, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's first frame held for its whole length, and the same with flicker (Gaussian noise of `sigma`)."""
+    still = np.repeat(clip.frames[:1], len(clip.frames), axis=0)
+    return still, np.clip(still + rng.normal(0, sigma, still.shape), 0, 1).astype(np.float32)
+
+
 def test_real_clips_move_at_their_true_speed_and_a_frozen_one_does_not(probe):
     errors, frozen, flicker = [], [], []
     rng = np.random.default_rng(0)
@@ -29,9 +35,8 @@ def test_real_clips_move_at_their_true_speed_and_a_frozen_one_does_not(probe):
         both = seen[:-1] & seen[1:]
         measured = tracked_speed(probe, clip.frames, prompt)
         errors += list(np.abs(measured - true)[both & np.isfinite(measured)])
-        still = np.repeat(clip.frames[:1], 16, axis=0)
+        still, noisy = frozen_versions(clip, rng, 0.03)
         frozen.append(np.nanmean(tracked_speed(probe, still, prompt)))
-        noisy = np.clip(still + rng.normal(0, 0.03, still.shape), 0, 1).astype(np.float32)
         flicker.append(np.nanmean(tracked_speed(probe, noisy, prompt)))
     assert len(errors) > 30 and np.median(errors) < 0.3
     assert max(frozen) < 0.05 and max(flicker) < 0.5 * WORLD.min_speed
@@ -59,8 +64,7 @@ def test_block_motion_is_the_net_displacement_and_ignores_flicker(probe):
             if seen[b * 8 : (b + 1) * 8].all():
                 step = clip.positions[b * 8 + 7] - clip.positions[b * 8]  # (sprites, 2)
                 errors.append(abs(measured[b] - np.linalg.norm(step, axis=-1).mean() / 7))
-        still = np.repeat(clip.frames[:1], 24, axis=0)
-        noisy = np.clip(still + rng.normal(0, 0.05, still.shape), 0, 1).astype(np.float32)
+        still, noisy = frozen_versions(clip, rng, 0.05)
         frozen.append(np.nanmax(block_motion(probe, still, prompt, 8)))
         flicker.append(np.nanmax(block_motion(probe, noisy, prompt, 8)))
     assert len(errors) >= 4 and np.median(errors) < 0.1

@@ -92,6 +92,7 @@ class Evaluator:
     _extractor: object = field(default=None, repr=False)
     _background: object = field(default=None, repr=False)
     _probe: object = field(default=None, repr=False)
+    _real: dict = field(default_factory=dict, repr=False)  # real-clip controls already scored, by their shape
 
     @property
     def extractor(self):
@@ -174,7 +175,6 @@ class Evaluator:
             kid, _ = metrics.kernel_inception_distance(real, fake, num_subsets=50, subset_size=min(len(real), len(fake), 500))
             out[f"kid@{self.extractor_name}@{L}f"] = kid
         return out, curves
-
 
     def block_scores(self, frames: np.ndarray, prompts: np.ndarray | None, probe, role_feats: list,
                      block: int, horizons: list[int]) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -285,10 +285,14 @@ def chunk_cost(seconds: dict[int, list[float]], chunks_per_clip: int) -> dict | 
 
 def real_control(ev: Evaluator, world: WorldConfig, samples: int, frames: int, block: int,
                  horizons: list[int]) -> dict:
-    """The same block metrics and curves for real clips of the world as long as the rollouts."""
-    videos, prompts = real_clips(world, samples, frames)
-    metrics_, curves = ev.score(videos, prompts, [], None, block, horizons)
-    return {"samples": samples, "metrics": metrics_, "curves": curves}
+    """The same block metrics and curves for real clips of the world as long as the rollouts (the clips are a pure
+    function of these arguments: scored once per evaluator, e.g. once for all the arms of a demo process)."""
+    key = (repr(world), samples, frames, block, tuple(horizons))
+    if key not in ev._real:
+        videos, prompts = real_clips(world, samples, frames)
+        metrics_, curves = ev.score(videos, prompts, [], None, block, horizons)
+        ev._real[key] = {"samples": samples, "metrics": metrics_, "curves": curves}
+    return ev._real[key]
 
 
 def write_results(result: dict, folder: Path) -> None:

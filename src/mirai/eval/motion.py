@@ -69,10 +69,6 @@ def block_motion(probe: WorldProbe, frames: np.ndarray, prompt: np.ndarray, bloc
 
 def speed_curve(probe: WorldProbe, videos: np.ndarray, prompts: np.ndarray) -> np.ndarray:
     """Videos (B, T, H, W, 3) in [0, 1] -> (T - 1,) the tracked speed averaged over the videos tracked there."""
-    return nan_mean(np.stack([tracked_speed(probe, v, p) for v, p in zip(videos, prompts)]))
-
-
-def nan_mean(per_video: np.ndarray) -> np.ndarray:
-    """(B, N) with NaN where a video has no value -> (N,) the mean over the videos that have one (NaN if none)."""
-    counts = np.isfinite(per_video).sum(0)
-    return np.where(counts > 0, np.nansum(per_video, 0) / np.maximum(counts, 1), np.nan)
+    per = np.stack([tracked_speed(probe, v, p) for v, p in zip(videos, prompts)])
+    counts = np.isfinite(per).sum(0)
+    return np.where(counts > 0, np.nansum(per, 0) / np.maximum(counts, 1), np.nan)

@@ -110,7 +110,6 @@ class Rollout:
         # window (all of them without a window, and always all of them without a cache: the uncached prefix).
         self.sinks: list[Tensor] = []
         self.window: list[Tensor] = []
-        self.written = 0  # chunks written so far (context and generated): the absolute index of the next one
         for chunk in context_chunks:
             self._write(chunk)
 
@@ -141,7 +140,6 @@ class Rollout:
         if self.use_cache:
             self._commit(x_ctx)
         self._keep(x_ctx)
-        self.written += 1
 
     def _velocity(self, x: Tensor, t: float) -> Tensor:
         s = self.sample
@@ -179,10 +177,11 @@ class Rollout:
         drawn) under the current prompt: what the uncached rollout computes for its prefix at every step."""
         if not self.use_cache:
             return  # the uncached prefix is recomputed at every step anyway
+        first_window = self.cache.total_chunks - len(self.window)  # the window's index in the rollout
         self.cache.reset()  # also drops a text model's cross-attention keys of the old prompt
         for x_ctx in self.sinks:
             self._commit(x_ctx)
-        self.cache.total_chunks = self.written - len(self.window)  # absolute positions: the window's own indices
+        self.cache.total_chunks = first_window  # absolute positions: each window chunk back at its own index
         for x_ctx in self.window:
             self._commit(x_ctx)
 
