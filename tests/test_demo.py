@@ -301,6 +301,7 @@ def test_quick_demo_writes_a_complete_report(tmp_path, capsys):
     assert main(args + ["--set", f"demo.save_base={base}"]) == 0
     printed = capsys.readouterr().out
     assert "verdict: " + PRIMARY_ENDPOINT in printed and "report.html" in printed and "nan" not in printed.lower()
+    assert "long horizon: H* = " in printed and "motion_kept@" in printed
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"baseline", "foresight"} and set(results["arms"]["baseline"]) == {"0", "1"}
     for length in ("1x", "4x", "8x"):

@@ -402,7 +402,7 @@ def cmd_demo(args) -> int | None:
         print(f"shared stages: {results['shared']}" + (f"; base written to {saved}" if saved else ""))
         return
     print("\n".join(summary_lines(results, read_reference(plan.base))))
-    print(f"wrote {plan.out / 'results.json'}, results.md, report.html, drift.png and strip.png")
+    print(f"wrote {plan.out / 'results.json'}, results.md, report.html, drift.png, drift_8x.png and strip.png")
 
 
 def cmd_bench(args) -> None:

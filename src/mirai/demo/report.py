@@ -98,6 +98,16 @@ def long_horizon_table(lh: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def long_horizon_lines(lh: dict | None) -> list[str]:
+    """The declared long-horizon endpoints as printed: H*, why, and foresight - baseline at it (nothing for the
+    results of a demo made before the long horizon existed)."""
+    if lh is None:
+        return []
+    c = lh["contrasts"]["foresight"]
+    return [f"  long horizon: H* = {lh['horizon']}x ({lh['why']})"] + [
+        f"    {m}: foresight - baseline {c[m]['mean_diff']:+.3f} {interval(c[m])}" for m in lh["endpoints"]]
+
+
 def contrast_table(contrasts: dict) -> str:
     """The endpoints' contrasts (HTML), for the report."""
     rows = []
@@ -175,7 +185,7 @@ def summary_lines(results: dict, reference: dict | None) -> list[str]:
     extra = [a for a in results["contrasts"] if a != "foresight"]
     for arm in extra:
         lines += [f"  {arm} minus baseline:"] + text_table(endpoint_rows(results, arm))
-    lines += [f"  verdict: {results['verdict']}"]
+    lines += [f"  verdict: {results['verdict']}"] + long_horizon_lines(results.get("long_horizon"))
     if reference is not None:
         lines += [reproduction_line(results["reproduction"], reference, results["cpu"])]
     n = len(results["plan"]["demo"]["seeds"])
