@@ -20,11 +20,11 @@ from mirai.config import ConfigError, SampleConfig
 from mirai.config.files import apply_overrides
 from mirai.demo import PRIMARY_ENDPOINT, Plan, load_demo, tasks
 from mirai.demo.base import load_base, stage_probes
-from mirai.demo.long_horizon import drift_overrides, first_lost_horizon, long_horizon
+from mirai.demo.long_horizon import first_lost_horizon, long_horizon
 from mirai.demo.plan import ENDPOINTS, SHARED, base_folder, eval_overrides, shipped_base
 from mirai.demo.report import REPRODUCED_WITHIN, arms_table, reproduction, summary_lines
 from mirai.demo.stats import contrast, length_keys, verdict
-from mirai.sampling.rollout import attended_span
+from mirai.sampling.rollout import attended_span, long_rollout_overrides
 from mirai.training.loop import TrainingInterrupted
 
 QUICK = ["--quick", "--set", "demo.sampling_seeds=[0]", "--set", "demo.samples=2", "--set", "demo.device=cpu"]
@@ -361,7 +361,7 @@ def test_the_long_rollouts_never_attend_past_the_trained_clip():
     never saw (docs/long_video.md); the demo's 8x evaluation (sink 1 + window 4x) reaches 33 frames back."""
     clip, fpc = 8, 2
     sample = lambda overrides: SampleConfig(**apply_overrides({}, overrides)["sample"])  # noqa: E731
-    assert attended_span(sample(drift_overrides(clip, fpc)), fpc, 128 * clip) <= clip - 1
+    assert attended_span(sample(long_rollout_overrides(clip, fpc)), fpc, 128 * clip) <= clip - 1
     assert attended_span(sample(eval_overrides(clip, fpc)), fpc, 8 * clip) == 33
 
 

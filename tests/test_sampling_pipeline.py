@@ -4,6 +4,7 @@ and a model on a prepared cache samples its captions, a context clip and the cac
 
 import json
 
+import imageio.v3 as imageio
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,8 @@ from mirai.config import ConfigError, PrepareConfig, WorldConfig
 from mirai.data.cache import LatentDataset
 from mirai.data.frames import to_uint8
 from mirai.data.prompt import PROMPT
+from mirai.data.videos import resize_crop
+from mirai.data.world import make_clip
 from mirai.diffusion.schedule import FlowSchedule
 from mirai.eval.evaluate import generate
 from mirai.sampling.inputs import rollout_inputs, unseen_prompts
@@ -122,9 +125,9 @@ def test_a_teacher_denoises_the_whole_clip_and_cannot_stream(teacher_run, tmp_pa
     assert "is a bidirectional model; `mirai sample` rolls out causal generators" in capsys.readouterr().err
 
 
-def test_a_caption_or_context_without_a_cache_model_is_one_config_error(world_run, tmp_path, capsys):
+def test_a_caption_without_a_cache_model_is_one_config_error(world_run, tmp_path, capsys):
     pipe = Pipeline.load(world_run)
-    for asked in ({"prompt": "a red square"}, {"negative_prompt": "blue"}, {"context": "clip.mp4"}):
+    for asked in ({"prompt": "a red square"}, {"negative_prompt": "blue"}):
         with pytest.raises(ConfigError, match="need a model trained on a prepared cache"):
             pipe.inputs(1, 2, seed=0, **asked)
     assert main(["sample", "--ckpt", str(world_run), "--prompt", "a", "--out", str(tmp_path / "s.npz")]) == 2
@@ -184,6 +187,23 @@ def test_a_cache_model_streams_a_captioned_continuation_of_a_clip(cache_run):
     assert np.array_equal(to_uint8(torch.cat(pieces, dim=1)), frames)
     unprompted = pipe.video(pipe.inputs(2, 3, seed=1, context=asked["context"]))[0]
     assert not np.array_equal(frames, unprompted)  # the caption was used
+
+
+def test_a_world_model_continues_a_clip_or_holds_an_image_still_for_a_chunk(world_run, tmp_path):
+    pipe = Pipeline.load(world_run)
+    clip = (make_clip(pipe.cfg.world, 7, 0, 5).frames * 255).round().astype(np.uint8)  # (5, 16, 16, 3), the world's own frames
+    request = pipe.inputs(2, 4, seed=1, context=clip)
+    assert request.context.shape == (2, 4, 3, 16, 16)  # cut to whole chunks of 2
+    assert torch.equal(request.context[0], resize_crop(clip[:4], 16, 16))
+    pieces = list(pipe.stream(request))
+    inputs = request.inputs
+    direct = rollout(pipe.model, pipe.schedule, inputs.noise, inputs.prompt, sample=pipe.cfg.sample,
+                     context=request.context, generator=pipe.inputs(2, 4, seed=1).inputs.generator)
+    assert torch.equal(pieces[0], request.context) and torch.equal(torch.cat(pieces[1:], dim=1), direct)
+    assert not torch.equal(direct, streamed(pipe, pipe.inputs(2, 4, seed=1))[:, :4])  # the clip was continued
+    imageio.imwrite(tmp_path / "first.png", clip[0])
+    held = pipe.inputs(1, 4, seed=1, context=str(tmp_path / "first.png")).context
+    assert held.shape == (1, 2, 3, 16, 16) and torch.equal(held[0, 0], held[0, 1])
 
 
 # --------------------------------------------------------------------------------------------------

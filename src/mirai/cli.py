@@ -7,6 +7,7 @@
     mirai sample --ckpt runs/cached --prompt "a red square moves left" [--negative-prompt "..."] [--context img.png]
     mirai eval --ckpt runs/tiny --frames 32 --samples 32 --seeds 0 1 2
     mirai compare runs/baseline runs/mirai --out report.html
+    mirai serve [--ckpt baseline=RUN --ckpt foresight=RUN] [--host 127.0.0.1] [--port 8000]   (watch and steer live)
     mirai bench sampling --json | mirai bench train --json | mirai bench foresight --json | mirai bench fps --json
     mirai bench ddp --json      (1 process x 2 threads against 2 processes x 1 thread, the same global batch)
     torchrun --nproc_per_node N -m mirai train ...   (several processes: see mirai.distributed and the README)
@@ -184,6 +185,22 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--no-fix", action="store_true", help="do not plan the changes that make a failing kind fit")
     n.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
+    v = sub.add_parser("serve", help="a web page that streams rollouts live: steer the prompt, compare two models")
+    v.add_argument("--ckpt", action="append", default=[], metavar="[NAME=]RUN",
+                   help="a run folder or model file to serve (repeat for several; default: the shipped base's student)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback requires a token")
+    v.add_argument("--port", type=at_least(1), default=8000)
+    v.add_argument("--token", help="the token every request must carry (default: made and printed for a non-loopback "
+                                   "host, none on loopback)")
+    v.add_argument("--max-sessions", type=at_least(1), default=8, help="concurrent streams; the next viewer is told "
+                                                                      "the server is busy")
+    v.add_argument("--max-frames", type=at_least(1), default=1024, help="longest stream a viewer may ask for")
+    v.add_argument("--max-upload-mb", type=float, default=16.0, help="largest image or clip a viewer may upload")
+    v.add_argument("--queue", type=at_least(1), default=16, help="chunks waiting per viewer before the oldest drop")
+    v.add_argument("--device", default="auto")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a sample.* setting of every model (default: 1 sink + the trained window)")
+
     b = sub.add_parser("bench", help="benchmarks printing one JSON object")
     b.add_argument("what", choices=["sampling", "train", "foresight", "fps", "ddp", "step"])
     b.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -314,13 +331,13 @@ def cmd_sample(args) -> None:
 
 def warn_past_trained_span(pipe, request) -> None:
     """One line when the rollout attends farther back than the model's training clips reached."""
-    from .sampling.rollout import attended_span
+    from .sampling.rollout import attended_span, trained_window
 
     sample, fpc, clip = pipe.cfg.sample, pipe.model.cfg.frames_per_chunk, pipe.cfg.data.clip_frames
     context = 0 if request.context is None else request.context.shape[1]
     span = attended_span(sample, fpc, request.frames + context)
     if span > clip - 1:
-        window = max(1, clip // fpc - sample.sink_chunks)
+        window = trained_window(clip, fpc, sample.sink_chunks)
         print(f"note: frames attend up to {span} frames back, and the model was trained on {clip}-frame clips; keys "
               f"farther than it has seen can alias onto near ones (docs/long_video.md). --set "
               f"sample.window_chunks={window} keeps the span inside.", file=sys.stderr)
@@ -441,6 +458,15 @@ def cmd_bench(args) -> None:
     print(json.dumps(result, indent=None if args.json else 2))
 
 
+def cmd_serve(args) -> None:
+    from .serve.app import ServeSettings
+    from .serve.server import serve
+
+    settings = ServeSettings(max_frames=args.max_frames, max_sessions=args.max_sessions, queue_chunks=args.queue,
+                             max_upload_mb=args.max_upload_mb, token=args.token)
+    serve(args.ckpt, args.host, args.port, settings, device=args.device, overrides=args.overrides)
+
+
 def cmd_plan(args) -> None:
     from .config import load_config
     from .plan import make_plan
@@ -472,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"world": cmd_world, "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
                     "compare": cmd_compare, "bench": cmd_bench, "plan": cmd_plan, "demo": cmd_demo, "import": cmd_import,
-                    "export": cmd_export}
+                    "export": cmd_export, "serve": cmd_serve}
         code = commands[args.command](args)
     except Exception as e:
         if not isinstance(e, user_errors()):

@@ -8,6 +8,7 @@ frame size a model takes. Every unusable file is a `DataError` that names it.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,39 @@ def read_frame_folder(path: Path) -> np.ndarray:
 def read_source(path: Path) -> np.ndarray:
     """(T, H, W, 3) uint8 of a video file or a frame folder."""
     return read_frame_folder(path) if path.is_dir() else read_video_file(path)
+
+
+# The first bytes of each picture and video container the readers take, as a file names its kind (an upload has no
+# trusted name): PNG, JPEG, GIF, BMP, WebM/Matroska, and ISO media (mp4/mov: "ftyp" at byte 4).
+MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"),
+         (b"\x1a\x45\xdf\xa3", ".webm"))
+
+
+def upload_suffix(data: bytes) -> str | None:
+    """The file suffix of an uploaded picture or video, read from its first bytes (None: not one the readers take)."""
+    if data[4:8] == b"ftyp":
+        return ".mp4"
+    return next((suffix for magic, suffix in MAGIC if data.startswith(magic)), None)
+
+
+def read_upload(data: bytes, limit_bytes: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of an uploaded image or video (`mirai serve`), decoded by `read_video_file` from a
+    private temporary file; a DataError names what is wrong (too large, empty, not a picture or video, corrupt)."""
+    if not data:
+        raise DataError("the upload is empty")
+    if len(data) > limit_bytes:
+        raise DataError(f"the upload is {len(data) / 2**20:.1f} MiB, over the limit of {limit_bytes / 2**20:.0f} MiB")
+    suffix = upload_suffix(data)
+    if suffix is None:
+        raise DataError("the upload is not a picture or a video this reader takes (PNG, JPEG, GIF, BMP, MP4, MOV, "
+                        "WebM)")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return read_video_file(path)
+        except DataError as e:
+            raise DataError(str(e).replace(f"video file {path}", "the upload").replace(str(path), "the upload")) from None
 
 
 def source_fps(path: Path, default: float) -> float:

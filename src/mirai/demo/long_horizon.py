@@ -1,8 +1,8 @@
 """The demo's long-horizon question (issue 32): does foresight keep identity and motion where the baseline drifts?
 
 Every DMD arm is rolled out to the last of `demo.horizons` x the clip (`drift_samples` unseen scenes, sampling seed
-`drift_sampling_seed`) with a rolling cache that stays inside the trained range (`drift_overrides`), and scored per
-training-clip block at each horizon beside real clips as long (`eval.evaluate.evaluate_run`).
+`drift_sampling_seed`) with a rolling cache that stays inside the trained range
+(`sampling.rollout.long_rollout_overrides`), and scored per training-clip block at each horizon beside real clips as long (`eval.evaluate.evaluate_run`).
 
 The endpoint, declared (here and in the README) before any DMD arm was evaluated past 8x the clip:
 - H* is the first horizon past 1x at which the baseline (mean over its training seeds) has lost a clear amount
@@ -22,15 +22,6 @@ from .stats import contrast
 IDENTITY_LOSS = 0.05  # a widening of the identity gap to real clips, from 1x, that counts as lost
 MOTION_LOSS = 0.5  # motion below this fraction of the real clips' counts as lost
 IDENTITY, MOTION = "probe_identity", "probe_motion"
-
-
-def drift_overrides(clip_frames: int, frames_per_chunk: int) -> list[str]:
-    """The long rollouts' cache: sink 1 + a window such that every query-key distance stays inside the training
-    clip. A model trained on 8-frame clips has seen distances 0..7 only; farther ones alias (docs/long_video.md:
-    at 26 frames the two fastest temporal rotary frequencies line up with a distance of 0-1 frames, and every
-    rollout that can attend that far dips there)."""
-    return ["sample.sink_chunks=1", f"sample.window_chunks={max(1, clip_frames // frames_per_chunk - 1)}",
-            "sample.positions=window"]
 
 
 def block_value(result: dict, name: str, horizon: int) -> float:

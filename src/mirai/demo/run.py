@@ -16,10 +16,11 @@ from .. import checkpoint as ckpt
 from ..config import Config
 from ..eval.evaluate import Evaluator, evaluate_run
 from ..eval.report import write_report
+from ..sampling.rollout import long_rollout_overrides
 from ..training.loop import train
 from .base import base_probes, load_base, machine, read_reference, save_base
 from .figures import write_curves_figure, write_drift_figure, write_strip
-from .long_horizon import drift_overrides, long_horizon
+from .long_horizon import long_horizon
 from .plan import PRIMARY_ENDPOINT, SECONDARY_ENDPOINTS, SHARED, Plan, eval_overrides
 from .report import arms_table, contrast_table, long_horizon_table, markdown_table, reproduction
 from .stats import contrast, seed_means, verdict
@@ -82,7 +83,7 @@ def evaluate_drift(plan: Plan, run: Path, clip_frames: int, frames_per_chunk: in
     d = plan.demo
     evaluator = _EVALUATORS.setdefault(repr(world), Evaluator(world))
     return evaluate_run(run, d.horizons[-1] * clip_frames, d.drift_samples, [d.drift_sampling_seed], run / "drift",
-                        evaluator=evaluator, device=d.device, overrides=drift_overrides(clip_frames, frames_per_chunk),
+                        evaluator=evaluator, device=d.device, overrides=long_rollout_overrides(clip_frames, frames_per_chunk),
                         horizons=d.horizons)
 
 

@@ -81,8 +81,29 @@ def caption_encoder(cfg: Config, device) -> TextEncoder:
     return TextEncoder(manifest["models"]["text_encoder"], manifest["settings"]["text_len"], device)
 
 
+Context = str | Path | np.ndarray  # an image or clip file, or its decoded (T, H, W, 3) uint8 frames (an upload)
+
+
+def context_pictures(context: Context) -> tuple[np.ndarray, str]:
+    """(T, H, W, 3) uint8 frames of a context, and how an error names it."""
+    if isinstance(context, np.ndarray):
+        return context, f"the context clip of {len(context)} frames"
+    return read_source(Path(context)), f"--context {context}"
+
+
+def world_context(model: nn.Module, context: Context, num: int, device) -> Tensor:
+    """A world model's context: (num, Tc, 3, H, W) pixels scaled and centre-cropped to its frames, cut to whole
+    chunks; an image (or a clip shorter than a chunk) held still for one chunk."""
+    pictures, _ = context_pictures(context)
+    fpc, (_, height, width) = model.cfg.frames_per_chunk, model.cfg.frame_shape
+    clip = resize_crop(pictures, height, width)
+    if len(clip) < fpc:
+        clip = torch.cat([clip, clip[-1:].expand(fpc - len(clip), -1, -1, -1)])
+    return clip[: len(clip) // fpc * fpc][None].expand(num, -1, -1, -1, -1).to(device)
+
+
 def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int, device, caption: str | None,
-                 context: str | None, negative: str | None = None, autoencoder=None) -> CacheInputs:
+                 context: Context | None, negative: str | None = None, autoencoder=None) -> CacheInputs:
     """Inputs of `num` rollouts of a model trained on the cache `cfg.data.path`: the caption encoded by the cache's
     text encoder (None: the empty caption, unconditional), guidance's unconditional branch (the negative caption
     encoded the same way, or the empty caption's embedding the model was trained with), the context file (an image
@@ -104,13 +125,13 @@ def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int
                           "a text encoder)")
     latents = None
     if context is not None:
-        pictures = read_source(Path(context))
+        pictures, name = context_pictures(context)
         keep = 1 + (len(pictures) - 1) // ae.temporal * ae.temporal  # the autoencoder takes 1 + 4k frames
         clip = resize_crop(pictures[:keep], settings["height"], settings["width"] or settings["height"])
         latents = ae.encode(clip[None].to(device))
         latents = latents[:, : latents.shape[1] // fpc * fpc]
         if latents.shape[1] == 0:
-            raise ConfigError(f"--context {context} gives {keep} frames: fewer than one chunk of {fpc} latent frames")
+            raise ConfigError(f"{name} gives {keep} frames: fewer than one chunk of {fpc} latent frames")
         latents = latents.expand(num, -1, -1, -1, -1)
     noise = rng.chunk_noise(seed, num, frames // fpc, (fpc, *c.frame_shape)).to(device)
     inputs = RolloutInputs(noise, prompt, PROMPT.empty(num), rng.generator(seed, "sampler"), uncond)

@@ -32,7 +32,8 @@ from ..device import inference_autocast, pick_device
 from ..diffusion.schedule import FlowSchedule
 from ..models.autoencoder import Autoencoder, IdentityAutoencoder
 from ..data.prompt import PROMPT
-from .inputs import RolloutInputs, cache_autoencoder, cache_inputs, caption_encoder, rollout_inputs
+from .inputs import (Context, RolloutInputs, cache_autoencoder, cache_inputs, caption_encoder, rollout_inputs,
+                     world_context)
 from .rollout import Rollout, sample_whole
 
 
@@ -102,21 +103,23 @@ class Pipeline:
 
     @torch.no_grad()  # encoders of captions and contexts: no graph
     def inputs(self, num: int, frames: int, seed: int, prompt: str | None = None, negative_prompt: str | None = None,
-               context: str | None = None, world: WorldConfig | None = None) -> Request:
+               context: Context | None = None, world: WorldConfig | None = None) -> Request:
         """The inputs of `num` videos of `frames` frames (rounded up to the chunk) for `seed`.
 
-        A world model: prompts of unseen scenes of `world` (default: the run's own world). A model on a cache:
-        `prompt` and `negative_prompt` captions (None: the empty caption) and a `context` image or clip file, all
-        encoded with the cache's encoders (see `sampling.inputs.cache_inputs`); `world` does not apply."""
+        A world model: prompts of unseen scenes of `world` (default: the run's own world), and a `context` image or
+        clip (a file or decoded frames) as pixels (`sampling.inputs.world_context`). A model on a cache: `prompt`
+        and `negative_prompt` captions (None: the empty caption) and a `context`, all encoded with the cache's
+        encoders (see `sampling.inputs.cache_inputs`); `world` does not apply."""
         frames = self.round_frames(frames)
         if self.on_cache:
             real = cache_inputs(self.model, self.cfg, num, frames, seed, self.device, prompt, context, negative_prompt,
                                 autoencoder=self.autoencoder)
             return Request(real.inputs, real.context)
-        if prompt is not None or context is not None or negative_prompt is not None:
-            raise ConfigError("--prompt, --negative-prompt and --context need a model trained on a prepared cache "
+        if prompt is not None or negative_prompt is not None:
+            raise ConfigError("--prompt and --negative-prompt need a model trained on a prepared cache with captions "
                               "(data.source=cache)")
-        return Request(rollout_inputs(self.model, world or self.cfg.world, num, frames, seed, self.device))
+        inputs = rollout_inputs(self.model, world or self.cfg.world, num, frames, seed, self.device)
+        return Request(inputs, None if context is None else world_context(self.model, context, num, self.device))
 
     @torch.no_grad()
     def evaluation_inputs(self, num: int, frames: int, seed: int, world: WorldConfig | None = None) -> Request:

@@ -70,6 +70,20 @@ def attended_span(sample: SampleConfig, frames_per_chunk: int, frames: int) -> i
     return frames - 1
 
 
+def trained_window(clip_frames: int, frames_per_chunk: int, sink_chunks: int = 1) -> int:
+    """The rolling window (in chunks) that keeps every query-key distance inside a training clip of `clip_frames`
+    beside `sink_chunks` sinks: a model trained on F-frame clips has seen distances 0..F-1 only, and farther keys
+    alias onto near ones (docs/long_video.md)."""
+    return max(1, clip_frames // frames_per_chunk - sink_chunks)
+
+
+def long_rollout_overrides(clip_frames: int, frames_per_chunk: int) -> list[str]:
+    """The sample.* settings of rollouts far past the training clip: 1 sink + the trained window (the demo's drift
+    stage, `mirai serve`)."""
+    return ["sample.sink_chunks=1", f"sample.window_chunks={trained_window(clip_frames, frames_per_chunk)}",
+            "sample.positions=window"]
+
+
 class Rollout:
     """One streaming rollout's state, advanced a chunk at a time: the KV cache, the chunks written to it, the
     prompt. `next_chunk` denoises the next chunk; `switch` changes the prompt from the next chunk on (LongLive's
