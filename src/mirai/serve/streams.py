@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import queue
 import secrets
 import threading
 import time
@@ -122,7 +123,6 @@ class Session:
     first_chunk_s: float | None = None
     first_frames: int = 0  # frames of the first chunk (the context clip when given): fps counts the frames after it
     pending: list[tuple[str, Pipeline, Request]] | None = None  # the lanes to start, on the engine thread
-    writer: object = None  # the recording's mp4 writer, opened with the first frames
 
     @property
     def remaining(self) -> int:
@@ -137,17 +137,56 @@ class Session:
         spent = time.perf_counter() - self.asked_at - (self.first_chunk_s or 0.0)
         return (self.frames - self.first_frames) / spent if self.chunks > 1 and spent > 0 else 0.0
 
-    def record(self, frames: list[np.ndarray]) -> None:
-        """Append lanes' frames (f, H, W, 3) side by side to the recording."""
-        if self.writer is None:
-            self.writer = imageio.get_writer(self.recording, fps=16, macro_block_size=1)
-        for row in np.concatenate(frames, axis=2):
-            self.writer.append_data(row)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+class Recorder:
+    """The thread that writes every session's mp4 (lanes side by side), so that starting an encoder (an ffmpeg
+    process, a quarter of a second) or encoding never delays a chunk. The engine hands it frames through a bounded
+    queue; when a session ends the recorder closes its file and only then tells the viewer it is done, with the
+    download link."""
+
+    def __init__(self, fps: int = 16, depth: int = 256):
+        self.fps, self.queue = fps, queue.Queue(maxsize=depth)
+        self.writers: dict[str, object] = {}
+        self.thread = threading.Thread(target=self._loop, name="mirai-recorder", daemon=True)
+        self.thread.start()
+
+    def frames(self, session: Session, frames: list[np.ndarray]) -> None:
+        self.queue.put((session, np.concatenate(frames, axis=2)))  # (f, H, lanes x W, 3)
+
+    def finish(self, session: Session, done: dict) -> None:
+        """Close the session's file, then send `done` (its download link added)."""
+        self.queue.put((session, done))
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while (item := self.queue.get()) is not None:
+            try:
+                self._write(*item)
+            except Exception as e:  # noqa: BLE001  a failed recording (disk full) costs its download, not the stream
+                session, what = item
+                self.writers.pop(session.id, None)
+                session.outbox.put({"type": "error", "message": f"the recording failed: {type(e).__name__}: {e}"})
+                if isinstance(what, dict):
+                    session.outbox.put({**what, "download": None})
+        for writer in self.writers.values():
+            writer.close()
+
+    def _write(self, session: Session, what: np.ndarray | dict) -> None:
+        writer = self.writers.get(session.id)
+        if isinstance(what, dict):
+            if writer is not None:
+                self.writers.pop(session.id).close()
+            what["download"] = f"/download/{session.recording.stem}" if writer is not None else None
+            session.outbox.put(what)
+            return
+        if writer is None:
+            writer = self.writers[session.id] = imageio.get_writer(session.recording, fps=self.fps,
+                                                                   macro_block_size=1)
+        for frame in what:
+            writer.append_data(frame)
 
 
 class Busy(Exception):
@@ -159,6 +198,7 @@ class Engine:
 
     def __init__(self, max_sessions: int, downloads: Path, keep_downloads: int = 32):
         self.max_sessions, self.downloads, self.keep_downloads = max_sessions, downloads, keep_downloads
+        self.recorder = Recorder()
         self.sessions: dict[str, Session] = {}
         self.wake = threading.Condition()
         self.closing = False
@@ -193,6 +233,7 @@ class Engine:
                 s.stopped = True
             self.wake.notify()
         self.thread.join(timeout=30)
+        self.recorder.stop()
 
     def active(self) -> int:
         with self.wake:
@@ -254,19 +295,16 @@ class Engine:
             session.first_frames = len(frames[0])
         session.chunks += 1
         session.frames += len(frames[0])
-        session.record(frames)
         session.outbox.put({"type": "chunk", "index": session.chunks - 1, "frame": session.frames - len(frames[0]),
                             "lanes": [[png_data_url(f) for f in lane] for lane in frames],
                             "first_chunk_s": session.first_chunk_s, "fps": session.fps(),
                             "dropped": session.outbox.dropped})
+        self.recorder.frames(session, frames)
 
     def _finish(self, session: Session) -> None:
-        session.close()
-        done = session.recording.exists()
         recordings = sorted(self.downloads.glob("*.mp4"), key=lambda p: p.stat().st_mtime)
         for old in recordings[: max(0, len(recordings) - self.keep_downloads)]:  # the disk stays bounded too
             old.unlink(missing_ok=True)
-        session.outbox.put({"type": "done", "frames": session.frames, "chunks": session.chunks,
-                            "first_chunk_s": session.first_chunk_s, "fps": session.fps(),
-                            "dropped": session.outbox.dropped,
-                            "download": f"/download/{session.recording.stem}" if done else None})
+        self.recorder.finish(session, {"type": "done", "frames": session.frames, "chunks": session.chunks,
+                                       "first_chunk_s": session.first_chunk_s, "fps": session.fps(),
+                                       "dropped": session.outbox.dropped})
