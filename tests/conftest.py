@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from mirai.config import ModelConfig, config_from_dict
+from mirai import checkpoint as ckpt, prepare
+from mirai.config import ModelConfig, PrepareConfig, config_from_dict
 from mirai.models.dit import CausalVideoDiT
 
 # The least eval.json that `mirai compare` reads (eval.report.EVAL_KEYS): for tests of the report's inputs
@@ -104,6 +105,19 @@ def write_video_folder(root, names=("a", "b", "c"), frames: int = 12, size=(24, 
         iio.imwrite(root / f"{name}.mp4", clip, fps=fps, codec="libx264", plugin="FFMPEG", macro_block_size=1)
         (root / f"{name}.txt").write_text(f"clip {name} of the world")
     return root
+
+
+def make_caption_run(root, sample: dict | None = None):
+    """A caption model on a prepared cache in `root`: three captioned 8-frame videos (identity autoencoder: 16x16
+    pixels), a tiny UMT5 text encoder, and a random model on it saved as `root/run` (as `mirai train` writes)."""
+    write_video_folder(root / "videos", names=("a", "b", "c"), frames=8)
+    tiny_text_encoder_folder(root / "text")
+    prepare.prepare(root / "videos", root / "cache", PrepareConfig(frames=4, height=16, width=16, text_len=8,
+                                                                   text_encoder=str(root / "text")), quiet=True)
+    (root / "run").mkdir()
+    settings = {"data": {"source": "cache", "path": str(root / "cache"), "clip_frames": 4}, "sample": sample or {}}
+    ckpt.save_model(make_model(text_dim=32, seed=3), root / "run" / "model.safetensors", {"settings": settings})
+    return root / "run"
 
 
 @pytest.fixture

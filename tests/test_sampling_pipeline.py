@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mirai import checkpoint as ckpt, prepare
+from mirai import checkpoint as ckpt
 from mirai.cli import main
-from mirai.config import ConfigError, PrepareConfig, WorldConfig
+from mirai.config import ConfigError, WorldConfig
 from mirai.data.cache import LatentDataset
 from mirai.data.frames import to_uint8
 from mirai.data.prompt import PROMPT
@@ -22,7 +22,7 @@ from mirai.eval.evaluate import generate
 from mirai.sampling.inputs import rollout_inputs, unseen_prompts
 from mirai.sampling.pipeline import Pipeline
 from mirai.sampling.rollout import rollout, sample_whole
-from tests.conftest import make_model, tiny_text_encoder_folder, write_video_folder
+from tests.conftest import make_caption_run, make_model
 
 WORLD = {"image_size": 16, "sprite_sizes": [5]}
 # renoise steps and context noise draw from the request's generator: a changed order of draws changes the video
@@ -150,14 +150,7 @@ def test_mirai_sample_writes_the_streamed_video(world_run, tmp_path):
 @pytest.fixture(scope="module")
 def cache_run(tmp_path_factory):
     pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("cache")
-    write_video_folder(root / "videos", names=("a", "b", "c"), frames=8)
-    tiny_text_encoder_folder(root / "text")
-    prepare.prepare(root / "videos", root / "cache", PrepareConfig(frames=4, height=16, width=16, text_len=8,
-                                                                   text_encoder=str(root / "text")), quiet=True)
-    model = make_model(text_dim=32, seed=3)
-    return save_run(root / "run", model, data={"source": "cache", "path": str(root / "cache"), "clip_frames": 4},
-                    sample=SAMPLE)
+    return make_caption_run(tmp_path_factory.mktemp("cache"), SAMPLE)
 
 
 def test_evaluation_videos_of_a_cache_model_take_its_clips_captions_in_turn(cache_run):

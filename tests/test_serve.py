@@ -2,10 +2,13 @@
 pipeline's switch at the chunk it reports, two sessions stream at once, the cap answers busy, a slow viewer's queue
 stays bounded, bad uploads and bad messages are one message each, and no token means no entry."""
 
+import asyncio
 import base64
 import io
-import json
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import imageio.v3 as iio
@@ -22,8 +25,9 @@ from mirai.data.prompt import PROMPT
 from mirai.data.world import make_clip
 from mirai.serve.app import Server, ServeSettings
 from mirai.serve.server import check_port, load_models, model_name
-from mirai.serve.streams import Outbox
-from tests.conftest import make_model
+from mirai.serve.streams import Engine, Outbox
+from tests.conftest import make_caption_run, make_model
+from tests.harness.serving import free_port, watch
 
 WORLD = {"image_size": 16, "sprite_sizes": [5]}
 
@@ -272,6 +276,42 @@ def test_a_slow_viewers_queue_stays_bounded_and_keeps_control_messages():
     assert [m["index"] for m in list(box.chunks)] == [96, 97, 98, 99] and box.control[0]["type"] == "done"
 
 
+def test_a_viewer_who_never_reads_costs_the_engine_nothing_and_holds_at_most_its_queue(run, tmp_path):
+    loop = asyncio.new_event_loop()  # never run: nobody takes from this viewer's box
+    box, engine = Outbox(loop, max_chunks=4), Engine(max_sessions=2, downloads=tmp_path)
+    pipe = load_models([str(run)], "cpu", [])["run"]
+    session = engine.open([("run", pipe, pipe.inputs(1, 100, seed=0))], box)
+    deadline = time.time() + 60
+    while engine.active() and time.time() < deadline:
+        time.sleep(0.05)
+    engine.shutdown()
+    loop.close()
+    assert session.chunks == 50 and len(box.chunks) == 4 and box.dropped == 46  # it streamed to the end
+    assert [m["index"] for m in box.chunks] == [46, 47, 48, 49] and box.control[-1]["type"] == "done"
+
+
+def test_ctrl_c_stops_the_server_cleanly_mid_stream(run):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mirai", "serve", "--ckpt", str(run), "--port", str(port)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        result = asyncio.run(watch(f"http://127.0.0.1:{port}", {"frames": 1000}, seconds=1.0))
+        assert result["chunks"] > 0
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+    err = server.stderr.read()
+    assert "serving run on http://127.0.0.1:" in err and err.rstrip().endswith("stopped") and "Traceback" not in err
+
+
 def test_models_load_once_each_named_and_a_teacher_is_refused(run, tmp_path):
     assert model_name("base=runs/x", set()) == ("base", "runs/x")
     assert model_name(str(run), set())[0] == "run" and model_name(str(run), {"run"})[0].endswith("/run")
@@ -297,6 +337,23 @@ def test_a_port_in_use_is_one_clear_error(run, capsys):
         assert main(["serve", "--ckpt", str(run), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "pick another --port" in err
+
+
+def test_a_caption_model_streams_its_caption_and_switches_to_another(tmp_path_factory):
+    pytest.importorskip("transformers")
+    run = make_caption_run(tmp_path_factory.mktemp("captions"))
+    s = Server(load_models([f"text={run}"], "cpu", []), ServeSettings(), tmp_path_factory.mktemp("recordings"))
+    with TestClient(s.app()) as client, client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["models"][0]["prompt"] == "caption"
+        ws.send_json({"op": "start", "seed": 2, "frames": 4, "prompt": "clip a of the world"})
+        _, chunks = receive_until(ws, "done")
+        ws.send_json({"op": "start", "seed": 2, "frames": 40, "prompt": "clip a of the world"})
+        receive_until(ws, "chunk")
+        ws.send_json({"op": "switch", "prompt": "clip b", "recache": False})
+        switched, _ = receive_until(ws, "switched")
+    pipe = s.models["text"]
+    assert np.array_equal(streamed_frames(chunks), pipe.video(pipe.inputs(1, 4, 2, prompt="clip a of the world"))[0][0])
+    assert switched["prompt"] == "clip b" and not switched["recache"]
 
 
 def test_every_session_shares_the_one_loaded_model(server):

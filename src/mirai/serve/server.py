@@ -87,4 +87,8 @@ def serve(specs: list[str], host: str, port: int, settings: ServeSettings, devic
         print("Ctrl-C stops it", file=sys.stderr)
         config = uvicorn.Config(server.app(), host=host, port=port, log_level="warning", ws="websockets-sansio",
                                 timeout_graceful_shutdown=5, lifespan="on")
-        uvicorn.Server(config).run()
+        try:
+            uvicorn.Server(config).run()  # Ctrl-C: uvicorn closes the sockets and runs the app's shutdown first...
+        except KeyboardInterrupt:  # ...then raises the signal again, which ends here: a stop asked for, not a crash
+            pass
+        print("stopped", file=sys.stderr)
