@@ -103,21 +103,21 @@ def world_context(model: nn.Module, context: Context, num: int, device) -> Tenso
 
 
 def cache_inputs(model: nn.Module, cfg: Config, num: int, frames: int, seed: int, device, caption: str | None,
-                 context: Context | None, negative: str | None = None, autoencoder=None) -> CacheInputs:
+                 context: Context | None, negative: str | None = None, autoencoder=None,
+                 text_encoder: TextEncoder | None = None) -> CacheInputs:
     """Inputs of `num` rollouts of a model trained on the cache `cfg.data.path`: the caption encoded by the cache's
     text encoder (None: the empty caption, unconditional), guidance's unconditional branch (the negative caption
     encoded the same way, or the empty caption's embedding the model was trained with), the context file (an image
-    or a clip) scaled, cropped and encoded as the cache's clips were. `autoencoder`: the cache's, when already
-    loaded (None: load the one its manifest names)."""
-    manifest = read_cache_manifest(cfg.data.path)
-    models, settings = manifest["models"], manifest["settings"]
+    or a clip) scaled, cropped and encoded as the cache's clips were. `autoencoder`, `text_encoder`: the cache's,
+    when already loaded (None: load the ones its manifest names)."""
+    settings = read_cache_manifest(cfg.data.path)["settings"]
     ae = autoencoder if autoencoder is not None else cache_autoencoder(cfg, device)
     fpc, c = model.cfg.frames_per_chunk, model.cfg
     prompt = uncond = None
     if c.text_conditioned:
         uncond = unconditional_prompt(cfg.data, c).to(device)[None]  # (1, L, D)
         asked = caption is not None or negative is not None
-        encoder = caption_encoder(cfg, device) if asked else None
+        encoder = (text_encoder or caption_encoder(cfg, device)) if asked else None
         prompt = (encoder.encode([caption])[0] if caption is not None else uncond).expand(num, -1, -1)
         uncond = encoder.encode([negative])[0] if negative is not None else uncond
     elif caption is not None or negative is not None:

@@ -96,6 +96,11 @@ class Pipeline:
         # loaded on first use: a command refused before any sampling does not read the cache
         return cache_autoencoder(self.cfg, self.device) if self.on_cache else IdentityAutoencoder()
 
+    @cached_property
+    def text_encoder(self):
+        # loaded on first use, once: a server encodes every viewer's captions with it
+        return caption_encoder(self.cfg, self.device)
+
     def round_frames(self, frames: int) -> int:
         """`frames` rounded up to a whole number of chunks."""
         fpc = self.model.cfg.frames_per_chunk
@@ -112,8 +117,9 @@ class Pipeline:
         encoders (see `sampling.inputs.cache_inputs`); `world` does not apply."""
         frames = self.round_frames(frames)
         if self.on_cache:
+            captions = self.model.cfg.text_conditioned and (prompt is not None or negative_prompt is not None)
             real = cache_inputs(self.model, self.cfg, num, frames, seed, self.device, prompt, context, negative_prompt,
-                                autoencoder=self.autoencoder)
+                                autoencoder=self.autoencoder, text_encoder=self.text_encoder if captions else None)
             return Request(real.inputs, real.context)
         if prompt is not None or negative_prompt is not None:
             raise ConfigError("--prompt and --negative-prompt need a model trained on a prepared cache with captions "
@@ -141,7 +147,7 @@ class Pipeline:
         if prompt is None:
             raise ConfigError("this model takes no prompt: there is nothing to switch")
         if prompt.is_floating_point():  # caption embeddings
-            return caption_encoder(self.cfg, self.device).encode([text])[0].expand_as(prompt).to(prompt.dtype)
+            return self.text_encoder.encode([text])[0].expand_as(prompt).to(prompt.dtype)
         vocab = list(self.model.cfg.prompt_vocab)
         edited = np.stack([PROMPT.edit(p, text, vocab) for p in prompt.cpu().numpy()])
         return torch.from_numpy(edited).to(prompt.device)

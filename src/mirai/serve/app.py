@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..config import ConfigError
 from ..data.videos import DataError, read_upload
 from ..sampling.pipeline import Pipeline, Request
-from .streams import Busy, Engine, Outbox, Session
+from .streams import Busy, Engine, Outbox, Session, Switch
 
 ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_PROMPT_CHARS = 500
@@ -218,15 +218,17 @@ class Server:
                     "frames": lanes[0][2].frames, "prompts": [str(r.inputs.prompts[0].tolist()) for _, _, r in lanes]})
         return session
 
-    def control(self, session: Session | None, message: dict, outbox: Outbox) -> None:
+    async def control(self, session: Session | None, message: dict) -> None:
         op = message["op"]
-        if session is None or session.finished:
+        if session is None or session.finished or not session.lanes:
             raise ConfigError(f"{op}: no stream is running (press start first)")
         if op == "switch":
-            prompt = text_field(message, "prompt")
-            for lane in session.lanes:  # checked here, so a bad prompt is one message and the stream goes on
-                lane.pipe.switch_prompt(lane.request, prompt)
-            self.engine.command(session, switch=(prompt, bool(message.get("recache", True))))
+            text = text_field(message, "prompt")
+            # encoded here, off the event loop (a caption runs the text encoder): a bad prompt is one message and
+            # the stream goes on
+            prompts = await asyncio.to_thread(lambda: [lane.pipe.switch_prompt(lane.request, text)
+                                                       for lane in session.lanes])
+            self.engine.command(session, switch=Switch(text, bool(message.get("recache", True)), prompts))
         else:
             self.engine.command(session, **{"pause": {"paused": True}, "resume": {"paused": False},
                                             "stop": {"stopped": True}}[op])
@@ -249,7 +251,7 @@ class Server:
                             self.engine.close(session)
                         session = await self.start(message, outbox)
                     elif op in ("pause", "resume", "stop", "switch"):
-                        self.control(session, message, outbox)
+                        await self.control(session, message)
                     else:
                         raise ConfigError(MESSAGE_FORM)
                 except Busy as e:

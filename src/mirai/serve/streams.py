@@ -25,6 +25,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
+from torch import Tensor
 
 from ..config import ConfigError
 from ..data.frames import to_uint8
@@ -76,6 +77,15 @@ class Outbox:
 
 
 @dataclass
+class Switch:
+    """A prompt switch asked mid-stream: as typed, re-cache or keep, and each lane's encoding of it."""
+
+    text: str
+    recache: bool
+    prompts: list[Tensor]
+
+
+@dataclass
 class Lane:
     """One model's rollout in a session."""
 
@@ -96,12 +106,11 @@ class Lane:
     def context_frames(self) -> np.ndarray | None:
         return None if self.request.context is None else self.decode(self.request.context)
 
-    def step(self, switch: tuple[str, bool] | None) -> np.ndarray:
-        """The next chunk's frames, after applying a pending prompt switch (text, recache)."""
+    def step(self, prompt: Tensor | None = None, recache: bool = True) -> np.ndarray:
+        """The next chunk's frames, after switching to `prompt` (this lane's encoding of a switch) when given."""
         with self.pipe.autocast():
-            if switch is not None:
-                text, recache = switch
-                self.run.switch(self.pipe.switch_prompt(self.request, text), recache=recache)
+            if prompt is not None:
+                self.run.switch(prompt, recache=recache)
             chunk, _ = self.run.next_chunk()
         return self.decode(chunk)
 
@@ -116,7 +125,7 @@ class Session:
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     paused: bool = False
     stopped: bool = False
-    switch: tuple[str, bool] | None = None  # the prompt switch waiting for the next chunk
+    switch: Switch | None = None  # the prompt switch waiting for the next chunk
     chunks: int = 0
     frames: int = 0
     asked_at: float = field(default_factory=time.perf_counter)
@@ -216,7 +225,7 @@ class Engine:
         return session
 
     def command(self, session: Session, **changes) -> None:
-        """Change a session between chunks: paused=, stopped=, switch=(text, recache)."""
+        """Change a session between chunks: paused=, stopped=, switch=Switch(...)."""
         with self.wake:
             for name, value in changes.items():
                 setattr(session, name, value)
@@ -282,10 +291,13 @@ class Engine:
     def _step(self, session: Session) -> None:
         with self.wake:
             switch, session.switch = session.switch, None
-        frames = [lane.step(switch) for lane in session.lanes]
+        if switch is None:
+            frames = [lane.step() for lane in session.lanes]
+        else:
+            frames = [lane.step(prompt, switch.recache) for lane, prompt in zip(session.lanes, switch.prompts)]
         self._send(session, frames)
         if switch is not None:
-            session.outbox.put({"type": "switched", "prompt": switch[0], "recache": switch[1],
+            session.outbox.put({"type": "switched", "prompt": switch.text, "recache": switch.recache,
                                 "chunk": session.chunks - 1})
 
     def _send(self, session: Session, frames: list[np.ndarray]) -> None:
