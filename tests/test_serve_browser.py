@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mirai.serve.server import load_models, shipped_student
-from tests.harness.serving import CHROMEDRIVER, CHROMIUM, drive_page, load_test, running_server
+from tests.harness.serving import CHROMEDRIVER, CHROMIUM, drive_page, load_test, running_server, upload_on_page
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +15,11 @@ def student():
     return load_models([f"student={shipped_student()}", f"again={shipped_student()}"], "cpu", [])
 
 
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver "
-                                                            "(apt-get install chromium chromium-driver)")
+needs_chromium = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and "
+                                    "chromium-driver (apt-get install chromium chromium-driver)")
+
+
+@needs_chromium
 def test_the_page_streams_switches_and_shows_frames_in_chromium(student, tmp_path):
     shot = tmp_path / "serve.png"
     with running_server(student) as (url, server):
@@ -28,6 +31,16 @@ def test_the_page_streams_switches_and_shows_frames_in_chromium(student, tmp_pat
     picture = np.asarray(Image.open(shot).convert("RGB"))
     lanes = picture[picture.shape[0] // 3 :]  # the canvases are below the controls
     assert lanes.std() > 10 and len(np.unique(lanes.reshape(-1, 3), axis=0)) > 50  # frames drawn, not blank
+
+
+@needs_chromium
+def test_a_bad_upload_is_one_message_on_the_page_and_a_good_one_is_taken(student, tmp_path):
+    (tmp_path / "notes.png").write_text("not a picture at all")
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(tmp_path / "frame.png")
+    with running_server(student) as (url, server):
+        assert "not a picture or a video" in upload_on_page(url, tmp_path / "notes.png")
+        assert upload_on_page(url, tmp_path / "frame.png") == "1 frame(s), 60x40"
+        assert server.engine.active() == 0
 
 
 def test_eight_viewers_stream_at_once_with_no_error(student):

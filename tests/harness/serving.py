@@ -148,6 +148,22 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+def upload_on_page(url: str, file: Path, timeout: float = 30.0) -> str:
+    """Choose `file` in the page's upload field; what the page then says (an error, or the upload's size)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser()
+    try:
+        driver.get(url)
+        driver.find_element(By.ID, "file").send_keys(str(file))
+        WebDriverWait(driver, timeout).until(
+            lambda d: d.find_element(By.ID, "message").text or d.find_element(By.ID, "uploaded").text)
+        return driver.find_element(By.ID, "message").text or driver.find_element(By.ID, "uploaded").text
+    finally:
+        driver.quit()
+
+
 def drive_page(url: str, screenshot: Path, frames: int = 256, switch: str = "background=3",
                second_model: str | None = None, timeout: float = 60.0) -> dict:
     """Open the page, start a stream (side by side with `second_model` when given), switch the prompt once frames
