@@ -68,6 +68,13 @@ def receive_until(ws, kind: str, limit: int = 500) -> tuple[dict, list[dict]]:
     raise AssertionError(f"no {kind} message")
 
 
+def start_stream(ws, **start) -> None:
+    """Past the hello, start a stream and wait for its first chunk."""
+    ws.receive_json()
+    ws.send_json({"op": "start", **start})
+    receive_until(ws, "chunk")
+
+
 def streamed_frames(chunks: list[dict], lane: int = 0) -> np.ndarray:
     return np.stack([pixels(url) for chunk in chunks for url in chunk["lanes"][lane]])
 
@@ -101,9 +108,7 @@ def test_a_stream_is_the_pipelines_video_chunk_by_chunk_and_downloads_as_mp4(ser
 def test_a_switch_is_the_pipelines_switch_at_the_chunk_it_reports(server):
     s = server()
     with TestClient(s.app()) as client, client.websocket_connect("/ws") as ws:
-        ws.receive_json()
-        ws.send_json({"op": "start", "seed": 1, "frames": 40})
-        receive_until(ws, "chunk")
+        start_stream(ws, seed=1, frames=40)
         ws.send_json({"op": "switch", "prompt": "background=5", "recache": True})
         switched, _ = receive_until(ws, "switched")
         done, chunks = receive_until(ws, "done")
@@ -117,9 +122,7 @@ def test_a_switch_is_the_pipelines_switch_at_the_chunk_it_reports(server):
 def test_pause_holds_the_stream_and_resume_goes_on(server):
     s = server()
     with TestClient(s.app()) as client, client.websocket_connect("/ws") as ws:
-        ws.receive_json()
-        ws.send_json({"op": "start", "seed": 0, "frames": 1000})
-        receive_until(ws, "chunk")
+        start_stream(ws, seed=0, frames=1000)
         ws.send_json({"op": "pause"})
         time.sleep(0.5)  # what was already made arrives; then nothing more
         session = next(iter(s.engine.sessions.values()))
